@@ -1,0 +1,145 @@
+"""Markdown report of a bench-latency run: machine, command, model-zoo style table, GEMM peaks, notes."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+INT8_TARGET_SPEEDUP = 8.0  # issue target: every int8 file ≥ 8× faster than eager torch in the same run
+# dcam-export's accuracy guard defaults: int8 within 1 AUROC point of fp32, score Spearman ≥ 0.95.
+GUARD_MAX_AUROC_DROP = 0.01
+GUARD_MIN_SPEARMAN = 0.95
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("Model", "label"), ("Engine", "engine"), ("Prec.", "precision"), ("Thr.", "threads"),
+    ("Size MB", "size_mb"), ("GMACs", "gmacs"), ("Median ms", "median_ms"), ("p90 ms", "p90_ms"),
+    ("p99 ms", "p99_ms"), ("FPS", "fps"), ("E2E ms", "e2e_median_ms"), ("GMAC/s", "gmac_per_s"),
+    ("% peak", "peak_fraction"), ("RSS MB", "peak_rss_mb"), ("× eager", "speedup_vs_eager"),
+    ("Image AUROC (Δ)", "image_auroc"), ("Pixel AUROC (Δ)", "pixel_auroc"), ("ρ vs fp32", "score_spearman_vs_fp32"),
+)
+
+
+def _num(v: Any, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"{v:.{digits}f}"
+
+
+def _auroc(row: dict[str, Any], key: str) -> str:
+    v, d = row.get(key), row.get(f"{key}_delta")
+    if v is None:
+        return "—"
+    text = f"{v:.3f}"
+    if d is not None and row.get("precision") != "fp32":
+        text += f" ({d:+.3f})"
+    return text
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    if row.get("status") != "ok" and key not in ("label", "engine", "precision", "threads", "size_mb", "gmacs"):
+        return "failed" if key == "median_ms" else ""
+    v = row.get(key)
+    if key in ("label", "engine", "precision"):
+        return str(v) if v is not None else "—"
+    if key == "threads":
+        return str(v)
+    if key in ("image_auroc", "pixel_auroc"):
+        return _auroc(row, key)
+    if key == "peak_fraction":
+        return _num(None if v is None else 100 * v, 0) + ("%" if v is not None else "")
+    if key == "score_spearman_vs_fp32":
+        return "—" if v is None or row.get("precision") == "fp32" else f"{v:.3f}"
+    if key == "speedup_vs_eager":
+        return "—" if v is None else f"{v:.1f}×"
+    if key in ("gmacs",):
+        return _num(v, 2)
+    if key in ("median_ms", "p90_ms", "p99_ms", "e2e_median_ms"):
+        return _num(v, 2 if v is not None and v < 10 else 1)
+    return _num(v, 0 if key in ("gmac_per_s", "peak_rss_mb") else 1)
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    """The model-zoo table: one line per model file × thread count (eager baseline first in each block)."""
+    lines = ["| " + " | ".join(h for h, _ in COLUMNS) + " |",
+             "|" + "|".join("---" if k in ("label", "engine", "precision") else "---:" for _, k in COLUMNS) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row, k) for _, k in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def gemm_table(gemm: Sequence[dict[str, Any]]) -> str:
+    lines = ["| Backend | Precision | Threads | M=K=N | Median ms | GMAC/s |", "|---|---|---:|---:|---:|---:|"]
+    for g in sorted(gemm, key=lambda g: (g["threads"], g["precision"], g["backend"])):
+        lines.append(f"| {g['backend']} | {g['precision']} | {g['threads']} | {g['size']} | "
+                     f"{g['median_ms']:.2f} | {g['gmac_per_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def guard_verdict(row: dict[str, Any]) -> str | None:
+    """Does an int8 row keep the export accuracy guard on this run's test split? None without --data."""
+    d_img, d_px, rho = row.get("image_auroc_delta"), row.get("pixel_auroc_delta"), row.get("score_spearman_vs_fp32")
+    if d_img is None and d_px is None and rho is None:
+        return None
+    problems = [f"{name} Δ {d:+.3f}" for name, d in (("image AUROC", d_img), ("pixel AUROC", d_px))
+                if d is not None and d < -GUARD_MAX_AUROC_DROP]
+    if rho is not None and rho < GUARD_MIN_SPEARMAN:
+        problems.append(f"score ρ {rho:.3f}")
+    return "holds" if not problems else "**fails** (" + ", ".join(problems) + ")"
+
+
+def target_summary(rows: Sequence[dict[str, Any]], target: float = INT8_TARGET_SPEEDUP) -> list[str]:
+    """One line per int8 row: ≥ ``target``× the eager pipeline of the same run and threads? Guard kept?"""
+    out = []
+    for r in rows:
+        if r.get("precision") != "int8" or r.get("engine") == "torch-eager":
+            continue
+        s = r.get("speedup_vs_eager")
+        verdict = "n/a (no eager baseline)" if s is None else ("yes" if s >= target else "**no**")
+        guard = guard_verdict(r)
+        out.append(f"- {r['label']} @ {r['threads']} thr: {_num(s)}× — ≥ {target:g}×: {verdict}"
+                   + (f"; accuracy guard: {guard}" if guard else ""))
+    return out
+
+
+def render(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """Full report: header (machine, software, command, settings), table, targets, GEMM peaks, notes."""
+    m = meta
+    parts = [f"# bench-latency report — {m.get('cpu', 'unknown CPU')}", "",
+             f"- Command: `{m.get('command', '')}`",
+             f"- Date (UTC): {m.get('date', '')}; host: {m.get('cores', '?')} logical cores, "
+             f"ISA: {m.get('isa', '?')}",
+             f"- Software: {m.get('software', '')}",
+             f"- Settings: {m.get('settings', '')}",
+             f"- Load average (1 min) before / after: {m.get('load_before', '?')} / {m.get('load_after', '?')}"
+             " — other processes on the machine inflate absolute times; ratios within one run hold better.",
+             f"- Eager baseline: {m.get('eager', 'not run')}",
+             f"- Frames for end-to-end latency: {m.get('frames', '')}", "",
+             table(rows), ""]
+    failed = [r for r in rows if r.get("status") != "ok"]
+    if failed:
+        parts += ["**Failed rows**", ""] + [f"- {r['label']} @ {r['threads']} thr: {r.get('error')}" for r in failed]
+        parts.append("")
+    summary = target_summary(rows)
+    if summary:
+        parts += [f"**int8 target: ≥ {INT8_TARGET_SPEEDUP:g}× eager torch (same run and threads); accuracy guard of "
+                  f"dcam-export: image/pixel AUROC within {100 * GUARD_MAX_AUROC_DROP:g} point of the fp32 file, "
+                  f"score Spearman ρ ≥ {GUARD_MIN_SPEARMAN:g} (here on the test split)**", ""] + summary + [""]
+    if m.get("gemm"):
+        parts += ["**Measured peak (GEMM micro-benchmark per engine and precision)**", "", gemm_table(m["gemm"]), ""]
+        for k, v in (m.get("gemm_notes") or {}).items():
+            parts.append(f"- {k}: {v}")
+        parts.append("")
+    parts += ["**Columns**", "",
+              "- Median / p90 / p99 ms: inference only (`Engine.run` on one preprocessed 1×3×S×S tensor), "
+              "after the warm-up runs; percentiles by linear interpolation. FPS = 1000 / median.",
+              "- E2E ms: median of decode (file → RGB) + resize + normalise + inference, cycling through the frames.",
+              "- GMACs: multiply-accumulates of the convolutions and matrix products of one forward pass "
+              "(teacher + student; the fp32 distance head is not counted). GMAC/s = GMACs / median.",
+              "- % peak: GMAC/s over the GEMM peak of the same engine and precision (or, for engines without "
+              "a micro-benchmark, the best backend of that precision), same thread count.",
+              "- RSS MB: peak resident memory of a fresh process that loaded this one model and ran it "
+              "(interpreter, numpy/OpenCV and engine libraries included).",
+              "- × eager: eager-torch median / this median, both from this run at the same thread count.",
+              "- AUROC: mean over categories of the test split; Δ = change vs the fp32 file of the same format; "
+              "ρ = Spearman rank correlation of the image scores with that fp32 file's.", ""]
+    return "\n".join(parts)

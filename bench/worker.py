@@ -1,0 +1,168 @@
+"""One measurement in its own process: ``python -m bench.worker JOB.json RESULT.json``.
+
+Each model file × thread count is timed in a fresh interpreter so that (a) its peak RSS
+(``getrusage`` high-water mark) belongs to that model alone, (b) thread pools and allocator state
+of one engine never leak into the next, and (c) a crash in a native engine becomes a failed row.
+Progress is reported on stdout as lines ``<PROGRESS_TAG> <n>`` (units of work done).
+
+Job kinds: "engine" (an exported file), "eager" (the torch baseline), "accuracy" (test split of a
+dataset through one file or the eager model), "gemm" (peak micro-benchmarks).
+"""
+from __future__ import annotations
+
+import gc
+import json
+import platform
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PROGRESS_TAG = "\x1ebench-progress"
+
+
+def progress(n: int = 1) -> None:
+    print(f"{PROGRESS_TAG} {n}", flush=True)
+
+
+def peak_rss_mb() -> float:
+    """High-water resident set size of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if platform.system() == "Darwin" else rss / 1024
+
+
+def _set_opencv_threads(threads: int) -> None:
+    import cv2
+    cv2.setNumThreads(threads)  # decode/resize use the same core budget as the engine
+
+
+def _timed(fn: Callable[[], Any], runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+        progress()
+    times = []
+    gc.disable()  # a collection in the middle of a run is noise, not model latency
+    try:
+        for _ in range(runs):
+            t0 = time.perf_counter_ns()
+            fn()
+            times.append((time.perf_counter_ns() - t0) / 1e6)
+            progress()
+    finally:
+        gc.enable()
+    return times
+
+
+def _runner(job: dict[str, Any]) -> tuple[Callable[[Any], Any], dict[str, Any], Any]:
+    """(x → (map, score), info, PreprocessSpec) for a model file or the eager baseline.
+
+    The spec comes from the manifest; a file without one gets its graph's input size and ImageNet
+    normalisation (latency does not depend on the normalisation constants).
+    """
+    from edge.preprocess import PreprocessSpec
+    threads = int(job["threads"])
+    if job["target"]["kind"] == "eager":
+        from bench import eager
+        eager.set_threads(threads)
+        t = job["target"]
+        pipeline = eager.build_eager(t["method"], t["backbone"], int(t["image_size"]), t.get("run"))
+        return (pipeline, {"engine": "torch-eager", "precision": "fp32", **eager.describe(pipeline)},
+                PreprocessSpec.from_dict(job["spec"]))
+    from edge.engines import load_engine
+    engine = load_engine(job["target"]["path"], threads=threads)
+    info = engine.describe()
+    spec = (PreprocessSpec.from_dict(job["spec"]) if job.get("spec")
+            else PreprocessSpec(image_size=engine.image_size or PreprocessSpec.image_size))
+    return engine.run, {"engine": engine.name, "precision": engine.precision,
+                        **{k: v for k, v in info.items() if k in ("compiled_precision", "input_layout")}}, spec
+
+
+def run_latency(job: dict[str, Any]) -> dict[str, Any]:
+    """Inference latency on one preprocessed frame, then end-to-end decode + preprocess + inference."""
+    import numpy as np
+
+    from edge.preprocess import decode_image, preprocess_rgb
+    _set_opencv_threads(int(job["threads"]))
+    frames = [Path(p) for p in job["frames"]]
+    run, info, spec = _runner(job)
+    x = preprocess_rgb(decode_image(frames[0]), spec)[None]
+    infer_ms = _timed(lambda: run(x), int(job["runs"]), int(job["warmup"]))
+    counter = iter(range(1 << 62))
+
+    def frame() -> Any:
+        rgb = decode_image(frames[next(counter) % len(frames)])
+        return run(preprocess_rgb(rgb, spec)[None])
+    e2e_ms = _timed(frame, int(job["e2e_runs"]), 0) if int(job["e2e_runs"]) > 0 else []
+    amap, score = run(x)
+    if not np.isfinite(np.asarray(score)).all():
+        raise ValueError(f"{job['target'].get('path', 'eager model')}: non-finite score {score}")
+    return {**info, "infer_ms": infer_ms, "e2e_ms": e2e_ms, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_accuracy(job: dict[str, Any]) -> dict[str, Any]:
+    """Image and pixel AUROC per category (MVTec protocol: mean over categories) and the raw scores."""
+    import numpy as np
+
+    from edge.metrics import image_auroc, pixel_auroc
+    from edge.preprocess import decode_image, load_mask, preprocess_rgb
+    run, info, spec = _runner(job)
+    by_cat: dict[str, list[dict[str, Any]]] = {}
+    for s in job["samples"]:
+        by_cat.setdefault(s["category"], []).append(s)
+    per_category, scores_out = {}, []
+    for cat, samples in by_cat.items():
+        maps, scores, masks, labels = [], [], [], []
+        for s in samples:
+            rgb = decode_image(s["path"])
+            amap, score = run(preprocess_rgb(rgb, spec)[None])
+            maps.append(amap[0, 0])
+            scores.append(float(score[0]))
+            masks.append(load_mask(s["mask"], rgb.shape[:2], spec.image_size) if s["mask"]
+                         else np.zeros((spec.image_size, spec.image_size), np.uint8))
+            labels.append(int(s["label"]))
+            progress()
+        per_category[cat] = {"image_auroc": image_auroc(np.array(labels), np.array(scores)),
+                             "pixel_auroc": pixel_auroc(np.stack(masks), np.stack(maps)) if any(labels) else None,
+                             "n_images": len(samples)}
+        scores_out.extend(scores)
+    return {**info, "per_category": per_category, "scores": scores_out}
+
+
+def run_gemm(job: dict[str, Any]) -> dict[str, Any]:
+    from bench.gemm import GemmUnavailable, measure_gemm
+    results, notes = [], {}
+    for backend, precision in job["backends"]:
+        try:
+            results.append(measure_gemm(backend, precision, int(job["threads"]), int(job["size"]),
+                                        int(job["runs"])).to_dict())
+        except GemmUnavailable as e:
+            notes[f"{backend}/{precision}"] = str(e)
+        except Exception as e:  # noqa: BLE001 - one backend failing must not hide the others
+            notes[f"{backend}/{precision}"] = f"failed: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+        progress(int(job["runs"]) + 2)
+    return {"gemm": results, "notes": notes}
+
+
+KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "latency": run_latency, "accuracy": run_accuracy, "gemm": run_gemm}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    job_path, out_path = Path(args[0]), Path(args[1])
+    job = json.loads(job_path.read_text())
+    try:
+        result = {"status": "ok", **KINDS[job["kind"]](job)}
+    except Exception as e:  # noqa: BLE001 - every failure becomes a failed row with one clear line
+        lines = str(e).strip().splitlines()
+        result = {"status": "failed", "error": lines[0][:400] if lines else type(e).__name__,
+                  "traceback": traceback.format_exc(limit=4)}
+    out_path.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""Inference engines behind one interface: ONNX Runtime, OpenVINO, LiteRT (TFLite).
+
+``load_engine(path)`` picks the engine by extension (.onnx / .xml / .tflite).  Every engine
+takes the normalised float32 N×3×S×S tensor of ``edge.preprocess`` and returns
+``(anomaly_map N×1×S×S float32, score N float32)``.  Outputs are found by name
+("anomaly_map"/"score", from the manifest when given), falling back to shape (the 4-D output
+is the map; a missing score output is the map maximum, as in the exported head).
+Engine packages are imported lazily so an install needs only the one it uses; torch is never
+imported.
+"""
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edge.manifest import Manifest
+
+EXTENSIONS = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "litert"}
+OV_PRECISION_HINTS = ("f32", "bf16", "f16")
+
+
+class EngineError(ValueError):
+    """Missing, corrupt or unsupported model file, or a missing engine package."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _select_outputs(names: Sequence[str], ranks: Sequence[int | None], map_name: str,
+                    score_name: str) -> tuple[int | None, int | None]:
+    """Indices of the map and score outputs: by name, else by rank (4-D = map); None if undecided."""
+    def by_name(wanted: str) -> int | None:
+        exact = [i for i, n in enumerate(names) if n == wanted]
+        if exact:
+            return exact[0]
+        # Converters may prefix/suffix names (e.g. "StatefulPartitionedCall:anomaly_map").
+        loose = [i for i, n in enumerate(names) if wanted in n]
+        return loose[0] if len(loose) == 1 else None
+
+    i_map, i_score = by_name(map_name), by_name(score_name)
+    if i_map is None:
+        four = [i for i, r in enumerate(ranks) if r == 4 and i != i_score]
+        i_map = four[0] if len(four) == 1 else None
+    if i_score is None and i_map is not None:
+        rest = [i for i, r in enumerate(ranks) if i != i_map and r is not None and r <= 2]
+        i_score = rest[0] if len(rest) == 1 else None
+    return i_map, i_score
+
+
+class Engine(ABC):
+    """Common wrapper: input checks, batch-1 looping, output selection and reshaping."""
+
+    name: str = "engine"
+
+    def __init__(self, model_path: Path, precision: str, map_name: str, score_name: str) -> None:
+        self.model_path = model_path
+        self.precision = precision
+        self._map_name, self._score_name = map_name, score_name
+        self.info: dict[str, Any] = {}
+        self._i_map: int | None = None
+        self._i_score: int | None = None
+        self._resolved = False
+
+    # -- engine-specific --------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def input_shape(self) -> tuple[int | None, ...]:
+        """Declared input shape as NCHW (None for dynamic dims)."""
+
+    @abstractmethod
+    def _output_names_ranks(self) -> tuple[list[str], list[int | None]]:
+        """Declared output names and ranks (None if unknown)."""
+
+    @abstractmethod
+    def _infer(self, x: np.ndarray) -> list[np.ndarray]:
+        """Run the graph on one (batch) tensor; return all outputs in declaration order."""
+
+    # -- shared ------------------------------------------------------------------------------
+    @property
+    def image_size(self) -> int | None:
+        s = self.input_shape[-1]
+        return int(s) if isinstance(s, int) else None
+
+    def _resolve(self, outputs: list[np.ndarray] | None = None) -> None:
+        names, ranks = self._output_names_ranks()
+        if outputs is not None:
+            ranks = [o.ndim for o in outputs]
+        self._i_map, self._i_score = _select_outputs(names, ranks, self._map_name, self._score_name)
+        if self._i_map is not None:
+            self._resolved = True
+        elif outputs is not None:
+            raise EngineError(f"{self.model_path}: cannot identify the anomaly-map output among {names} "
+                              f"(expected a 4-D output named {self._map_name!r})")
+
+    def _run_one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        outs = self._infer(x)
+        if not self._resolved:
+            self._resolve(outs)
+        amap = np.asarray(outs[self._i_map], dtype=np.float32)
+        n = x.shape[0]
+        if amap.ndim == 4 and amap.shape[-1] == 1 and amap.shape[1] != 1:
+            amap = amap.transpose(0, 3, 1, 2)  # NHWC map from a TFLite graph
+        amap = amap.reshape(n, 1, *amap.shape[-2:])
+        if self._i_score is None:
+            score = amap.reshape(n, -1).max(axis=1)
+        else:
+            score = np.asarray(outs[self._i_score], dtype=np.float32).reshape(n)
+        return amap, score
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """x float32 N×3×S×S (normalised) → (anomaly_map N×1×S×S float32, score N float32)."""
+        x = np.asarray(x)
+        if x.ndim == 3:
+            x = x[None]
+        expected = self.input_shape
+        if x.ndim != 4 or x.shape[1] != 3 or any(
+                isinstance(e, int) and e > 0 and e != a for e, a in zip(expected[2:], x.shape[2:])):
+            raise EngineError(f"{self.model_path}: input of shape {tuple(x.shape)} does not match the model input "
+                              f"{tuple(expected)} (N×3×S×S, normalised float32 from edge.preprocess)")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if expected[0] == 1 and x.shape[0] > 1:
+            # Static batch-1 graphs (all exported ones): loop over the batch.
+            parts = [self._run_one(x[i:i + 1]) for i in range(x.shape[0])]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return self._run_one(x)
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "model": str(self.model_path), "precision": self.precision,
+                "input_shape": list(self.input_shape), **self.info}
+
+
+class OnnxRuntimeEngine(Engine):
+    name = "onnxruntime"
+
+    def __init__(self, model_path: Path, precision: str, map_name: str, score_name: str,
+                 threads: int | None = None) -> None:
+        super().__init__(model_path, precision, map_name, score_name)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise EngineError(f"{model_path}: onnxruntime is not installed (pip install onnxruntime)") from None
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        # One graph, one request at a time: no inter-op parallelism to compete for the cores.
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self._sess = ort.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/… types
+            raise EngineError(f"{model_path}: cannot load ONNX model ({_first_line(e)})") from None
+        inputs = self._sess.get_inputs()
+        if len(inputs) != 1:
+            raise EngineError(f"{model_path}: expected one input, found {[i.name for i in inputs]}")
+        self._input_name = inputs[0].name
+        self._input_shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
+        self.info = {"threads": threads, "input_name": self._input_name}
+        self._resolve()
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        return self._input_shape
+
+    def _output_names_ranks(self) -> tuple[list[str], list[int | None]]:
+        outs = self._sess.get_outputs()
+        return [o.name for o in outs], [len(o.shape) if o.shape is not None else None for o in outs]
+
+    def _infer(self, x: np.ndarray) -> list[np.ndarray]:
+        return self._sess.run(None, {self._input_name: x})
+
+
+class OpenVinoEngine(Engine):
+    name = "openvino"
+
+    def __init__(self, model_path: Path, precision: str, map_name: str, score_name: str,
+                 threads: int | None = None, precision_hint: str = "f32") -> None:
+        super().__init__(model_path, precision, map_name, score_name)
+        if precision_hint not in OV_PRECISION_HINTS:
+            raise EngineError(f"{model_path}: inference_precision_hint {precision_hint!r}, "
+                              f"expected one of {list(OV_PRECISION_HINTS)}")
+        bin_path = model_path.with_suffix(".bin")
+        if not bin_path.is_file():
+            raise EngineError(f"{bin_path}: OpenVINO weights file not found (must sit beside {model_path.name})")
+        try:
+            import openvino as ov
+        except ImportError:
+            raise EngineError(f"{model_path}: openvino is not installed (pip install openvino)") from None
+        # Pin the precision: on AMX CPUs OpenVINO would otherwise silently run bf16 (score drift).
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision_hint, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            core = ov.Core()
+            model = core.read_model(str(model_path))
+            self._compiled = core.compile_model(model, "CPU", config)
+        except Exception as e:
+            raise EngineError(f"{model_path}: cannot load OpenVINO model ({_first_line(e)})") from None
+        if len(self._compiled.inputs) != 1:
+            raise EngineError(f"{model_path}: expected one input, found {len(self._compiled.inputs)}")
+        ps = self._compiled.input(0).get_partial_shape()
+        self._input_shape = tuple(d.get_length() if d.is_static else None for d in ps)
+        self._request = self._compiled.create_infer_request()
+        self.info = {"threads": threads, "inference_precision_hint": precision_hint,
+                     "compiled_precision": self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()}
+        self._resolve()
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        return self._input_shape
+
+    def _output_names_ranks(self) -> tuple[list[str], list[int | None]]:
+        names, ranks = [], []
+        for out in self._compiled.outputs:
+            tensor_names = sorted(out.get_names())
+            # Prefer the name the exporter gave; OpenVINO may attach several aliases.
+            pick = next((n for n in tensor_names if n in (self._map_name, self._score_name)),
+                        tensor_names[0] if tensor_names else "")
+            names.append(pick)
+            ps = out.get_partial_shape()
+            ranks.append(ps.rank.get_length() if ps.rank.is_static else None)
+        return names, ranks
+
+    def _infer(self, x: np.ndarray) -> list[np.ndarray]:
+        self._request.infer({0: x})
+        return [self._request.get_output_tensor(i).data.copy() for i in range(len(self._compiled.outputs))]
+
+
+class LiteRtEngine(Engine):
+    name = "litert"
+
+    def __init__(self, model_path: Path, precision: str, map_name: str, score_name: str,
+                 threads: int | None = None) -> None:
+        super().__init__(model_path, precision, map_name, score_name)
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            try:  # older/slower fallback runtime (needs numpy<2)
+                from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+                self.name = "tflite_runtime"
+            except ImportError:
+                raise EngineError(f"{model_path}: neither ai-edge-litert nor tflite-runtime is installed "
+                                  f"(pip install ai-edge-litert)") from None
+        try:
+            self._interp = Interpreter(model_path=str(model_path), num_threads=threads)
+            self._interp.allocate_tensors()
+        except Exception as e:
+            raise EngineError(f"{model_path}: cannot load TFLite model ({_first_line(e)})") from None
+        ins = self._interp.get_input_details()
+        if len(ins) != 1:
+            raise EngineError(f"{model_path}: expected one input, found {[d['name'] for d in ins]}")
+        self._in = ins[0]
+        self._outs = self._interp.get_output_details()
+        shape = tuple(int(d) for d in self._in["shape"])
+        # Some converters produce NHWC inputs; the runtime keeps NCHW at its interface.
+        self._nhwc = len(shape) == 4 and shape[-1] == 3 and shape[1] != 3
+        self._input_shape = (shape[0], shape[3], shape[1], shape[2]) if self._nhwc else shape
+        self.info = {"threads": threads, "input_layout": "NHWC" if self._nhwc else "NCHW"}
+        self._resolve()
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        return self._input_shape
+
+    def _output_names_ranks(self) -> tuple[list[str], list[int | None]]:
+        return [d["name"] for d in self._outs], [len(d["shape"]) for d in self._outs]
+
+    def _infer(self, x: np.ndarray) -> list[np.ndarray]:
+        if self._nhwc:
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        dtype = self._in["dtype"]
+        if dtype != np.float32:  # quantised I/O: float → int with the tensor's scale/zero point
+            scale, zero = self._in["quantization"]
+            x = np.clip(np.round(x / scale + zero), np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
+        self._interp.set_tensor(self._in["index"], x)
+        self._interp.invoke()
+        outs = []
+        for d in self._outs:
+            y = self._interp.get_tensor(d["index"])
+            if d["dtype"] != np.float32:
+                scale, zero = d["quantization"]
+                y = (y.astype(np.float32) - zero) * scale
+            outs.append(y)
+        return outs
+
+
+def load_engine(model_path: str | Path, threads: int | None = None, manifest: "Manifest | None" = None,
+                precision_hint: str | None = None) -> Engine:
+    """Open a model with the engine its extension names (.onnx / .xml / .tflite).
+
+    Output names and the OpenVINO precision hint come from ``manifest`` when given, else from
+    the model's manifest file if it exists (read without hashing; ``load_manifest`` verifies), else
+    the defaults ("anomaly_map", "score", "f32").  ``threads`` sets ONNX Runtime intra-op
+    threads / OpenVINO INFERENCE_NUM_THREADS / LiteRT num_threads (None: engine default).
+    Raises EngineError naming the file for a missing, corrupt or unsupported model.
+    """
+    model_path = Path(model_path)
+    suffix = model_path.suffix.lower()
+    if suffix not in EXTENSIONS:
+        raise EngineError(f"{model_path}: unknown model extension {suffix!r}; expected one of {sorted(EXTENSIONS)}")
+    if not model_path.is_file():
+        raise EngineError(f"{model_path}: model file not found")
+    if os.path.getsize(model_path) == 0:
+        raise EngineError(f"{model_path}: model file is empty")
+    if threads is not None and threads < 1:
+        raise EngineError(f"--threads {threads}: expected a positive number of threads")
+    if manifest is None:
+        from edge.manifest import ManifestError, find_manifest, load_manifest
+        if find_manifest(model_path).is_file():
+            try:
+                manifest = load_manifest(model_path, verify_sha256=False)
+            except ManifestError:
+                manifest = None  # the engine can still run; the runner reports manifest problems
+    map_name = manifest.output_name("anomaly_map") if manifest else "anomaly_map"
+    score_name = manifest.output_name("score") if manifest else "score"
+    precision = manifest.precision if manifest else ("int8" if ".int8" in model_path.name else "fp32")
+    if suffix == ".onnx":
+        return OnnxRuntimeEngine(model_path, precision, map_name, score_name, threads)
+    if suffix == ".xml":
+        hint = precision_hint or (manifest.inference_precision_hint if manifest else "f32")
+        return OpenVinoEngine(model_path, precision, map_name, score_name, threads, hint)
+    return LiteRtEngine(model_path, precision, map_name, score_name, threads)

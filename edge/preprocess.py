@@ -1,0 +1,113 @@
+"""The one preprocessing path: decode → RGB → resize → normalise → NCHW float32.
+
+Training, export calibration, evaluation, benchmarking and the edge runtime all call
+these functions, so a frame scores the same everywhere (numpy + OpenCV only, no torch).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+# Per-backbone input normalisation in [0, 1] pixel units.
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # EfficientNet-Lite was trained on (x/255 - 0.5)/0.5.
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+class ImageReadError(ValueError):
+    """An image file is missing, unreadable or not an image."""
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Everything needed to turn an image into the model input; stored in the manifest."""
+
+    image_size: int = 256
+    mean: tuple[float, float, float] = NORMALIZATIONS["imagenet"][0]
+    std: tuple[float, float, float] = NORMALIZATIONS["imagenet"][1]
+
+    @classmethod
+    def for_normalization(cls, name: str, image_size: int = 256) -> "PreprocessSpec":
+        if name not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalisation {name!r}; expected one of {sorted(NORMALIZATIONS)}")
+        mean, std = NORMALIZATIONS[name]
+        return cls(image_size=image_size, mean=mean, std=std)
+
+    def to_dict(self) -> dict:
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
+                "layout": "NCHW", "dtype": "float32", "color": "RGB", "resize": "cv2.INTER_LINEAR"}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessSpec":
+        return cls(image_size=int(d["image_size"]), mean=tuple(d["mean"]), std=tuple(d["std"]))
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB; raise ImageReadError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: image file not found")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise ImageReadError(f"{path}: cannot decode image (corrupt or not an image)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def bgr_to_rgb(frame_bgr: np.ndarray) -> np.ndarray:
+    """Camera frames from OpenCV are BGR (or grey); return HxWx3 uint8 RGB."""
+    if frame_bgr.ndim == 2:
+        return cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+
+
+def resize_rgb(rgb: np.ndarray, image_size: int) -> np.ndarray:
+    """Resize to image_size × image_size (square, as the model was trained)."""
+    if rgb.shape[0] == image_size and rgb.shape[1] == image_size:
+        return rgb
+    return cv2.resize(rgb, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+
+
+def normalize(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """uint8 HxWx3 RGB → float32 3xHxW, (x/255 − mean)/std."""
+    x = rgb.astype(np.float32) / np.float32(255.0)
+    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def preprocess_rgb(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """uint8 RGB image of any size → float32 3×S×S model input."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {rgb.shape} dtype {rgb.dtype}")
+    return normalize(resize_rgb(rgb, spec.image_size), spec)
+
+
+def load_image(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
+    """Image file → float32 3×S×S model input (decode + resize + normalise)."""
+    return preprocess_rgb(decode_image(path), spec)
+
+
+def load_mask(path: str | Path, expected_hw: tuple[int, int], image_size: int) -> np.ndarray:
+    """Ground-truth mask file → uint8 {0,1} S×S, nearest-neighbour resized.
+
+    The mask must have the same height and width as its image (MVTec convention);
+    anything else is an error naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: mask file not found")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    # cv2.imdecode asserts (cv2.error) on an empty buffer instead of returning None.
+    mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    if mask is None:
+        raise ImageReadError(f"{path}: cannot decode mask (corrupt or not an image)")
+    if tuple(mask.shape[:2]) != tuple(expected_hw):
+        raise ImageReadError(
+            f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {expected_hw[1]}x{expected_hw[0]}")
+    mask = cv2.resize(mask, (image_size, image_size), interpolation=cv2.INTER_NEAREST)
+    return (mask > 127).astype(np.uint8)

@@ -1,0 +1,191 @@
+"""Sink base class: a bounded queue drained by one worker thread, so handle() never blocks.
+
+Every sink (log, snapshot, webhook, MQTT, GPIO, command) subclasses :class:`Sink` and only
+implements ``process()`` (and optionally ``wants()``, ``_shutdown()``, ``stats()``).
+The frame loop calls ``handle()`` for every frame; events a sink does not want are ignored
+without copying anything, wanted ones are enqueued (a full queue drops the event, counts it
+and logs a throttled warning — the frame loop is never slowed down by an alarm output).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import re
+import threading
+import time
+import uuid
+from pathlib import PurePath
+from typing import Any, ClassVar
+
+import numpy as np
+
+log = logging.getLogger("edge.sinks")
+
+_STOP = object()
+# Alarm ids are uuid5(process namespace, event content): identical for every sink of one process
+# (so a webhook, MQTT and log line of one alarm can be joined) and never reused by another process.
+_PROCESS_NAMESPACE = uuid.uuid4()
+_ID_KEYS = ("time", "frame", "event", "path", "category", "model", "score")
+
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact_credentials(text: str) -> str:
+    """rtsp://user:pass@host/… → rtsp://***@host/… (camera passwords must not reach logs, webhooks, MQTT)."""
+    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+
+
+def alarm_id(event: dict) -> str:
+    """Idempotency id of an event (stable within the process, unique across processes)."""
+    key = "|".join(repr(_jsonable(event.get(k))) for k in _ID_KEYS)
+    return str(uuid.uuid5(_PROCESS_NAMESPACE, key))
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars/arrays, paths and non-finite floats → plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # strict JSON has no NaN/Infinity
+    if isinstance(value, PurePath):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def event_payload(event: dict) -> dict:
+    """The JSON object every sink emits for an event: {"id": ..., **event}."""
+    payload = _jsonable(event)
+    for key in ("source", "path"):
+        if isinstance(payload.get(key), str):
+            payload[key] = redact_credentials(payload[key])
+    payload.setdefault("id", alarm_id(event))
+    return payload
+
+
+def event_json(event: dict) -> str:
+    """event_payload() as one compact JSON line (no newline)."""
+    return json.dumps(event_payload(event), separators=(",", ":"), allow_nan=False)
+
+
+class Sink:
+    """Threaded queue worker; subclasses implement ``process(event, frame_bgr, overlay_bgr)``."""
+
+    kind: ClassVar[str] = "sink"
+    # Only sinks that write images get (copies of) the frames; the others get None.
+    needs_images: ClassVar[bool] = False
+
+    def __init__(self, *, queue_size: int = 256, on_clear: bool = False, metrics: Any = None) -> None:
+        self.name = self.kind
+        self._on_clear = on_clear
+        self._metrics = metrics  # edge.metrics_runtime.RuntimeMetrics or None
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._counts_lock = threading.Lock()
+        self._counts = {"handled": 0, "dropped": 0, "failed": 0}
+        self._last_warning: dict[str, float] = {}
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    # ---- interface used by the frame loop ----------------------------------------------------
+    def start(self) -> "Sink":
+        """Start the worker thread (idempotent; build_sinks calls it)."""
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=f"sink-{self.name}", daemon=True)
+                self._thread.start()
+        return self
+
+    def wants(self, event: dict) -> bool:
+        """Whether this sink acts on the event: 'raise' always, 'clear' when on_clear is set."""
+        kind = event.get("event")
+        return kind == "raise" or (kind == "clear" and self._on_clear)
+
+    def handle(self, event: dict, frame_bgr: np.ndarray | None = None,
+               overlay_bgr: np.ndarray | None = None) -> None:
+        """Enqueue the event (and image copies if needed) and return at once; never raises."""
+        try:
+            if self._closed or not self.wants(event):
+                return
+            if self._thread is None:
+                self.start()
+            # Copies: the frame loop may reuse its buffers while the worker still writes them.
+            frame = frame_bgr.copy() if self.needs_images and frame_bgr is not None else None
+            overlay = overlay_bgr.copy() if self.needs_images and overlay_bgr is not None else None
+            self._queue.put_nowait((dict(event), frame, overlay))
+        except queue.Full:
+            self._count("dropped")
+            self._warn("full", f"sink {self.name}: queue full ({self._queue.maxsize}), event dropped")
+        except Exception:  # a sink bug must not stop the frame loop
+            self._count("failed")
+            log.exception("sink %s: handle() failed", self.name)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Process what is queued (up to `timeout` seconds), stop the worker, release resources (idempotent)."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._start_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._thread is not None:
+            try:
+                self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Full:
+                pass
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+            if self._thread.is_alive():
+                log.warning("sink %s: closed after %.1f s with %d event(s) unprocessed", self.name, timeout,
+                            self._queue.qsize())
+        self._shutdown(max(0.0, deadline - time.monotonic()))
+
+    def stats(self) -> dict[str, int]:
+        """Counters for /metrics: handled, dropped (queue full), failed, backlog (not yet done)."""
+        with self._counts_lock:
+            out = dict(self._counts)
+        out["backlog"] = self._queue.qsize()
+        return out
+
+    # ---- for subclasses ------------------------------------------------------------------------
+    def process(self, event: dict, frame_bgr: np.ndarray | None, overlay_bgr: np.ndarray | None) -> None:
+        raise NotImplementedError
+
+    def _shutdown(self, timeout: float) -> None:
+        """Release resources after the worker stopped (files, connections, pins)."""
+
+    def _warn(self, key: str, message: str, every_s: float = 60.0) -> None:
+        """log.warning at most once per `every_s` per key (an outage must not flood the journal)."""
+        now = time.monotonic()
+        if now - self._last_warning.get(key, -math.inf) >= every_s:
+            self._last_warning[key] = now
+            log.warning("%s", message)
+
+    def _count(self, name: str) -> None:
+        with self._counts_lock:
+            self._counts[name] += 1
+        if name != "handled" and self._metrics is not None:
+            self._metrics.record_sink_error()
+
+    # ---- worker --------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            try:
+                self.process(*item)
+                self._count("handled")
+            except Exception as exc:
+                self._count("failed")
+                self._warn(f"fail:{type(exc).__name__}", f"sink {self.name}: {type(exc).__name__}: {exc}",
+                           every_s=10.0)
+                log.debug("sink %s: failure detail", self.name, exc_info=True)

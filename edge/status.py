@@ -1,0 +1,288 @@
+"""Status endpoint of edge-run: /healthz, /metrics (Prometheus text format), /latest.jpg, /status.
+
+A stdlib ThreadingHTTPServer on its own daemon thread, bound to 127.0.0.1 by default (the box is
+on a production network: expose it deliberately with --status-host 0.0.0.0).  It only reads
+RuntimeMetrics (thread-safe) and sink counters, so a slow client never slows the frame loop.
+
+  /healthz     200 + JSON while a frame was scored within `stall_s` seconds, else 503 + JSON
+  /metrics     Prometheus text exposition format 0.0.4
+  /latest.jpg  newest heatmap overlay JPEG, 404 until there is one
+  /status      RuntimeMetrics.snapshot() as JSON
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, fields
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterable
+
+from edge.sinks.base import redact_credentials
+
+log = logging.getLogger("edge.status")
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_QUANTILES = (("0.5", "p50"), ("0.9", "p90"), ("0.99", "p99"))
+
+
+class StatusError(ValueError):
+    """Bad status endpoint option, or the address cannot be bound."""
+
+
+@dataclass
+class StatusConfig:
+    """Status endpoint settings; flags --status-<field>, TOML section [status] with the field names."""
+
+    port: int | None = None  # None: endpoint disabled
+    host: str = "127.0.0.1"
+    stall_s: float = 10.0  # /healthz answers 503 when no frame was scored for this long
+
+    def __post_init__(self) -> None:
+        if self.port is not None and not 0 <= self.port <= 65535:
+            raise StatusError(f"--status-port / [status] port: expected a port 0..65535, got {self.port!r}")
+        if not self.stall_s > 0:
+            raise StatusError(f"--status-stall-s / [status] stall_s: expected seconds > 0, got {self.stall_s!r}")
+        if not self.host:
+            raise StatusError("--status-host / [status] host: expected an address, got ''")
+
+
+_STATUS_HELP = {
+    "port": "serve /healthz, /metrics, /latest.jpg on this TCP port (0 = any free port; default: off)",
+    "host": "address to bind (default: 127.0.0.1; 0.0.0.0 exposes it to the network)",
+    "stall_s": "/healthz returns 503 when no frame was scored for this many seconds (default: 10)",
+}
+_STATUS_TYPES = {"port": int, "host": str, "stall_s": float}
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    """--status-port, --status-host, --status-stall-s (default None = not given, the file may set them)."""
+    group = parser.add_argument_group("status endpoint (also settable in the [status] section of --config)")
+    for f in fields(StatusConfig):
+        group.add_argument("--status-" + f.name.replace("_", "-"), dest="status_" + f.name, default=None,
+                           type=_STATUS_TYPES[f.name], help=_STATUS_HELP[f.name])
+
+
+def status_config_from_args(args: argparse.Namespace, file_section: dict | None = None) -> StatusConfig:
+    """StatusConfig from defaults ← `[status]` file section ← CLI flags (later wins)."""
+    values: dict[str, Any] = {}
+    for key, value in (file_section or {}).items():
+        if key not in _STATUS_TYPES:
+            raise StatusError(f"[status] {key}: unknown key; expected one of {', '.join(_STATUS_TYPES)}")
+        kind = _STATUS_TYPES[key]
+        ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+        if not ok or isinstance(value, bool):
+            raise StatusError(f"[status] {key}: expected {'a number' if kind is float else kind.__name__}, "
+                              f"got {value!r}")
+        values[key] = kind(value)
+    for key in _STATUS_TYPES:
+        value = getattr(args, "status_" + key, None)
+        if value is not None:
+            values[key] = value
+    return StatusConfig(**values)
+
+
+# ---- health and metrics (pure functions of a RuntimeMetrics snapshot) ------------------------------
+
+def health(snapshot: dict, stall_s: float, now: float | None = None) -> tuple[int, dict]:
+    """(HTTP status, JSON body): 200 'ok' if the last frame is at most `stall_s` old, else 503."""
+    now = time.time() if now is None else now
+    last = snapshot.get("last_frame_time")
+    # A negative age is a wall-clock step backwards (NTP): treat the frame as fresh.
+    age = None if last is None else max(0.0, now - last)
+    if age is None:
+        state = "starting"
+    elif age <= stall_s:
+        state = "ok"
+    else:
+        state = "stalled"
+    body = {"status": state, "last_frame_age_s": age, "stall_s": stall_s,
+            **{k: snapshot.get(k) for k in ("frames", "fps", "alarm_active", "reconnects", "uptime_s")}}
+    return (200 if state == "ok" else 503), body
+
+
+def _num(value: Any) -> str:
+    """A Prometheus sample value (NaN for unknown)."""
+    if value is None:
+        return "NaN"
+    value = float(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(int(value)) if value.is_integer() and abs(value) < 2 ** 53 else repr(value)
+
+
+def _label(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class _Exposition:
+    """Builds text format 0.0.4: one # HELP and # TYPE line per family, then its samples."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str,
+               samples: Iterable[tuple[dict[str, Any], Any]]) -> None:
+        full = self.prefix + name
+        self.lines.append(f"# HELP {full} {help_text}")
+        self.lines.append(f"# TYPE {full} {kind}")
+        for labels, value in samples:
+            label_text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+            self.lines.append(f"{full}{{{label_text}}} {_num(value)}" if labels else f"{full} {_num(value)}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def render_metrics(snapshot: dict, sink_stats: dict[str, dict[str, int]] | None = None,
+                   now: float | None = None, prefix: str = "dcam_edge_") -> str:
+    """Prometheus text for a RuntimeMetrics.snapshot() (+ per-sink counters from Sink.stats())."""
+    now = time.time() if now is None else now
+    e = _Exposition(prefix)
+    for name, key, help_text in (
+            ("frames_total", "frames", "Frames scored since start."),
+            ("dropped_frames_total", "dropped", "Frames skipped because the loop fell behind."),
+            ("corrupt_frames_total", "corrupt", "Empty or undecodable frames from the source."),
+            ("reconnects_total", "reconnects", "Source reconnects since start."),
+            ("alarms_total", "alarms", "Alarms raised since start."),
+            ("sink_errors_total", "sink_errors", "Alarm events a sink dropped or failed to handle.")):
+        e.family(name, "counter", help_text, [({}, snapshot.get(key, 0))])
+    e.family("fps", "gauge", "Scored frames per second over the recent window.", [({}, snapshot.get("fps"))])
+    lat = snapshot.get("latency_ms") or {}
+    e.family("latency_seconds", "gauge", "Per-frame latency quantiles over the recent window, in seconds.",
+             [({"quantile": q}, None if lat.get(key) is None else lat[key] / 1000.0)
+              for q, key in LATENCY_QUANTILES])
+    e.family("latency_max_seconds", "gauge", "Largest per-frame latency in the recent window, in seconds.",
+             [({}, None if lat.get("max") is None else lat["max"] / 1000.0)])
+    e.family("alarm_active", "gauge", "1 while an alarm is raised.", [({}, int(bool(snapshot.get("alarm_active"))))])
+    e.family("last_score", "gauge", "Anomaly score of the last frame.", [({}, snapshot.get("last_score"))])
+    e.family("threshold", "gauge", "Alarm threshold in use.", [({}, snapshot.get("threshold"))])
+    last = snapshot.get("last_frame_time")
+    e.family("last_frame_age_seconds", "gauge", "Seconds since the last scored frame.",
+             [({}, None if last is None else max(0.0, now - last))])
+    e.family("uptime_seconds", "gauge", "Seconds since the runtime started.", [({}, snapshot.get("uptime_s"))])
+    e.family("info", "gauge", "Source, model and engine of this runtime (value is always 1).",
+             [({k: redact_credentials(str(snapshot.get(k) or "")) for k in ("source", "model", "engine")}, 1)])
+    if sink_stats:
+        for name, key, kind, help_text in (
+                ("sink_handled_total", "handled", "counter", "Events a sink finished."),
+                ("sink_dropped_total", "dropped", "counter", "Events a sink dropped because its queue was full."),
+                ("sink_failed_total", "failed", "counter", "Events a sink failed to handle."),
+                ("sink_backlog", "backlog", "gauge", "Events queued or spooled, not yet done.")):
+            e.family(name, kind, help_text, [({"sink": s}, st.get(key, 0)) for s, st in sink_stats.items()])
+    return e.text()
+
+
+# ---- server ------------------------------------------------------------------------------------------
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "dcam-edge-status"
+    timeout = 10  # seconds a client may idle before its connection (and thread) is dropped
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        status: StatusServer = self.server.status  # type: ignore[attr-defined]
+        path = self.path.split("?", 1)[0]
+        try:
+            if path == "/healthz":
+                code, body = health(status.metrics.snapshot(), status.stall_s)
+                self._send(code, "application/json", json.dumps(body).encode())
+            elif path == "/metrics":
+                self._send(200, PROMETHEUS_CONTENT_TYPE, status.metrics_text().encode())
+            elif path == "/latest.jpg":
+                data = status.metrics.latest_jpeg()
+                if data is None:
+                    self._send(404, "text/plain", b"no overlay yet\n")
+                else:
+                    self._send(200, "image/jpeg", data, extra={"Cache-Control": "no-store"})
+            elif path == "/status":
+                snap = status.metrics.snapshot()
+                if isinstance(snap.get("source"), str):
+                    snap["source"] = redact_credentials(snap["source"])
+                self._send(200, "application/json", json.dumps(snap, default=str).encode())
+            elif path == "/":
+                self._send(200, "text/plain", b"dcam-edge: /healthz /metrics /latest.jpg /status\n")
+            else:
+                self._send(404, "text/plain", b"not found\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away
+
+    def _send(self, code: int, content_type: str, body: bytes, extra: dict[str, str] | None = None) -> None:
+        self.send_response(code, HTTPStatus(code).phrase)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes every 15 s must not fill the journal
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+class StatusServer:
+    """Serve the endpoints for `metrics` (RuntimeMetrics) and optional `sinks` on a daemon thread."""
+
+    def __init__(self, metrics: Any, host: str = "127.0.0.1", port: int = 0, stall_s: float = 10.0,
+                 sinks: Iterable[Any] = ()) -> None:
+        self.metrics = metrics
+        self.stall_s = stall_s
+        self.sinks = list(sinks)
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), _Handler)
+        except OSError as exc:
+            raise StatusError(f"--status-host/--status-port {host}:{port}: cannot listen ({exc.strerror or exc})") \
+                from None
+        self._httpd.daemon_threads = True
+        self._httpd.status = self  # type: ignore[attr-defined]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="status-http", daemon=True)
+
+    @classmethod
+    def from_config(cls, config: StatusConfig, metrics: Any, sinks: Iterable[Any] = ()) -> "StatusServer | None":
+        """A started server, or None when config.port is None (endpoint disabled)."""
+        if config.port is None:
+            return None
+        return cls(metrics, config.host, config.port, config.stall_s, sinks).start()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = self._httpd.server_address[0]
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
+
+    def metrics_text(self) -> str:
+        stats = {}
+        for sink in self.sinks:
+            stats[getattr(sink, "name", type(sink).__name__)] = sink.stats()
+        return render_metrics(self.metrics.snapshot(), stats)
+
+    def start(self) -> "StatusServer":
+        self._thread.start()
+        log.info("status endpoint on %s (/healthz /metrics /latest.jpg)", self.url)
+        return self
+
+    def close(self, timeout: float = 2.0) -> None:
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+            self._thread.join(timeout)
+        self._httpd.server_close()
+
+    def __enter__(self) -> "StatusServer":
+        return self if self._thread.is_alive() else self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

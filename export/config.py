@@ -1,0 +1,115 @@
+"""``dcam-export`` options (one dataclass field per CLI flag), file names and the export error type."""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from types import ModuleType
+
+FORMATS = ("onnx", "openvino", "tflite")
+PRECISIONS = ("fp32", "int8")
+THRESHOLD_MODES = ("fpr", "f1")
+# ONNX int8 scope: "backbone" quantises every backbone op (Conv, Add, Clip, ...) and keeps the distance
+# head fp32; "conv" quantises only Conv/MatMul/Gemm (everything else, head included, stays fp32).
+ONNX_INT8_SCOPES = ("backbone", "conv")
+# ONNX Runtime calibration methods (activation ranges).
+ONNX_CALIBRATIONS = ("minmax", "percentile", "entropy")
+# TFLite int8 via ai-edge-quantizer: "static" = int8 weights + int8 activations for CONV_2D /
+# DEPTHWISE_CONV_2D of the backbone; "dynamic" = int8 weights, activations quantised at run time.
+TFLITE_INT8_RECIPES = ("static", "dynamic")
+# Architecture-independent stem of every exported file (contract: dcam.onnx, dcam.int8.onnx, ...).
+MODEL_STEM = "dcam"
+EXTENSIONS = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
+EXTRA_HINT = "pip install dcam-edge[export]"
+# Post-training quantisation wants a few hundred representative images (NNCF's default subset_size).
+RECOMMENDED_CALIB_SAMPLES = 300
+
+
+class ExportError(ValueError):
+    """Bad export input or a failed conversion; the message names the file/option and what was expected."""
+
+
+class AccuracyGuardError(RuntimeError):
+    """An int8 file lost more accuracy than the guard allows (and --allow-accuracy-drop was not given)."""
+
+
+def model_filename(fmt: str, precision: str) -> str:
+    """dcam.onnx / dcam.int8.onnx / dcam.xml / dcam.int8.xml / dcam.tflite / dcam.int8.tflite."""
+    infix = "" if precision == "fp32" else f".{precision}"
+    return f"{MODEL_STEM}{infix}{EXTENSIONS[fmt]}"
+
+
+def require(module: str, purpose: str) -> ModuleType:
+    """Import an optional converter package or raise one line naming the extra to install."""
+    # TensorFlow-based converters (litert-torch, ai-edge-*) print C++ INFO lines on import otherwise.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ExportError(f"{purpose} needs the Python package {module.split('.')[0]!r} "
+                          f"({type(exc).__name__}: {exc}); install the export extra: {EXTRA_HINT}") from None
+
+
+def _parse_list(value: str | list[str] | tuple[str, ...], valid: tuple[str, ...], flag: str) -> tuple[str, ...]:
+    items = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    unknown = [v for v in items if v not in valid]
+    if unknown:
+        raise ExportError(f"{flag}: unknown value(s) {', '.join(unknown)}; expected one or more of {', '.join(valid)}")
+    if not items:
+        raise ExportError(f"{flag}: expected one or more of {', '.join(valid)}")
+    return tuple(dict.fromkeys(items))  # de-duplicated, order kept
+
+
+@dataclass
+class ExportConfig:
+    """What to export and how (defaults: the issue's guard limits and 1 false alarm per 1000 normal images)."""
+
+    run: str = ""
+    out: str = ""
+    formats: str | tuple[str, ...] = "onnx,openvino,tflite"
+    precisions: str | tuple[str, ...] = "fp32,int8"
+    calib_data: str | None = None  # folder of normal images; default: the run's training normals
+    calib_samples: int = RECOMMENDED_CALIB_SAMPLES
+    threshold_mode: str = "fpr"
+    target_fpr: float = 0.001
+    allow_accuracy_drop: bool = False
+    # Accuracy guard for int8 vs fp32 (percentage points of AUROC; Spearman of image scores).
+    max_image_auroc_drop: float = 1.0
+    max_pixel_auroc_drop: float = 1.0
+    min_score_spearman: float = 0.95
+    threads: int = 2
+    onnx_int8_scope: str = "backbone"
+    onnx_calibration: str = "minmax"
+    tflite_int8: str = "static"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.formats = _parse_list(self.formats, FORMATS, "--formats")
+        self.precisions = _parse_list(self.precisions, PRECISIONS, "--precisions")
+        if not self.run:
+            raise ExportError("--run: expected a dcam-train run directory")
+        if not self.out:
+            raise ExportError("--out: expected an output directory")
+        if self.threshold_mode not in THRESHOLD_MODES:
+            raise ExportError(f"--threshold-mode: expected one of {', '.join(THRESHOLD_MODES)}, got {self.threshold_mode!r}")
+        if not 0.0 < self.target_fpr < 1.0:
+            raise ExportError(f"--target-fpr: expected a rate in (0, 1), e.g. 0.001, got {self.target_fpr}")
+        if self.calib_samples < 1:
+            raise ExportError(f"--calib-samples: expected a positive integer, got {self.calib_samples}")
+        if self.threads < 1:
+            raise ExportError(f"--threads: expected a positive integer, got {self.threads}")
+        for name, valid in (("onnx_int8_scope", ONNX_INT8_SCOPES), ("onnx_calibration", ONNX_CALIBRATIONS),
+                            ("tflite_int8", TFLITE_INT8_RECIPES)):
+            if getattr(self, name) not in valid:
+                raise ExportError(f"--{name.replace('_', '-')}: expected one of {', '.join(valid)}, "
+                                  f"got {getattr(self, name)!r}")
+        for name in ("max_image_auroc_drop", "max_pixel_auroc_drop"):
+            if getattr(self, name) < 0:
+                raise ExportError(f"--{name.replace('_', '-')}: expected >= 0 AUROC points")
+        if not -1.0 <= self.min_score_spearman <= 1.0:
+            raise ExportError(f"--min-score-spearman: expected a value in [-1, 1], got {self.min_score_spearman}")
+
+    def files(self) -> list[tuple[str, str, str]]:
+        """(format, precision, file name) for every requested file, fp32 before int8 per format."""
+        return [(f, p, model_filename(f, p)) for f in self.formats for p in PRECISIONS if p in self.precisions]

@@ -1,0 +1,175 @@
+"""Export-time accuracy of every produced file, measured through edge.engines (what the device runs).
+
+Per file: on validation normals the Spearman rank correlation of image scores and the Pearson
+correlation of anomaly maps (all pixels) against the fp32 torch graph, plus max |Δ| (fp32 parity);
+on the test split, when the dataset has one, image AUROC and pixel AUROC (edge.metrics; mean over
+categories, as MVTec AD reports them).  The guard: an int8 file must stay within
+``max_image_auroc_drop`` / ``max_pixel_auroc_drop`` AUROC points of fp32 and reach a score Spearman
+of ``min_score_spearman``; an fp32 file must equal torch within ``PARITY_ATOL``.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from edge.metrics import MetricWarning, image_auroc, pixel_auroc
+from edge.preprocess import PreprocessSpec
+
+from .calibration_data import ExportData, ImageSet
+
+PARITY_ATOL = 1e-4  # fp32 file vs torch, map and score (issue: "within 1e-4")
+MIN_RANK_SAMPLES = 3  # a rank correlation of fewer scores says nothing
+
+Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Outputs:
+    """Maps (N×1×S×S) and scores (N) of one model on the validation normals and the test split."""
+
+    val_maps: np.ndarray
+    val_scores: np.ndarray
+    test_maps: np.ndarray | None = None
+    test_scores: np.ndarray | None = None
+    ms_per_image: float | None = None
+
+
+def _score_set(run: Runner, images: ImageSet, spec: PreprocessSpec, desc: str, progress: bool,
+               times: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    maps, scores = [], []
+    for x in tqdm(images.batches(spec, batch_size=1), total=len(images), desc=desc, unit="img", leave=False,
+                  disable=not progress):
+        t0 = time.perf_counter()
+        m, s = run(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+        maps.append(np.asarray(m, np.float32).reshape(1, 1, *m.shape[-2:]))
+        scores.append(np.asarray(s, np.float32).reshape(1))
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def score_outputs(run: Runner, data: ExportData, spec: PreprocessSpec, desc: str = "scoring",
+                  progress: bool = True) -> Outputs:
+    """Run a model (torch reference or edge engine) over validation normals and the test split."""
+    times: list[float] = []
+    val_maps, val_scores = _score_set(run, data.validation, spec, f"{desc} (validation)", progress, times)
+    out = Outputs(val_maps, val_scores)
+    if data.test is not None:
+        out.test_maps, out.test_scores = _score_set(run, data.test, spec, f"{desc} (test)", progress, times)
+    # Median per image at batch 1: robust to the first-call warm-up and to a busy machine.
+    out.ms_per_image = float(np.median(times)) if times else None
+    return out
+
+
+def engine_runner(path: Path, threads: int) -> Runner:
+    """edge.engines.load_engine(path, threads).run — the exact code path of the edge runtime."""
+    from edge.engines import load_engine
+    return load_engine(path, threads=threads).run
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """0-based ranks with ties sharing their average rank (as in Spearman's ρ with ties)."""
+    _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
+    end = np.cumsum(counts)
+    return ((end - counts + end - 1) / 2.0)[inverse.ravel()]
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two flattened arrays (nan if either is constant)."""
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's ρ = Pearson correlation of the (tie-averaged) ranks."""
+    return pearson(average_ranks(a), average_ranks(b))
+
+
+def _finite(x: np.ndarray | None) -> bool:
+    return x is None or bool(np.isfinite(x).all())
+
+
+def _safe(metric: Callable[..., float], *args: Any) -> float | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)
+        value = metric(*args)
+    return None if np.isnan(value) else float(value)
+
+
+def split_metrics(test: ImageSet, maps: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    """Image and pixel AUROC per category and their mean over categories (None where undefined)."""
+    per: dict[str, dict[str, Any]] = {}
+    cats = np.asarray(test.categories)
+    for cat in sorted(set(test.categories)):
+        idx = np.flatnonzero(cats == cat)
+        per[cat] = {"n_images": int(idx.size), "n_anomalous": int(test.labels[idx].sum()),
+                    "image_auroc": _safe(image_auroc, test.labels[idx], scores[idx]),
+                    "pixel_auroc": _safe(pixel_auroc, test.masks[idx], maps[idx]) if test.masks is not None else None}
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in per.values() if r[key] is not None]
+        return float(np.mean(values)) if values else None
+
+    return {"n_images": len(test), "n_anomalous": int(test.labels.sum()), "image_auroc": mean("image_auroc"),
+            "pixel_auroc": mean("pixel_auroc"), "per_category": per}
+
+
+def file_accuracy(ref: Outputs, out: Outputs, data: ExportData, ref_test: dict[str, Any] | None,
+                  threads: int) -> dict[str, Any]:
+    """The manifest's "accuracy" figures of one file against the fp32 torch reference."""
+    finite = _finite(out.val_maps) and _finite(out.val_scores) and _finite(out.test_maps) and _finite(out.test_scores)
+    n = len(out.val_scores)
+    val: dict[str, Any] = {"n_images": n, "finite": finite, "reference": "fp32 torch (export.graph)"}
+    if finite:
+        # Undefined (None) when too few images or constant reference scores; nan when the file's scores are constant.
+        rankable = n >= MIN_RANK_SAMPLES and np.ptp(ref.val_scores) > 0
+        val.update(score_spearman=spearman(out.val_scores, ref.val_scores) if rankable else None,
+                   map_correlation=pearson(out.val_maps, ref.val_maps),
+                   max_abs_diff_map=float(np.abs(out.val_maps - ref.val_maps).max()),
+                   max_abs_diff_score=float(np.abs(out.val_scores - ref.val_scores).max()))
+    result: dict[str, Any] = {"validation_normals": val, "ms_per_image": out.ms_per_image, "threads": threads,
+                              "timing": "median wall time of one batch-1 Engine.run on the export machine"}
+    if data.test is not None and finite:
+        t = split_metrics(data.test, out.test_maps, out.test_scores)
+        if ref_test is not None:
+            t["reference"] = {"image_auroc": ref_test["image_auroc"], "pixel_auroc": ref_test["pixel_auroc"]}
+            t["drop_points"] = {k: (100.0 * (ref_test[k] - t[k]) if ref_test[k] is not None and t[k] is not None
+                                    else None) for k in ("image_auroc", "pixel_auroc")}
+        result["test"] = t
+    else:
+        result["test"] = None
+    return result
+
+
+def guard_violations(precision: str, accuracy: dict[str, Any], max_image_auroc_drop: float,
+                     max_pixel_auroc_drop: float, min_score_spearman: float,
+                     parity_atol: float = PARITY_ATOL) -> list[str]:
+    """Human-readable reasons why a file fails the guard (empty list: it passes)."""
+    val = accuracy["validation_normals"]
+    if not val["finite"]:
+        return ["outputs contain NaN or inf"]
+    problems = []
+    if precision == "fp32":
+        for key in ("max_abs_diff_map", "max_abs_diff_score"):
+            if val[key] > parity_atol:
+                problems.append(f"fp32 parity: {key} {val[key]:.3g} > {parity_atol:g} vs torch")
+        return problems
+    rho = val["score_spearman"]
+    if rho is not None and not rho >= min_score_spearman:  # `not >=` also catches nan (constant scores)
+        problems.append(f"score Spearman {rho:.3f} < {min_score_spearman:g} vs fp32 on {val['n_images']} "
+                        f"validation normals")
+    drops = (accuracy.get("test") or {}).get("drop_points") or {}
+    for key, limit in (("image_auroc", max_image_auroc_drop), ("pixel_auroc", max_pixel_auroc_drop)):
+        drop = drops.get(key)
+        if drop is not None and drop > limit:
+            problems.append(f"{key.replace('_', ' ')} drop {drop:.2f} points > {limit:g} vs fp32")
+    return problems

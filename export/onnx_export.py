@@ -1,0 +1,148 @@
+"""ONNX: fp32 export of the fused graph and int8 post-training static quantisation (QDQ) with ONNX Runtime.
+
+fp32: ``torch.onnx.export`` (dynamo) with the onnxscript *rewriter* off — its "Add(x, 0)" rule treats the
+cosine head's ε = 1e-8 as zero and deletes it, so an all-zero feature vector gives 0/0 = NaN in the map.
+Constants are folded and lifted to initializers instead; BatchNorm is already folded in torch
+(export.graph), and one self-contained file is written (``external_data=False``; quant_pre_process
+cannot read a ``.onnx.data`` side file).
+
+int8: ``quant_pre_process`` (ORT optimisation + symbolic shapes), then ``quantize_static`` in QDQ format,
+per-channel int8 weights, uint8 activations (int8 activations measured slower here), calibrated on
+training normals, with the distance head excluded by structure (export.head_scope) so it stays fp32.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ExportError, require
+from .graph import FusedGraph
+from .head_scope import GraphNode, find_head, is_single_axis_reduction
+
+INPUT_NAME, MAP_NAME, SCORE_NAME = "image", "anomaly_map", "score"
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+REDUCE_OPS = frozenset({"ReduceSum", "ReduceMean", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceMax",
+                        "ReduceMin", "ReduceProd", "ReduceLogSumExp"})
+CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+
+
+def export_onnx(graph: FusedGraph, path: Path) -> Path:
+    """Write the fp32 fused graph to ``path`` (one input "image", outputs "anomaly_map", "score")."""
+    import torch
+    onnx = require("onnx", "ONNX export")
+    optimizer = require("onnxscript.optimizer", "ONNX export")
+    passes = require("onnx_ir.passes.common", "ONNX export")
+    ir = require("onnx_ir", "ONNX export")
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.export deprecation chatter
+        raw = Path(tmp) / "raw.onnx"
+        try:
+            torch.onnx.export(graph.module, (graph.example_input(),), str(raw), input_names=[INPUT_NAME],
+                              output_names=[MAP_NAME, SCORE_NAME], external_data=False, optimize=False,
+                              verbose=False)
+        except Exception as exc:
+            raise ExportError(f"{path}: torch.onnx.export failed ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        model = ir.load(str(raw))
+    optimizer.fold_constants(model)
+    passes.RemoveUnusedNodesPass()(model)
+    passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    proto = ir.serde.serialize_model(model)
+    onnx.checker.check_model(proto)
+    left = [n.name for n in proto.graph.node if n.op_type == "BatchNormalization"]
+    if left:
+        raise ExportError(f"{path}: BatchNormalization nodes left after folding: {left[:5]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(path))
+    return path
+
+
+def _constant_ints(model: Any, name: str) -> list[int] | None:
+    from onnx import numpy_helper
+    for init in model.graph.initializer:
+        if init.name == name:
+            return [int(v) for v in numpy_helper.to_array(init).ravel()]
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return [int(v) for v in numpy_helper.to_array(node.attribute[0].t).ravel()]
+    return None
+
+
+def onnx_graph_nodes(model: Any) -> list[GraphNode]:
+    """Format-neutral view of an ONNX ModelProto for export.head_scope."""
+    from onnx import helper
+    ranks = {vi.name: len(vi.type.tensor_type.shape.dim)
+             for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+             if vi.type.tensor_type.HasField("shape")}
+    nodes = []
+    for i, n in enumerate(model.graph.node):
+        reduction = False
+        if n.op_type in REDUCE_OPS:
+            attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+            axes = attrs.get("axes")
+            if axes is None and len(n.input) > 1 and n.input[1]:
+                axes = _constant_ints(model, n.input[1])
+            reduction = is_single_axis_reduction(axes, ranks.get(n.input[0]))
+        nodes.append(GraphNode(n.name or f"#{i}", n.op_type, tuple(n.input), tuple(n.output),
+                               weighted=n.op_type in WEIGHTED_OPS, channel_reduction=reduction))
+    return nodes
+
+
+class ArrayCalibrationReader:
+    """onnxruntime CalibrationDataReader over preprocessed images (N×3×S×S), one batch-1 feed at a time."""
+
+    def __init__(self, images: np.ndarray, input_name: str = INPUT_NAME) -> None:
+        self._images = np.asarray(images, dtype=np.float32)
+        self._input_name = input_name
+        self._it: Iterator[dict[str, np.ndarray]] | None = None
+        self.rewind()
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = ({self._input_name: x[None]} for x in self._images)
+
+
+def quantize_onnx(fp32_path: Path, out_path: Path, calibration_images: np.ndarray, scope: str = "backbone",
+                  calibration: str = "minmax") -> dict[str, Any]:
+    """int8 QDQ copy of ``fp32_path`` with the distance head in fp32; returns what was done (for the manifest)."""
+    onnx = require("onnx", "ONNX int8 quantisation")
+    q = require("onnxruntime.quantization", "ONNX int8 quantisation")
+    shape_inference = require("onnxruntime.quantization.shape_inference", "ONNX int8 quantisation")
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        try:
+            shape_inference.quant_pre_process(str(fp32_path), str(pre))
+        except Exception as exc:
+            raise ExportError(f"{fp32_path}: ONNX Runtime quant_pre_process failed ({type(exc).__name__}: {exc})") from None
+        model = onnx.load(str(pre))
+        nodes = onnx_graph_nodes(model)
+        head = find_head(nodes)
+        op_types = sorted(WEIGHTED_OPS) if scope == "conv" else None
+        extra = {"CalibPercentile": 99.999} if calibration == "percentile" else {}
+        try:
+            q.quantize_static(str(pre), str(out_path), ArrayCalibrationReader(calibration_images),
+                              quant_format=q.QuantFormat.QDQ, per_channel=True,
+                              activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                              op_types_to_quantize=op_types, nodes_to_exclude=sorted(head),
+                              calibrate_method=getattr(q.CalibrationMethod, CALIBRATION_METHODS[calibration]),
+                              use_external_data_format=False, extra_options=extra)
+        except Exception as exc:
+            raise ExportError(f"{out_path}: ONNX Runtime quantize_static failed ({type(exc).__name__}: {exc})") from None
+    head_types = sorted({n.op_type for n in nodes if n.name in head})
+    return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weights": "int8 per-channel",
+            "activations": "uint8", "calibration": calibration, "scope": scope,
+            "calibration_images": int(len(calibration_images)),
+            "fp32_nodes_kept": {"count": len(head), "op_types": head_types,
+                                "rule": "distance head (export.head_scope)" +
+                                        (" + every non-Conv/MatMul/Gemm node" if scope == "conv" else "")}}

@@ -1,0 +1,92 @@
+"""OpenVINO IR: fp32 conversion of the exported ONNX graph and int8 with NNCF, the distance head kept fp32.
+
+Converting the ONNX file (rather than re-tracing torch) keeps one graph behind every format.  Two
+measured traps are designed around (toolchain facts):
+* ``ov.save_model`` compresses weights to fp16 unless ``compress_to_fp16=False``;
+* on AMX CPUs OpenVINO silently runs bf16 (score correlation 0.88) unless compiled with
+  ``INFERENCE_PRECISION_HINT="f32"`` — the manifest records that hint and edge.engines compiles with it.
+int8: ``nncf.quantize`` (post-training static, min-max on training normals) with an IgnoredScope naming
+the head nodes found by structure (export.head_scope), ``validate=False``.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ExportError, require
+from .head_scope import GraphNode, find_head, is_single_axis_reduction
+
+INFERENCE_PRECISION_HINT = "f32"
+WEIGHTED_OPS = frozenset({"Convolution", "GroupConvolution", "ConvolutionBackpropData",
+                          "GroupConvolutionBackpropData", "MatMul"})
+REDUCE_OPS = frozenset({"ReduceSum", "ReduceMean", "ReduceL1", "ReduceL2", "ReduceMax", "ReduceMin", "ReduceProd"})
+
+
+def export_openvino(onnx_path: Path, xml_path: Path) -> Path:
+    """fp32 IR (``.xml`` + ``.bin``, fp32 weights) from the fp32 ONNX file."""
+    ov = require("openvino", "OpenVINO export")
+    xml_path = Path(xml_path)
+    try:
+        model = ov.convert_model(str(onnx_path))
+    except Exception as exc:
+        raise ExportError(f"{onnx_path}: openvino.convert_model failed ({type(exc).__name__}: {exc})") from None
+    left = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name().startswith("BatchNorm")]
+    if left:
+        raise ExportError(f"{xml_path}: BatchNorm ops left in the OpenVINO model: {left[:5]}")
+    ov.save_model(model, str(xml_path), compress_to_fp16=False)
+    return xml_path
+
+
+def _const_ints(node: Any) -> list[int] | None:
+    if node.get_type_name() != "Constant":
+        return None
+    return [int(v) for v in np.asarray(node.get_data()).ravel()]
+
+
+def openvino_graph_nodes(model: Any) -> list[GraphNode]:
+    """Format-neutral view of an ``openvino.Model`` for export.head_scope (tensors named node:port)."""
+    nodes = []
+    for op in model.get_ordered_ops():
+        name, kind = op.get_friendly_name(), op.get_type_name()
+        inputs = tuple(f"{v.get_node().get_friendly_name()}:{v.get_index()}" for v in op.input_values())
+        outputs = tuple(f"{name}:{i}" for i in range(op.get_output_size()))
+        reduction = False
+        if kind in REDUCE_OPS:
+            axes = _const_ints(op.input_value(1).get_node())
+            shape = op.input_value(0).get_partial_shape()
+            rank = shape.rank.get_length() if shape.rank.is_static else None
+            reduction = is_single_axis_reduction(axes, rank)
+        nodes.append(GraphNode(name, kind, inputs, outputs, weighted=kind in WEIGHTED_OPS,
+                               channel_reduction=reduction))
+    return nodes
+
+
+def quantize_openvino(fp32_xml: Path, out_xml: Path, calibration_images: np.ndarray) -> dict[str, Any]:
+    """int8 IR with NNCF post-training quantisation; the distance head stays fp32."""
+    ov = require("openvino", "OpenVINO int8 quantisation")
+    nncf = require("nncf", "OpenVINO int8 quantisation")
+    core = ov.Core()
+    model = core.read_model(str(fp32_xml))
+    nodes = openvino_graph_nodes(model)
+    head = find_head(nodes)
+    # Parameters/Results/Constants are not quantisable ops; naming them only adds noise.
+    ignored = sorted(n.name for n in nodes if n.name in head and n.op_type not in ("Constant", "Parameter", "Result"))
+    data = [np.ascontiguousarray(x[None], dtype=np.float32) for x in calibration_images]
+    logging.getLogger("nncf").setLevel(logging.ERROR)  # NNCF logs every step at INFO
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantized = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data),
+                                      ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
+    except Exception as exc:
+        raise ExportError(f"{out_xml}: nncf.quantize failed ({type(exc).__name__}: {exc})") from None
+    ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
+    head_types = sorted({n.op_type for n in nodes if n.name in ignored})
+    return {"tool": f"nncf.quantize {getattr(nncf, '__version__', '')}".strip(), "mode": "post-training static, "
+            "int8 weights and activations", "calibration_images": len(data),
+            "fp32_nodes_kept": {"count": len(ignored), "op_types": head_types,
+                                "rule": "distance head (export.head_scope) as nncf.IgnoredScope"}}

@@ -1,0 +1,199 @@
+"""``run_export``: run dir → fused graph → every requested file + its manifest, evaluated by the guard."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .calibration_data import CalibrationWarning, ExportData, load_export_data
+from .config import FORMATS, AccuracyGuardError, ExportConfig, model_filename, require
+from .graph import FusedGraph, load_fused_graph
+from .guard import Outputs, engine_runner, file_accuracy, guard_violations, score_outputs, split_metrics
+from .manifest_writer import build_manifest, write_file_manifest
+from .thresholds import file_thresholds
+
+# Packages each format needs (checked before any slow work so a missing extra fails in a second).
+CONVERTERS = {"onnx": {"fp32": ("onnx", "onnxscript", "onnxruntime"), "int8": ("onnxruntime.quantization",)},
+              "openvino": {"fp32": ("onnx", "onnxscript", "openvino"), "int8": ("nncf",)},
+              "tflite": {"fp32": ("litert_torch", "ai_edge_litert"), "int8": ("ai_edge_quantizer",)}}
+
+
+@dataclass
+class ExportedFile:
+    format: str
+    precision: str
+    path: Path
+    manifest: Path
+    accuracy: dict[str, Any]
+    violations: list[str]
+    threshold: float
+    size_bytes: int
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    files: list[ExportedFile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def guard_passed(self) -> bool:
+        return not any(f.violations for f in self.files)
+
+    def table(self) -> str:
+        """One line per file: size, latency, parity/correlation and AUROC figures, guard verdict."""
+        head = (f"{'file':<18} {'MB':>6} {'ms/img':>7} {'spearman':>8} {'map_corr':>8} {'max|Δmap|':>9} "
+                f"{'img_auroc':>9} {'pix_auroc':>9} {'threshold':>9}  guard")
+        lines = [head]
+        for f in self.files:
+            v, t = f.accuracy["validation_normals"], f.accuracy.get("test") or {}
+
+            def num(x: Any, fmt: str = ".4f") -> str:
+                return format(x, fmt) if isinstance(x, (int, float)) and np.isfinite(x) else "-"
+            lines.append(f"{f.path.name:<18} {f.size_bytes / 1e6:>6.2f} {num(f.accuracy['ms_per_image'], '.2f'):>7} "
+                         f"{num(v.get('score_spearman')):>8} {num(v.get('map_correlation')):>8} "
+                         f"{num(v.get('max_abs_diff_map'), '.2e'):>9} {num(t.get('image_auroc')):>9} "
+                         f"{num(t.get('pixel_auroc')):>9} {num(f.threshold):>9}  "
+                         f"{'ok' if not f.violations else 'FAIL: ' + '; '.join(f.violations)}")
+        return "\n".join(lines)
+
+
+def check_converters(cfg: ExportConfig) -> None:
+    """ExportError naming the extra to install when a requested format's converter is missing."""
+    for fmt in cfg.formats:
+        for precision in ("fp32", *cfg.precisions):
+            for module in CONVERTERS[fmt][precision]:
+                require(module, f"{fmt} {precision} export")
+
+
+class _Exporter:
+    """State shared while producing the files of one export (graph, data, reference outputs)."""
+
+    def __init__(self, cfg: ExportConfig, graph: FusedGraph, data: ExportData, ref: Outputs,
+                 ref_test: dict[str, Any] | None, tmp: Path, result: ExportResult) -> None:
+        self.cfg, self.graph, self.data, self.ref, self.ref_test = cfg, graph, data, ref, ref_test
+        self.tmp, self.result = tmp, result
+        self.out = Path(cfg.out)
+        self._calibration: np.ndarray | None = None
+        self._fp32: dict[str, Path] = {}
+
+    @property
+    def calibration(self) -> np.ndarray:
+        if self._calibration is None:
+            self._calibration = self.data.calibration.arrays(self.graph.spec)
+        return self._calibration
+
+    def fp32_path(self, fmt: str) -> Path:
+        """Where the fp32 file of a format goes: --out if requested, else a temp dir (int8 source only)."""
+        folder = self.out if "fp32" in self.cfg.precisions else self.tmp
+        return folder / model_filename(fmt, "fp32")
+
+    def fp32(self, fmt: str) -> Path:
+        """Produce (once) the fp32 file of a format; OpenVINO converts the fp32 ONNX graph."""
+        if fmt not in self._fp32:
+            path = self.fp32_path(fmt)
+            if fmt == "onnx":
+                from .onnx_export import export_onnx
+                export_onnx(self.graph, path)
+            elif fmt == "openvino":
+                from .onnx_export import export_onnx
+                from .openvino_export import export_openvino
+                # One graph behind every format: OpenVINO converts the fp32 ONNX file (a temp one if not requested).
+                onnx_path = (self.fp32("onnx") if "onnx" in self.cfg.formats
+                             else export_onnx(self.graph, self.tmp / model_filename("onnx", "fp32")))
+                export_openvino(onnx_path, path)
+            else:
+                from .tflite_export import export_tflite
+                export_tflite(self.graph, path)
+            self._fp32[fmt] = path
+        return self._fp32[fmt]
+
+    def int8(self, fmt: str) -> tuple[Path, dict[str, Any]]:
+        path = self.out / model_filename(fmt, "int8")
+        source = self.fp32(fmt)
+        if fmt == "onnx":
+            from .onnx_export import quantize_onnx
+            info = quantize_onnx(source, path, self.calibration, self.cfg.onnx_int8_scope, self.cfg.onnx_calibration)
+        elif fmt == "openvino":
+            from .openvino_export import quantize_openvino
+            info = quantize_openvino(source, path, self.calibration)
+        else:
+            from .tflite_export import quantize_tflite
+            info = quantize_tflite(source, path, self.calibration, self.cfg.tflite_int8)
+        return path, info
+
+    def finish(self, fmt: str, precision: str, path: Path, quantization: dict[str, Any] | None) -> ExportedFile:
+        """Evaluate a file through edge.engines, calibrate its own thresholds and write its manifest."""
+        cfg = self.cfg
+        outputs = score_outputs(engine_runner(path, cfg.threads), self.data, self.graph.spec, desc=path.name,
+                                progress=cfg.progress)
+        accuracy = file_accuracy(self.ref, outputs, self.data, self.ref_test, cfg.threads)
+        violations = guard_violations(precision, accuracy, cfg.max_image_auroc_drop, cfg.max_pixel_auroc_drop,
+                                      cfg.min_score_spearman)
+        accuracy["guard"] = {"passed": not violations, "violations": violations,
+                             "allowed_by_flag": bool(violations and cfg.allow_accuracy_drop),
+                             "limits": {"max_image_auroc_drop_points": cfg.max_image_auroc_drop,
+                                        "max_pixel_auroc_drop_points": cfg.max_pixel_auroc_drop,
+                                        "min_score_spearman": cfg.min_score_spearman,
+                                        "fp32_parity_atol": 1e-4}}
+        threshold = file_thresholds(self.data, outputs, cfg.threshold_mode, cfg.target_fpr)
+        export_info = {"tool": "dcam-export", "config": {k: (list(v) if isinstance(v, tuple) else v)
+                                                         for k, v in dataclasses.asdict(cfg).items()},
+                       "data": self.data.sources, "warnings": list(self.result.warnings)}
+        manifest = write_file_manifest(path, build_manifest(path, fmt, precision, self.graph, threshold, accuracy,
+                                                            quantization, export_info))
+        size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if fmt == "openvino" else 0)
+        return ExportedFile(fmt, precision, path, manifest, accuracy, violations, float(threshold["global"]), size)
+
+
+def run_export(cfg: ExportConfig) -> ExportResult:
+    """Write every requested file with its manifest; AccuracyGuardError (carrying ``.result``) when a file
+    fails the guard and ``cfg.allow_accuracy_drop`` is False."""
+    check_converters(cfg)
+    out = Path(cfg.out)
+    result = ExportResult(out)
+    plan = [(fmt, p) for fmt in FORMATS if fmt in cfg.formats for p in ("fp32", "int8") if p in cfg.precisions]
+    with tqdm(total=3 + len(plan), desc="dcam-export", unit="step", file=sys.stderr, disable=not cfg.progress) as bar:
+        bar.set_postfix_str("fusing the inference graph")
+        graph, train_cfg = load_fused_graph(cfg.run, seed=cfg.seed)
+        bar.update()
+        bar.set_postfix_str("loading images")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CalibrationWarning)
+            data = load_export_data(train_cfg, graph.info["categories"], graph.image_size, cfg.calib_data,
+                                    cfg.calib_samples if "int8" in cfg.precisions else 1, cfg.seed, cfg.progress)
+        for w in caught:
+            if "int8" in cfg.precisions and issubclass(w.category, CalibrationWarning):
+                result.warnings.append(str(w.message))
+                tqdm.write(f"warning: {w.message}", file=sys.stderr)
+        bar.update()
+        bar.set_postfix_str("torch fp32 reference")
+        ref = score_outputs(graph.run, data, graph.spec, desc="torch fp32", progress=cfg.progress)
+        ref_test = split_metrics(data.test, ref.test_maps, ref.test_scores) if data.test is not None else None
+        bar.update()
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="dcam-export-") as tmp:
+            exporter = _Exporter(cfg, graph, data, ref, ref_test, Path(tmp), result)
+            for fmt, precision in plan:
+                bar.set_postfix_str(f"{model_filename(fmt, precision)}")
+                if precision == "fp32":
+                    path, info = exporter.fp32(fmt), None
+                else:
+                    path, info = exporter.int8(fmt)
+                result.files.append(exporter.finish(fmt, precision, path, info))
+                bar.update()
+    if not result.guard_passed and not cfg.allow_accuracy_drop:
+        failed = [f"{f.path.name}: {'; '.join(f.violations)}" for f in result.files if f.violations]
+        err = AccuracyGuardError("accuracy guard FAILED for " + " | ".join(failed) +
+                                 " (files and manifests were written with accuracy.guard.passed=false; fix the "
+                                 "calibration data or pass --allow-accuracy-drop to accept)")
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+    return result

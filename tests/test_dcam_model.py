@@ -1,0 +1,189 @@
+"""DCAM / STFPM: losses, attention and inference head against independent numpy/scipy computations."""
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from scipy.special import softmax
+
+from train.cli import build_parser, config_from_args
+from train.config import ModelConfig, TrainConfig
+from train.models import build_model
+from train.models.attention import ChannelAttention, DCAMBlock, SpatialAttention
+from train.models.head import DistanceHead, GaussianBlur, pyramid_cosine_head
+from train.models.loss import (FeatureMatchingLoss, channel_cosine_distance, channel_kl_divergence, normalized_mse,
+                               spatial_cosine_distance, spatial_kl_divergence)
+
+rng = np.random.default_rng(0)
+
+
+def _pair(shape=(2, 5, 3, 4)):
+    t = rng.normal(size=shape).astype(np.float32)
+    s = rng.normal(size=shape).astype(np.float32)
+    return t, s, torch.from_numpy(t), torch.from_numpy(s)
+
+
+def _cos(a, b):
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_channel_cosine_distance_matches_per_pixel_loop():
+    t, s, tt, st = _pair()
+    b, c, h, w = t.shape
+    expected = np.mean([[1 - _cos(t[i, :, y, x], s[i, :, y, x]) for y in range(h) for x in range(w)] for i in range(b)])
+    assert channel_cosine_distance(tt, st).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_spatial_cosine_distance_matches_per_channel_loop():
+    t, s, tt, st = _pair()
+    b, c, h, w = t.shape
+    expected = np.mean([[1 - _cos(t[i, d].ravel(), s[i, d].ravel()) for d in range(c)] for i in range(b)])
+    assert spatial_cosine_distance(tt, st).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_kl_divergences_match_explicit_softmax_kl(reduction):
+    t, s, tt, st = _pair()
+    b, c, h, w = t.shape
+    agg = np.sum if reduction == "sum" else np.mean
+    # channel: softmax over C at every pixel, then sum (or mean) over pixels, mean over batch
+    pt, ps = softmax(t, axis=1), softmax(s, axis=1)
+    channel = np.mean([agg((pt[i] * np.log(pt[i] / ps[i])).sum(0)) for i in range(b)])
+    assert channel_kl_divergence(tt, st, reduction).item() == pytest.approx(channel, rel=1e-4)
+    # spatial: softmax over H·W for every channel, then sum (or mean) over channels
+    pt = softmax(t.reshape(b, c, -1), axis=2)
+    ps = softmax(s.reshape(b, c, -1), axis=2)
+    spatial = np.mean([agg((pt[i] * np.log(pt[i] / ps[i])).sum(1)) for i in range(b)])
+    assert spatial_kl_divergence(tt, st, reduction).item() == pytest.approx(spatial, rel=1e-4)
+
+
+def test_kl_is_zero_for_identical_features_and_positive_otherwise():
+    _, _, tt, st = _pair()
+    assert channel_kl_divergence(tt, tt).item() == pytest.approx(0.0, abs=1e-6)
+    assert spatial_kl_divergence(st, st).item() == pytest.approx(0.0, abs=1e-6)
+    assert spatial_kl_divergence(tt, st).item() > 0
+
+
+def test_stfpm_normalised_mse_equals_channel_cosine_distance():
+    # ½‖t̂ − ŝ‖² = 1 − cos(t, s) for unit vectors: an independent identity check of both functions.
+    _, _, tt, st = _pair()
+    assert normalized_mse(tt, st).item() == pytest.approx(channel_cosine_distance(tt, st).item(), rel=1e-5)
+
+
+def test_feature_matching_loss_is_weighted_sum_over_levels():
+    levels = [_pair((2, c, 4, 4))[2:] for c in (3, 6)]
+    teacher = [t for t, _ in levels]
+    student = [s for _, s in levels]
+    loss, parts = FeatureMatchingLoss(channel_cosine=1.0, spatial_kl=0.5)(teacher, student)
+    expected = sum(channel_cosine_distance(t, s) + 0.5 * spatial_kl_divergence(t, s) for t, s in levels)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert set(parts) == {"channel_cosine", "spatial_kl"}
+    with pytest.raises(ValueError, match="loss weight"):
+        FeatureMatchingLoss(0, 0, 0, 0, 0)
+
+
+def test_channel_attention_formula():
+    torch.manual_seed(0)
+    att = ChannelAttention(8, reduction=2)
+    x = torch.randn(2, 8, 5, 5)
+    w0 = att.mlp[0].weight[:, :, 0, 0].detach().numpy()
+    w1 = att.mlp[2].weight[:, :, 0, 0].detach().numpy()
+    xn = x.numpy()
+    mlp = lambda v: w1 @ np.maximum(w0 @ v, 0)  # noqa: E731
+    expected = [1 / (1 + np.exp(-(mlp(xn[i].mean((1, 2))) + mlp(xn[i].max((1, 2)))))) for i in range(2)]
+    got = att(x)[:, :, 0, 0].detach().numpy()
+    np.testing.assert_allclose(got, np.stack(expected), rtol=1e-5)
+
+
+def test_spatial_attention_formula_and_dcam_order():
+    torch.manual_seed(0)
+    block = DCAMBlock(4, "both", reduction=2, kernel_size=7)
+    x = torch.randn(1, 4, 9, 9)
+    sa: SpatialAttention = block.spatial
+    pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
+    conv = ndimage_conv = torch.nn.functional.conv2d(pooled, sa.conv.weight, padding=3)
+    np.testing.assert_allclose(sa(x).detach().numpy(), torch.sigmoid(conv).detach().numpy(), rtol=1e-5)
+    del ndimage_conv
+    refined = block.channel(x) * x
+    expected = sa(refined) * refined
+    np.testing.assert_allclose(block(x).detach().numpy(), expected.detach().numpy(), rtol=1e-5)
+
+
+def test_head_matches_cv2_bilinear_sum_and_max():
+    levels = [_pair((1, 4, n, n))[2:] for n in (8, 4, 2)]
+    teacher = [t for t, _ in levels]
+    student = [s for _, s in levels]
+    amap, score = pyramid_cosine_head(DistanceHead(0.0), teacher, student, (32, 32))
+    expected = np.zeros((32, 32), np.float32)
+    for t, s in levels:
+        t, s = t.numpy()[0], s.numpy()[0]
+        d = 1 - (t * s).sum(0) / (np.linalg.norm(t, axis=0) * np.linalg.norm(s, axis=0))
+        expected += cv2.resize(d.astype(np.float32), (32, 32), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(amap[0, 0].numpy(), expected, atol=1e-5)
+    assert score.item() == pytest.approx(expected.max(), abs=1e-5)
+
+
+def test_gaussian_blur_matches_scipy():
+    x = rng.random((40, 40)).astype(np.float32)
+    got = GaussianBlur(4.0)(torch.from_numpy(x)[None, None])[0, 0].numpy()
+    expected = ndimage.gaussian_filter(x.astype(np.float64), sigma=4.0, mode="mirror", truncate=4.0)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_dcam_attention_is_training_only_unless_asked():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(method="dcam", backbone="resnet18", pretrained=False))
+    model.train()
+    assert not model.teacher.training, "the frozen teacher must stay in eval mode"
+    assert all(not p.requires_grad for p in model.teacher.parameters())
+    plain = model.inference_model()
+    assert not any("attention" in name for name, _ in plain.named_modules() if name)
+    model.cfg.attention_at_inference = True
+    kept = model.inference_model()
+    assert any(name.startswith("attention") for name, _ in kept.named_modules())
+    x = torch.randn(1, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        a, _ = plain(x)
+        b, _ = kept(x)
+    assert a.shape == (1, 1, 64, 64) and not torch.allclose(a, b)
+
+
+def test_method_presets_and_table_rows_from_flags():
+    assert ModelConfig(method="dcam").attention == "channel"
+    dcam = ModelConfig(method="dcam")
+    assert (dcam.loss_channel_cosine, dcam.loss_spatial_kl, dcam.loss_mse) == (1.0, 0.5, 0.0)
+    stfpm = ModelConfig(method="stfpm")
+    assert (stfpm.attention, stfpm.loss_mse, stfpm.loss_channel_cosine) == ("none", 1.0, 0.0)
+    # Table 3, spatial-attention row: MSE only with spatial attention.
+    cfg = config_from_args(build_parser().parse_args(
+        ["--data", "x", "--method", "dcam", "--attention", "spatial", "--loss-mse", "1",
+         "--loss-channel-cosine", "0", "--loss-spatial-kl", "0"]))
+    assert (cfg.model.attention, cfg.model.loss_mse, cfg.model.loss_channel_cosine, cfg.model.loss_spatial_kl) == \
+        ("spatial", 1.0, 0.0, 0.0)
+    # Table 6, second row: no attention, CD channel + 0.5 KLD spatial.
+    cfg = config_from_args(build_parser().parse_args(["--data", "x", "--attention", "none"]))
+    assert cfg.model.attention == "none" and cfg.model.loss_spatial_kl == 0.5
+    assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.optimizer) == (0.1, 32, 400, "sgd")
+
+
+def test_every_config_field_has_exactly_one_flag():
+    parser = build_parser()
+    dests = {a.dest for a in parser._actions}
+    for cls in (TrainConfig, ModelConfig):
+        for field in dataclasses.fields(cls):
+            if field.name != "model":
+                assert f"{cls.__name__}.{field.name}" in dests, field.name
+
+
+def test_bad_option_values_are_one_line_errors():
+    with pytest.raises(ValueError, match="--method"):
+        ModelConfig(method="nope")
+    with pytest.raises(ValueError, match="--attention"):
+        ModelConfig(attention="everywhere")
+    with pytest.raises(ValueError, match="--image-size"):
+        TrainConfig(data="x", image_size=100)

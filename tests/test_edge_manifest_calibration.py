@@ -1,0 +1,213 @@
+"""edge.manifest (round trip, sha256 checks, backups) and edge.calibration (quantile, tail fit, F1)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.calibration import (CalibrationConfig, CalibrationError, calibrate_threshold, calibrate_thresholds,
+                              gpd_tail_fit, threshold_section)
+from edge.manifest import (ManifestError, load_manifest, manifest_path_for, sha256_file, update_threshold,
+                           write_manifest)
+from edge.preprocess import PreprocessSpec
+
+
+def _manifest_dict(size: int = 16) -> dict:
+    spec = PreprocessSpec.for_normalization("half", size)
+    return {"precision": "int8",
+            "input": {"name": "image", "shape": [1, 3, size, size], **spec.to_dict()},
+            "model": {"method": "dcam", "backbone": "efficientnet_lite0", "categories": ["a", "b"],
+                      "blur_sigma": 4.0, "gmacs": None},
+            "threshold": {"global": 0.5, "per_category": {"a": 0.4, "b": 0.6}, "mode": "fpr",
+                          "target_fpr": 0.001, "fit": "x", "statistics": {}, "source": "export"}}
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    p = tmp_path / "dcam.int8.onnx"
+    p.write_bytes(b"not really onnx, but bytes to hash")
+    return p
+
+
+def test_manifest_round_trip_and_naming(model_file: Path) -> None:
+    path = write_manifest(model_file, _manifest_dict())
+    # <model-file-stem>.json: dcam.int8.onnx → dcam.int8.json, dcam.xml → dcam.json.
+    assert path == model_file.parent / "dcam.int8.json" == manifest_path_for(model_file)
+    assert manifest_path_for("x/dcam.xml") == Path("x/dcam.json")
+    m = load_manifest(model_file)
+    assert m.data["model_sha256"] == sha256_file(model_file)
+    import hashlib
+    assert m.data["model_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
+    assert m.data["schema_version"] == 1 and m.format == "onnx" and m.precision == "int8"
+    assert m.inference_precision_hint == "f32"
+    assert m.preprocess_spec() == PreprocessSpec.for_normalization("half", 16)
+    assert m.threshold() == 0.5 and m.threshold("b") == 0.6
+    with pytest.raises(ManifestError, match="'c'.*available"):
+        m.threshold("c")
+    assert m.output_name("anomaly_map") == "anomaly_map"
+
+
+def test_manifest_errors_name_the_file(model_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="dcam.int8.json: manifest not found"):
+        load_manifest(model_file)
+    write_manifest(model_file, _manifest_dict())
+    model_file.write_bytes(b"tampered")
+    with pytest.raises(ManifestError, match="model_sha256 mismatch"):
+        load_manifest(model_file)
+    assert load_manifest(model_file, verify_sha256=False).threshold() == 0.5
+    manifest_path_for(model_file).write_text("{ not json")
+    with pytest.raises(ManifestError, match="dcam.int8.json: corrupt manifest"):
+        load_manifest(model_file)
+    manifest_path_for(model_file).write_text(json.dumps({"schema_version": 2}))
+    with pytest.raises(ManifestError, match="schema_version"):
+        load_manifest(model_file)
+    with pytest.raises(ManifestError, match="unknown model extension"):
+        (tmp_path / "m.pt").write_bytes(b"x")
+        write_manifest(tmp_path / "m.pt", _manifest_dict())
+
+
+def test_formats_sharing_a_stem_keep_separate_entries_in_one_manifest(tmp_path: Path) -> None:
+    for name in ("dcam.onnx", "dcam.tflite"):
+        (tmp_path / name).write_bytes(name.encode())
+        d = _manifest_dict()
+        d["threshold"]["global"] = 1.0 if name.endswith("onnx") else 2.0
+        write_manifest(tmp_path / name, d)
+    assert load_manifest(tmp_path / "dcam.onnx").threshold() == 1.0
+    assert load_manifest(tmp_path / "dcam.tflite").threshold() == 2.0
+    document = json.loads((tmp_path / "dcam.json").read_text())
+    assert sorted(document["files"]) == ["dcam.onnx", "dcam.tflite"] and "input" in document
+    update_threshold(tmp_path / "dcam.tflite", {"global": 3.0}, backup=False)
+    assert load_manifest(tmp_path / "dcam.onnx").threshold() == 1.0
+    assert load_manifest(tmp_path / "dcam.tflite").threshold() == 3.0
+    # A re-export with a different model drops the stale entries of the other files.
+    (tmp_path / "dcam.onnx").write_bytes(b"new export")
+    d = _manifest_dict()
+    d["input"]["image_size"] = 32
+    write_manifest(tmp_path / "dcam.onnx", d)
+    with pytest.raises(ManifestError, match="no entry for 'dcam.tflite'"):
+        load_manifest(tmp_path / "dcam.tflite")
+
+
+def test_openvino_weights_are_hashed_too(tmp_path: Path) -> None:
+    xml, bin_ = tmp_path / "dcam.xml", tmp_path / "dcam.bin"
+    xml.write_text("<net/>")
+    bin_.write_bytes(b"weights")
+    write_manifest(xml, _manifest_dict())
+    assert load_manifest(xml).format == "openvino"
+    bin_.write_bytes(b"other weights")
+    with pytest.raises(ManifestError, match="weights_sha256 mismatch"):
+        load_manifest(xml)
+
+
+def test_update_threshold_keeps_backup_and_other_categories(model_file: Path) -> None:
+    write_manifest(model_file, _manifest_dict())
+    before = manifest_path_for(model_file).read_text()
+    res = calibrate_threshold(np.linspace(0, 1, 101), target_fpr=0.1)
+    update_threshold(model_file, threshold_section({"per_category": {"a": res}}, source="edge-calibrate"))
+    backups = list(model_file.parent.glob("dcam.int8.json.bak-*"))
+    assert len(backups) == 1 and backups[0].read_text() == before
+    m = load_manifest(model_file)
+    assert m.threshold("a") == pytest.approx(0.9) and m.threshold("b") == 0.6 and m.threshold() == 0.5
+    assert m.data["threshold"]["statistics"]["per_category"]["a"]["source"] == "edge-calibrate"
+    update_threshold(model_file, threshold_section({"global": res}, source="edge-calibrate"), backup=False)
+    m = load_manifest(model_file)
+    assert m.threshold() == pytest.approx(0.9) and m.data["threshold"]["fit"] == "empirical-quantile"
+    assert len(list(model_file.parent.glob("dcam.int8.json.bak-*"))) == 1
+
+
+# ---- calibration ---------------------------------------------------------------------------------
+def test_empirical_quantile_with_many_scores() -> None:
+    x = np.random.default_rng(0).normal(size=20_000)
+    r = calibrate_threshold(x, target_fpr=0.001)
+    assert r.fit == "empirical-quantile"
+    # Independent check: fraction of normal scores above the threshold is the target rate.
+    assert (x > r.threshold).sum() == 20  # n * target_fpr exactly, no ties in continuous data
+    assert r.statistics["empirical_fpr"] == pytest.approx(0.001)
+
+
+def test_tail_fit_above_max_when_target_below_one_over_n() -> None:
+    rng = np.random.default_rng(1)
+    for n in (30, 100, 300):
+        x = rng.exponential(size=n)
+        r = calibrate_threshold(x, target_fpr=0.001)
+        assert r.fit.startswith("pot-"), r.fit
+        assert r.threshold > x.max()
+        assert r.statistics["n_excess"] >= 10 and "u" in r.statistics and "sigma" in r.statistics
+
+
+@pytest.mark.parametrize("dist,true_q,tol", [
+    ("exponential", math.log(1000.0), 0.10),   # Exp(1): P(X > ln 1000) = 0.001
+    ("normal", 3.090232306167813, 0.20),       # N(0,1) 0.999 quantile; exponential tail is conservative
+])
+def test_tail_fit_recovers_known_quantile(dist: str, true_q: float, tol: float) -> None:
+    rng = np.random.default_rng(2)
+    est = [calibrate_threshold(getattr(rng, dist)(size=300), target_fpr=0.001).threshold for _ in range(40)]
+    # Median over repetitions: the estimator is centred near the true quantile (single draws are noisy).
+    assert abs(np.median(est) / true_q - 1) < tol
+
+
+def test_gpd_fit_recovers_shape() -> None:
+    rng = np.random.default_rng(3)
+    for xi in (0.3, -0.2):
+        u = rng.random(4000)
+        y = (u ** (-xi) - 1) / xi  # inverse CDF of GPD(ξ, σ=1)
+        xi_hat, sigma_hat, _ = gpd_tail_fit(y)
+        assert abs(xi_hat - xi) < 0.07 and abs(sigma_hat - 1) < 0.1
+
+
+def test_heavy_tail_uses_gpd() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.pareto(3.0, size=3000)  # ξ = 1/3
+    r = calibrate_threshold(x, target_fpr=0.0001, config=CalibrationConfig(gpd_min_excesses=50))
+    assert r.fit == "pot-gpd" and r.statistics["xi"] > 0.15
+    true_q = 0.0001 ** (-1 / 3.0) - 1  # Lomax(3) quantile
+    assert abs(r.threshold / true_q - 1) < 0.35
+
+
+def test_f1_threshold_matches_brute_force() -> None:
+    rng = np.random.default_rng(5)
+    normal, anomalous = rng.normal(size=80), rng.normal(2.0, 1.0, size=30)
+    r = calibrate_threshold(normal, anomalous, mode="f1")
+    scores = np.r_[normal, anomalous]
+    labels = np.r_[np.zeros(80), np.ones(30)]
+
+    def f1(t: float) -> float:
+        pred = scores > t
+        tp = (pred & (labels == 1)).sum()
+        return 2 * tp / (pred.sum() + 30)
+
+    best = max(f1(t) for t in np.r_[scores, scores.min() - 1])
+    assert f1(r.threshold) == pytest.approx(best) == pytest.approx(r.statistics["f1"])
+    assert r.statistics["recall"] == pytest.approx((anomalous > r.threshold).mean())
+
+
+def test_calibrate_thresholds_global_and_per_category() -> None:
+    rng = np.random.default_rng(6)
+    cats = ["a"] * 200 + ["b"] * 200
+    scores = np.r_[rng.normal(0, 1, 200), rng.normal(10, 1, 200)]
+    labels = np.zeros(400, int)
+    res = calibrate_thresholds(scores, labels, cats, mode="fpr", target_fpr=0.01)
+    assert set(res["per_category"]) == {"a", "b"}
+    assert res["per_category"]["a"].threshold < 5 < res["per_category"]["b"].threshold
+    assert res["global"].threshold > res["per_category"]["a"].threshold
+    # f1 mode without anomalies in a category falls back to fpr for it.
+    labels[:10] = 1
+    res = calibrate_thresholds(scores, labels, cats, mode="f1")
+    assert res["per_category"]["a"].mode == "f1" and res["per_category"]["b"].mode == "fpr"
+    section = threshold_section(res, source="export")
+    assert section["global"] == res["global"].threshold and section["statistics"]["per_category"]["b"]["mode"] == "fpr"
+    json.dumps(section)  # must be JSON-serialisable for the manifest
+
+
+def test_calibration_rejects_bad_input() -> None:
+    with pytest.raises(CalibrationError, match="non-finite"):
+        calibrate_threshold([0.1, float("nan")])
+    with pytest.raises(CalibrationError, match="none given"):
+        calibrate_threshold([])
+    with pytest.raises(CalibrationError, match="f1 needs anomalous"):
+        calibrate_threshold([0.1, 0.2], mode="f1")
+    with pytest.raises(CalibrationError, match="target_fpr"):
+        calibrate_threshold([0.1, 0.2], target_fpr=0.0)

@@ -1,0 +1,129 @@
+"""Training loop: best-checkpoint selection, safe checkpoints, resume, DDP equivalence."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_train_config
+from train.cli import main as train_main
+from train.runs import RunError, load_run
+from train.trainer import Trainer, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _student_state(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, weights_only=True)["model"]
+    return {k: v for k, v in state.items() if not k.startswith("teacher.")}
+
+
+def _assert_states_close(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key].float(), b[key].float(), atol=atol, rtol=0, msg=key)
+
+
+def test_run_keeps_lowest_validation_loss_checkpoint(tiny_run):
+    history = json.loads((tiny_run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    best = torch.load(tiny_run / "best.pt", weights_only=True)
+    best_row = min(history, key=lambda r: r["val_loss"])
+    assert best["epoch"] + 1 == best_row["epoch"]
+    assert best["val_loss"] == pytest.approx(best_row["val_loss"])
+    # best.pt is self-contained (teacher included) and rebuilds the same model.
+    model, cfg = load_run(tiny_run)
+    assert any(k.startswith("teacher.") for k in best["model"])
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, best["model"][key])
+    assert cfg.model.method == "dcam" and cfg.image_size == 64
+    assert (tiny_run / "history.csv").read_text().splitlines()[0].startswith("epoch,")
+
+
+def test_resume_after_interrupt_continues_exactly(synthetic_root, tmp_path, monkeypatch):
+    straight = train(tiny_train_config(synthetic_root, tmp_path / "straight", epochs=3))
+    # Interrupt the second epoch (Ctrl-C), then run the same command again.
+    calls = {"n": 0}
+    original = Trainer._train_epoch
+
+    def interrupted(self, epoch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_train_config(synthetic_root, tmp_path / "resumed", epochs=3))
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    assert json.loads((tmp_path / "resumed" / "history.json").read_text())[-1]["epoch"] == 1  # one epoch kept
+    resumed = train(tiny_train_config(synthetic_root, tmp_path / "resumed", epochs=3))
+    history = json.loads((resumed / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    _assert_states_close(_student_state(straight / "last.pt"), _student_state(resumed / "last.pt"), atol=1e-6)
+
+
+def test_resume_refuses_changed_settings(synthetic_root, tmp_path):
+    train(tiny_train_config(synthetic_root, tmp_path / "run", epochs=1))
+    with pytest.raises(RunError, match="image-size"):
+        train(tiny_train_config(synthetic_root, tmp_path / "run", epochs=2, image_size=96))
+
+
+def test_corrupt_checkpoint_and_missing_run_are_clear_errors(tiny_run, tmp_path):
+    with pytest.raises(RunError, match="run directory not found"):
+        load_run(tmp_path / "nope")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny_run / "config.json").read_text())
+    (broken / "best.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RunError, match="best.pt: corrupt"):
+        load_run(broken)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    assert train_main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "missing" in err[0]
+    assert train_main(["--data", str(tmp_path), "--method", "bogus"]) == 2
+    assert "--method" in capsys.readouterr().err
+
+
+def _train_cmd(data: Path, out: Path, epochs: int, nproc: int) -> list[str]:
+    return [sys.executable, "-m", "train", "--nproc", str(nproc), "--data", str(data), "--out", str(out),
+            "--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size", "8", "--epochs", str(epochs),
+            "--max-steps-per-epoch", "3", "--num-workers", "0", "--seed", "0"]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_single_process_and_resume(synthetic_root, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    single = tmp_path / "single"
+    subprocess.run(_train_cmd(synthetic_root, single, 2, 1), check=True, env=env, capture_output=True)
+    ddp = tmp_path / "ddp"
+    # First epoch, then resume the DDP run for the second one.
+    for epochs in (1, 2):
+        proc = subprocess.run(_train_cmd(synthetic_root, ddp, epochs, 2), env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((ddp / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]
+    # Equal up to float32 reduction-order noise: each tensor's DDP-vs-single difference must be tiny next
+    # to how far training moved it (without synchronised BatchNorm it is larger than the move itself).
+    from train.config import ModelConfig
+    from train.models import build_model
+    from train.trainer import seed_everything
+    seed_everything(0)
+    init = build_model(ModelConfig(method="dcam", backbone="efficientnet_lite0")).state_dict()
+    a, b = _student_state(single / "last.pt"), _student_state(ddp / "last.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        if not a[key].is_floating_point() or key.endswith(("running_mean", "running_var")):
+            continue
+        moved = (a[key] - init[key]).abs().max().item()
+        assert (a[key] - b[key]).abs().max().item() <= 0.01 * moved + 1e-7, key
+    single_hist = json.loads((single / "history.json").read_text())
+    assert history[-1]["val_loss"] == pytest.approx(single_hist[-1]["val_loss"], rel=1e-4)

@@ -1,0 +1,158 @@
+"""Training configuration: dataclasses whose defaults follow the papers; CLI flags map 1:1 onto fields."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+METHODS = ("stfpm", "dcam", "rd", "dskd", "mrkd")
+ATTENTIONS = ("none", "channel", "spatial", "both")
+
+# Method presets fill every field left as None (DCAM paper Table 6 best row; STFPM = Table 1 baseline).
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    "stfpm": dict(attention="none", loss_mse=1.0, loss_channel_cosine=0.0, loss_spatial_cosine=0.0,
+                  loss_channel_kl=0.0, loss_spatial_kl=0.0),
+    "dcam": dict(attention="channel", loss_mse=0.0, loss_channel_cosine=1.0, loss_spatial_cosine=0.0,
+                 loss_channel_kl=0.0, loss_spatial_kl=0.5),
+    # Reverse-distillation family: RD, DSKD and masked RD smooth the map with a Gaussian σ = 4 before the max.
+    "rd": dict(blur_sigma=4.0),
+    "dskd": dict(blur_sigma=4.0),
+    "mrkd": dict(blur_sigma=4.0),
+}
+
+
+@dataclass
+class ModelConfig:
+    """What to build. Loss weights / attention left as None take the method's preset."""
+
+    method: str = "dcam"
+    backbone: str = "resnet18"
+    pretrained: bool = True
+    teacher_weights: str | None = None
+    # DCAM (paper §3.1): training-only CBAM-style attention on the student's three feature maps.
+    attention: str | None = None
+    attention_reduction: int = 16  # CBAM's MLP reduction ratio r
+    attention_kernel: int = 7  # spatial attention conv, paper: 7×7
+    attention_at_inference: bool = False  # the paper drops it; keep it to measure that choice
+    # Feature-matching loss weights (paper §3.2–3.3 and STFPM's L2-normalised MSE).
+    loss_channel_cosine: float | None = None
+    loss_spatial_cosine: float | None = None
+    loss_channel_kl: float | None = None
+    loss_spatial_kl: float | None = None
+    loss_mse: float | None = None
+    kl_reduction: str = "sum"  # "sum" = the paper's Eq. (sum over positions / channels); "mean" averages them
+    # Inference head: Gaussian blur σ before the image max (0 = off; None = method preset: RD family 4, else 0).
+    blur_sigma: float | None = None
+    # --- reverse-distillation family (rd / dskd / mrkd) fields: below this line ---
+    # RD (Deng & Li 2022): "pixel" = Eq. 2, mean over positions of 1 − cos along C; "flat" = the official
+    # RD4AD code, 1 − cos of each level's flattened C·h·w map. Used by rd, mrkd and DSKD's "pi" students.
+    rd_loss_mode: str = "pixel"
+    # Residual blocks of the one-class bottleneck's stride-2 stage; 0 = RD's count (3 Bottleneck / 2 BasicBlock).
+    rd_bottleneck_layers: int = 0
+    # DSKD: GCCB channels g (Table 6; 0 = no GCCB, "w/o"; g equal to the bottleneck width = no 1×1 convs).
+    dskd_g: int = 1024
+    dskd_temperature: float = 1.0  # T of the contextual affinity, Eq. 4 and 6 (paper: 1)
+    dskd_local_loss: str = "pi"  # "pi" per-pixel cosine (Eq. 2) | "ca" contextual affinity (Eq. 7); Table 5
+    dskd_global_loss: str = "ca"
+    # Masked RD: feature-mask module (FMM, §3.7) and SCSAtt parts (Tables 5–6 ablations).
+    mrkd_fmm: bool = True
+    mrkd_mask_rate: float = 0.2  # λ, share of masked positions (not in the paper; Jiang et al.'s MRKD code: 0.2)
+    mrkd_fmm_weight: float = 1.0  # weight of the FMM term next to the direct decoder term
+    mrkd_scconv: bool = True
+    mrkd_simam: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"--method: unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
+        for key, value in METHOD_PRESETS.get(self.method, {}).items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.blur_sigma is None:
+            self.blur_sigma = 0.0
+        if self.attention is None:
+            self.attention = "none"
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"--attention: expected one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
+        if self.kl_reduction not in ("sum", "mean"):
+            raise ValueError(f"--kl-reduction: expected 'sum' or 'mean', got {self.kl_reduction!r}")
+        for name in ("loss_channel_cosine", "loss_spatial_cosine", "loss_channel_kl", "loss_spatial_kl", "loss_mse"):
+            if getattr(self, name) is None:
+                setattr(self, name, 0.0)
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')}: a loss weight must be >= 0")
+        if self.blur_sigma < 0:
+            raise ValueError("--blur-sigma must be >= 0")
+
+
+# Optimiser defaults per method: DCAM §4.2 (SGD lr 0.1), STFPM (SGD 0.4 in its paper; DCAM's 0.1 for a fair
+# comparison), RD (Deng & Li 2022: Adam lr 0.005, betas (0.5, 0.999)), DSKD and masked RD follow RD.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "stfpm": dict(optimizer="sgd", lr=0.1),
+    "dcam": dict(optimizer="sgd", lr=0.1),
+    "rd": dict(optimizer="adam", lr=0.005),
+    "dskd": dict(optimizer="adam", lr=0.005),
+    "mrkd": dict(optimizer="adam", lr=0.005),
+}
+TRAIN_PRESETS_BY_OPTIMIZER = {"sgd": 0.1, "adam": 0.005}
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Defaults: DCAM paper §4.2 (SGD lr 0.1, 400 epochs, batch 32, 256×256); momentum and
+    weight decay as STFPM (0.9, 1e-4); 80/20 train/validation split of train/good (§4.3)."""
+
+    data: str = ""
+    categories: str = "all"
+    out: str = "runs/dcam"
+    epochs: int = 400
+    batch_size: int = 32
+    # None = the method's paper default (TRAIN_PRESETS): SGD lr 0.1 for stfpm/dcam, Adam lr 0.005 for the RD family.
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    adam_betas: tuple[float, float] = (0.5, 0.999)
+    image_size: int = 256
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"  # auto: bf16 on CUDA if supported else fp16; "off" disables
+    channels_last: bool = False
+    compile: bool = False
+    num_workers: int = 2
+    cache_images: bool = False
+    max_steps_per_epoch: int = 0  # 0 = full epoch; >0 caps steps (smoke tests, time-boxed demos)
+    time_budget_s: float = 0.0  # 0 = no limit; stop after the epoch that crosses it (keeps best checkpoint)
+    resume: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig(**self.model)
+        preset = TRAIN_PRESETS.get(self.model.method, TRAIN_PRESETS["dcam"])
+        if self.optimizer is None:
+            self.optimizer = preset["optimizer"]
+        if self.lr is None:
+            self.lr = preset["lr"] if self.optimizer == preset["optimizer"] else TRAIN_PRESETS_BY_OPTIMIZER.get(self.optimizer, 0.1)
+        self.adam_betas = tuple(self.adam_betas)
+        for name in ("epochs", "batch_size", "image_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(self, name)}")
+        if self.image_size % 32:
+            raise ValueError(f"--image-size: expected a multiple of 32, got {self.image_size}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction: expected a value in (0, 1), got {self.val_fraction}")
+        if self.lr <= 0:
+            raise ValueError(f"--lr: expected a positive learning rate, got {self.lr}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"--optimizer: expected 'sgd' or 'adam', got {self.optimizer!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        model = ModelConfig(**d.pop("model", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(model=model, **{k: v for k, v in d.items() if k in known})

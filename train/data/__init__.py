@@ -1,0 +1,30 @@
+"""Data layer: MVTec AD layout (torch-free, train.data.mvtec) and the torch ImageDataset (train.data.dataset)."""
+from __future__ import annotations
+
+from typing import Any
+
+from train.data.mvtec import (
+    GOOD,
+    IMAGE_EXTENSIONS,
+    MVTecLayoutError,
+    Sample,
+    discover_categories,
+    image_hw,
+    list_test_samples,
+    list_train_samples,
+    parse_categories,
+    split_train_val,
+)
+
+__all__ = [
+    "GOOD", "IMAGE_EXTENSIONS", "ImageDataset", "MVTecLayoutError", "Sample", "discover_categories", "image_hw",
+    "list_test_samples", "list_train_samples", "parse_categories", "split_train_val",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported lazily so listing samples (eval/bench) does not pull in torch.
+    if name == "ImageDataset":
+        from train.data.dataset import ImageDataset
+        return ImageDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,373 @@
+"""``dcam-eval``: score a run's model on MVTec-layout test sets and report the standard metrics.
+
+Per category: image AUROC, pixel AUROC, AU-PRO up to FPR 0.3 (MVTec AD, Bergmann et al. IJCV 2021),
+image F1-max, and the measured inference time. Metrics come from edge.metrics (numpy only), so export
+and bench can reuse ``evaluate_scores`` on the outputs of exported graphs.
+
+ms_per_image: wall time of the inference model's forward pass (attention-free graph incl. the distance
+head: upsample, sum, blur, max), including the host→device copy of the batch and the device→host copy
+of the outputs, at --batch-size, after one untimed warm-up forward; divided by the number of images.
+Image decoding, resizing, normalisation and metric computation are NOT included.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from edge.metrics import MetricWarning, aupro, f1_max, image_auroc, pixel_auroc
+from edge.preprocess import PreprocessSpec
+
+AUPRO_FPR_LIMIT = 0.3  # MVTec AD's integration limit
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
+COUNT_KEYS = ("n_images", "n_anomalous")
+RESULT_KEYS = METRIC_KEYS + ("ms_per_image",) + COUNT_KEYS
+
+
+class EvalError(ValueError):
+    """Bad evaluation input (missing directory, unavailable device, unsupported option)."""
+
+
+@dataclass
+class EvalConfig:
+    """dcam-eval options (one field per CLI flag)."""
+
+    run: str = ""
+    data: str = ""
+    categories: str | None = None  # None: the categories the run was trained on
+    json: str | None = None
+    visualize: str | None = None
+    batch_size: int = 8
+    device: str = "auto"
+    blur_sigma: float | None = None  # None: the run's own blur σ
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise EvalError(f"--batch-size: expected a positive integer, got {self.batch_size}")
+        if self.blur_sigma is not None and self.blur_sigma < 0:
+            raise EvalError(f"--blur-sigma: expected a value >= 0, got {self.blur_sigma}")
+
+
+@dataclass
+class _Scored:
+    maps: np.ndarray        # N×S×S float32
+    scores: np.ndarray      # N float32
+    masks: np.ndarray | None  # N×S×S uint8 {0,1}
+    labels: np.ndarray      # N int64
+    forward_s: float        # summed timed forward wall time
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' → CUDA when available else CPU; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise EvalError(f"--device: expected auto, cpu or cuda, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EvalError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def _timed_forward(model: nn.Module, images: torch.Tensor, device: torch.device
+                   ) -> tuple[np.ndarray, np.ndarray, float]:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    anomaly_map, score = model(images.to(device, non_blocking=False))
+    maps = anomaly_map.detach().float().cpu().numpy()
+    scores = score.detach().float().cpu().numpy()
+    sync()
+    return maps, scores, time.perf_counter() - start
+
+
+@torch.no_grad()
+def _score(model: nn.Module, samples: Sequence, spec: PreprocessSpec, batch_size: int, device: torch.device,
+           with_masks: bool, desc: str = "score", progress: bool = True) -> _Scored:
+    from train.data import ImageDataset  # the data layer imports torch lazily; keep edge-free imports cheap
+
+    if batch_size <= 0:
+        raise EvalError(f"--batch-size: expected a positive integer, got {batch_size}")
+    n, size = len(samples), spec.image_size
+    maps = np.empty((n, size, size), np.float32)
+    scores = np.empty(n, np.float32)
+    masks = np.empty((n, size, size), np.uint8) if with_masks else None
+    labels = np.empty(n, np.int64)
+    if n == 0:
+        return _Scored(maps, scores, masks, labels, 0.0)
+    model = model.eval()
+    loader = DataLoader(ImageDataset(list(samples), spec, with_masks=with_masks), batch_size=batch_size,
+                        shuffle=False, num_workers=0)
+    total_s, i = 0.0, 0
+    warmed = False
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, file=sys.stderr, leave=False):
+        images = batch["image"]
+        if not warmed:  # first call pays one-time allocation / kernel selection: keep it out of the timing
+            _timed_forward(model, images[:1], device)
+            warmed = True
+        batch_maps, batch_scores, seconds = _timed_forward(model, images, device)
+        total_s += seconds
+        b = images.shape[0]
+        if batch_maps.shape != (b, 1, size, size) or batch_scores.shape != (b,):
+            raise EvalError(f"inference model returned anomaly_map {batch_maps.shape} and score {batch_scores.shape}; "
+                            f"expected ({b}, 1, {size}, {size}) and ({b},)")
+        maps[i:i + b] = batch_maps[:, 0]
+        scores[i:i + b] = batch_scores
+        labels[i:i + b] = np.asarray(batch["label"])
+        if masks is not None:
+            masks[i:i + b] = np.asarray(batch["mask"])[:, 0]
+        i += b
+    return _Scored(maps, scores, masks, labels, total_s)
+
+
+def score_samples(inference_model: nn.Module, samples: Sequence, spec: PreprocessSpec, batch_size: int = 8,
+                  device: str | torch.device = "cpu", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Run the inference graph over samples (train.data.Sample) → (maps float32 N×S×S, scores float32 N)."""
+    dev = resolve_device(device) if isinstance(device, str) else device
+    scored = _score(inference_model.to(dev), samples, spec, batch_size, dev, with_masks=False, progress=progress)
+    return scored.maps, scored.scores
+
+
+def category_metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None = None,
+                     maps: np.ndarray | None = None, fpr_limit: float = AUPRO_FPR_LIMIT) -> dict[str, float]:
+    """Metrics of one category. Pixel metrics are nan when masks/maps are not given."""
+    labels = np.asarray(labels).astype(np.int64)
+    pixel = masks is not None and maps is not None
+    return {
+        "image_auroc": image_auroc(labels, scores),
+        "pixel_auroc": pixel_auroc(masks, maps) if pixel else float("nan"),
+        "aupro": aupro(masks, maps, fpr_limit) if pixel else float("nan"),
+        "image_f1_max": f1_max(labels, scores)[0],
+        "n_images": int(labels.size),
+        "n_anomalous": int(labels.sum()),
+    }
+
+
+def summarize(per_category: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """The "mean" row: metric means over categories (nan categories skipped; nan if all are),
+    ms_per_image averaged per image (total time / total images), n_images / n_anomalous summed."""
+    rows = list(per_category.values())
+    mean: dict[str, float] = {}
+    for key in METRIC_KEYS:
+        values = [float(r[key]) for r in rows if math.isfinite(float(r[key]))]
+        mean[key] = float(np.mean(values)) if values else float("nan")
+    timed = [(float(r["ms_per_image"]), int(r["n_images"])) for r in rows if math.isfinite(float(r["ms_per_image"]))]
+    n_timed = sum(n for _, n in timed)
+    mean["ms_per_image"] = sum(ms * n for ms, n in timed) / n_timed if n_timed else float("nan")
+    for key in COUNT_KEYS:
+        mean[key] = int(sum(int(r[key]) for r in rows))
+    return mean
+
+
+def evaluate_scores(sample_categories: Sequence[str], labels: np.ndarray, scores: np.ndarray,
+                    masks: np.ndarray | None = None, maps: np.ndarray | None = None,
+                    ms_per_image: float | Mapping[str, float] | None = None,
+                    fpr_limit: float = AUPRO_FPR_LIMIT) -> dict[str, Any]:
+    """Per-category table + mean from per-sample arrays (any scorer: torch model, ONNX, OpenVINO, TFLite).
+
+    sample_categories[i] names the category of sample i; masks/maps (N×S×S) are optional (pixel metrics
+    nan without them); ms_per_image is one figure for all categories or a per-category mapping.
+    Returns {"categories": {cat: {...RESULT_KEYS}}, "mean": {...}}; categories in first-seen order.
+    """
+    cats = np.asarray(list(sample_categories), dtype=object)
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    if not (cats.shape[0] == labels.shape[0] == scores.shape[0]):
+        raise EvalError(f"sample_categories, labels and scores: lengths differ "
+                        f"({cats.shape[0]}, {labels.shape[0]}, {scores.shape[0]})")
+    per_category: dict[str, dict[str, Any]] = {}
+    for cat in dict.fromkeys(cats.tolist()):
+        idx = np.flatnonzero(cats == cat)
+        pick = (lambda a: None if a is None else np.asarray(a)[idx])
+        row = _category_row(cat, labels[idx], scores[idx], pick(masks), pick(maps), fpr_limit)
+        ms = ms_per_image.get(cat) if isinstance(ms_per_image, Mapping) else ms_per_image
+        row["ms_per_image"] = float("nan") if ms is None else float(ms)
+        per_category[cat] = {k: row[k] for k in RESULT_KEYS}
+    return {"categories": per_category, "mean": summarize(per_category)}
+
+
+def _category_row(category: str, labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None,
+                  maps: np.ndarray | None, fpr_limit: float) -> dict[str, Any]:
+    # Degenerate categories (e.g. no anomalous test image) are reported as nan: say which category.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MetricWarning)
+        row = category_metrics(labels, scores, masks, maps, fpr_limit)
+    for w in caught:
+        warnings.warn(f"{category}: {w.message}", w.category, stacklevel=3)
+    return row
+
+
+def evaluate_model(inference_model: nn.Module, spec: PreprocessSpec, data: str | Path, categories: Sequence[str],
+                   batch_size: int = 8, device: str | torch.device = "auto", visualize_dir: str | Path | None = None,
+                   val_fraction: float = 0.2, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Evaluate an inference graph (forward(x) → (map B×1×S×S, score B)) category by category.
+
+    One category's maps are in memory at a time. With visualize_dir, heatmaps use one colour range per
+    category from the run's validation images (the same seeded split of train/good as training, via
+    val_fraction/seed), falling back to the normal test images when the dataset has no train/good.
+    """
+    from train.data import MVTecLayoutError, list_test_samples, list_train_samples, split_train_val
+    from train.visualize import heatmap_range, visualize_category
+
+    dev = resolve_device(device) if isinstance(device, str) else device
+    model = inference_model.to(dev).eval()
+    test_samples = {cat: list_test_samples(data, [cat]) for cat in categories}  # layout errors before any work
+    per_category: dict[str, dict[str, Any]] = {}
+    for cat in categories:
+        samples = test_samples[cat]
+        scored = _score(model, samples, spec, batch_size, dev, with_masks=True, desc=f"{cat}", progress=progress)
+        row = _category_row(cat, scored.labels, scored.scores, scored.masks, scored.maps, AUPRO_FPR_LIMIT)
+        row["ms_per_image"] = 1000.0 * scored.forward_s / max(len(samples), 1)
+        per_category[cat] = {k: row[k] for k in RESULT_KEYS}
+        if visualize_dir is not None:
+            try:
+                _, val = split_train_val(list_train_samples(data, [cat]), val_fraction, seed)
+            except MVTecLayoutError:
+                val = []
+            if val:
+                normal_maps = score_samples(model, val, spec, batch_size, dev, progress=False)[0]
+            else:
+                print(f"note: {cat}: no train/good images; heatmap range from the normal test images", file=sys.stderr)
+                normal_maps = scored.maps[scored.labels == 0] if (scored.labels == 0).any() else scored.maps
+            visualize_category(visualize_dir, cat, samples, scored.maps, scored.scores, scored.masks, spec,
+                               heatmap_range(normal_maps), AUPRO_FPR_LIMIT)
+    return {"categories": per_category, "mean": summarize(per_category)}
+
+
+def _set_blur_sigma(model: nn.Module, sigma: float) -> None:
+    from train.models.head import DistanceHead
+
+    if sigma < 0:
+        raise EvalError(f"--blur-sigma: expected a value >= 0, got {sigma}")
+    head = getattr(model, "head", None)
+    if not isinstance(head, DistanceHead):
+        raise EvalError(f"--blur-sigma: {type(model).__name__} has no DistanceHead 'head' to override")
+    device = next(model.parameters()).device
+    model.head = DistanceHead(sigma).to(device)
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path, categories: str | Sequence[str] | None = None,
+                 batch_size: int = 8, device: str = "auto", blur_sigma: float | None = None,
+                 visualize_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Load a dcam-train run (best.pt) and evaluate it on data's test sets.
+
+    categories: None → the run's own categories; "all" → every category in data; "a,b" or a list.
+    Returns {"categories": {...}, "mean": {...}, "run", "method", "backbone", "image_size", "device",
+    "batch_size", "blur_sigma", "aupro_fpr_limit"}.
+    """
+    from train.data import parse_categories
+    from train.runs import load_config, load_run, preprocess_spec
+
+    run_dir, data = Path(run_dir), Path(data)
+    cfg = load_config(run_dir)  # fails fast (RunError naming the file) before any heavy work
+    if not data.is_dir():
+        raise EvalError(f"--data {data}: dataset directory not found")
+    cats = parse_categories(cfg.categories if categories is None else categories, data)
+    dev = resolve_device(device)
+    model, cfg = load_run(run_dir, dev)
+    if blur_sigma is not None:
+        _set_blur_sigma(model, blur_sigma)
+        cfg.model.blur_sigma = blur_sigma
+    result = evaluate_model(model.inference_model(), preprocess_spec(cfg), data, cats, batch_size, dev,
+                            visualize_dir, cfg.val_fraction, cfg.seed, progress)
+    result.update({"run": str(run_dir), "method": cfg.model.method, "backbone": cfg.model.backbone,
+                   "image_size": cfg.image_size, "device": str(dev), "batch_size": batch_size,
+                   "blur_sigma": cfg.model.blur_sigma, "aupro_fpr_limit": AUPRO_FPR_LIMIT})
+    return result
+
+
+def _json_safe(value: Any) -> Any:
+    """nan/inf are not JSON: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+def write_json(result: Mapping[str, Any], path: str | Path) -> Path:
+    """Write an evaluation result as strict JSON (nan → null)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """Plain-text table: one row per category plus the mean row."""
+    header = f"{'category':<16}{'images':>7}{'anom':>6}{'img AUROC':>11}{'px AUROC':>10}{'AUPRO':>8}" \
+             f"{'F1max':>8}{'ms/img':>9}"
+    fmt = (lambda v: "    n/a" if not math.isfinite(float(v)) else f"{float(v):7.4f}")
+    lines = [header, "-" * len(header)]
+    rows = list(result["categories"].items()) + [("mean", result["mean"])]
+    for i, (name, r) in enumerate(rows):
+        if i == len(rows) - 1:
+            lines.append("-" * len(header))
+        ms = float(r["ms_per_image"])
+        lines.append(f"{name:<16}{int(r['n_images']):>7}{int(r['n_anomalous']):>6}{fmt(r['image_auroc']):>11}"
+                     f"{fmt(r['pixel_auroc']):>10}{fmt(r['aupro']):>8}{fmt(r['image_f1_max']):>8}"
+                     f"{(f'{ms:9.2f}' if math.isfinite(ms) else '      n/a')}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dcam-eval", description="Evaluate a dcam-train run on MVTec-layout test sets "
+                                "(image/pixel AUROC, AU-PRO@0.3, F1-max, ms per image).")
+    d = EvalConfig()
+    p.add_argument("--run", required=True, help="run directory written by dcam-train (config.json, best.pt)")
+    p.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
+    p.add_argument("--categories", default=d.categories,
+                   help="'all' or comma-separated names (default: the run's categories)")
+    p.add_argument("--json", default=d.json, metavar="OUT.json", help="write the results as JSON")
+    p.add_argument("--visualize", default=d.visualize, metavar="DIR",
+                   help="write per-image figures and per-category ROC/PRO curves to DIR")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--device", default=d.device, help="auto | cpu | cuda")
+    p.add_argument("--blur-sigma", type=float, default=d.blur_sigma,
+                   help="override the run's Gaussian blur σ of the anomaly map (0 = off)")
+    return p
+
+
+def _print_warning(message: Warning | str, category: type, filename: str, lineno: int, file: Any = None,
+                   line: str | None = None) -> None:
+    print(f"warning: {message}", file=sys.stderr)  # one line, without the source location
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():  # restores showwarning on exit
+        warnings.simplefilter("always", MetricWarning)
+        warnings.showwarning = _print_warning
+        try:
+            cfg = EvalConfig(**vars(args))
+            result = evaluate_run(cfg.run, cfg.data, cfg.categories, cfg.batch_size, cfg.device, cfg.blur_sigma,
+                                  cfg.visualize)
+        except ValueError as exc:  # RunError, MVTecLayoutError, ImageReadError, EvalError are ValueErrors
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    print(f"{result['method']} / {result['backbone']}  ({result['run']}, device {result['device']})")
+    print(format_table(result))
+    if cfg.json:
+        print(f"wrote {write_json(result, cfg.json)}")
+    if cfg.visualize:
+        print(f"figures in {cfg.visualize}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

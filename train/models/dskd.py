@@ -1,0 +1,163 @@
+"""Dual-student knowledge distillation with contextual affinity (Zhang, Suganuma & Okatani, "Contextual
+Affinity Distillation for Image Anomaly Detection"), "dskd".
+
+Local student = RD unchanged (OCBE_loc → S_loc, per-pixel cosine, §3.3). Global student = OCBE_glo
+(a ResNet-4th-stage-like residual stage on the teacher's deepest level) → GCCB → S_glo, trained with
+the contextual affinity loss (§3.4). Each student's map is standardised with μ, σ measured on
+normal validation images and the two are added (Eq. 8), then blurred; score = max.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ..backbones import build_backbone
+from ..config import ModelConfig
+from .base import DistillationModel
+from .decoder import ReverseDecoder, decoder_spec
+from .head import DistanceHead
+from .rd import OneClassBottleneck, validate_rd_config
+from .rd_loss import student_distance_maps, student_loss
+
+SIGMA_FLOOR = 1e-6
+
+
+class GlobalContextCondensingBlock(nn.Module):
+    """GCCB (DSKD §3.4, Fig. 3, Table 6): condense B×C×h×w to one C-vector (global average), compress
+    it to g channels and restore it to C by 1×1 convs, then restore the h×w size by broadcasting.
+
+    g == C uses no 1×1 convs (Table 6, "g = 2048"); the output keeps only image-level context.
+    """
+
+    def __init__(self, channels: int, g: int) -> None:
+        super().__init__()
+        self.transform = None if g == channels else nn.Sequential(
+            nn.Conv2d(channels, g, 1), nn.ReLU(inplace=True), nn.Conv2d(g, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        context = x.mean(dim=(2, 3), keepdim=True)
+        if self.transform is not None:
+            context = self.transform(context)
+        return context.expand(-1, -1, x.shape[2], x.shape[3])
+
+
+class ScoreStandardizer(nn.Module):
+    """Eq. 8 as inputs of the shared head: (Σ_l Ψ(M_loc^l) − μ_loc)/σ_loc + (Σ_l Ψ(M_glo^l) − μ_glo)/σ_glo.
+
+    Bilinear up-sampling, the level sum, a normalised blur and the max all commute with x ↦ x/σ − c, so
+    each level map is divided by its student's σ and the constant μ_loc/σ_loc + μ_glo/σ_glo is subtracted
+    from one level. μ, σ are buffers (saved in checkpoints, constants in exported graphs); before
+    ``DualStudentModel.calibrate`` they are 0 and 1.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(2))
+        self.register_buffer("std", torch.ones(2))
+
+    def forward(self, local_maps: list[torch.Tensor], global_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        scaled = [m / self.std[0] for m in local_maps] + [m / self.std[1] for m in global_maps]
+        offset = self.mean[0] / self.std[0] + self.mean[1] / self.std[1]
+        return [scaled[0] - offset] + scaled[1:]
+
+
+class DualStudentInference(nn.Module):
+    """Teacher → both students → standardised level maps (Eq. 8) → upsample, sum, blur, max."""
+
+    def __init__(self, model: "DualStudentModel") -> None:
+        super().__init__()
+        self.teacher = model.teacher
+        self.local_bottleneck, self.local_decoder = model.local_bottleneck, model.local_decoder
+        self.global_bottleneck, self.global_decoder = model.global_bottleneck, model.global_decoder
+        self.standardizer = model.standardizer
+        self.head = model.head
+        self.local_kind, self.global_kind = model.cfg.dskd_local_loss, model.cfg.dskd_global_loss
+        self.temperature = model.cfg.dskd_temperature
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        teacher_features = self.teacher(images)
+        local_features = self.local_decoder(self.local_bottleneck(teacher_features))
+        global_features = self.global_decoder(self.global_bottleneck(teacher_features))
+        local_maps = student_distance_maps(teacher_features, local_features, self.local_kind, self.temperature)
+        global_maps = student_distance_maps(teacher_features, global_features, self.global_kind, self.temperature)
+        return self.head(self.standardizer(local_maps, global_maps), images.shape[-2:])
+
+
+class DualStudentModel(DistillationModel):
+    """DSKD: L = L_loc + L_glo (Eq. 2 and Eq. 7 by default; Table 5 loss pairs via dskd_local/global_loss)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        validate_rd_config(cfg)
+        self.cfg = cfg
+        self.teacher = build_backbone(cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.teacher_weights)
+        self.freeze_teacher()
+        channels = self.teacher.channels
+        spec = decoder_spec(cfg.backbone, cfg.rd_bottleneck_layers)
+        self.local_bottleneck = OneClassBottleneck(channels, spec, "concat")
+        self.local_decoder = ReverseDecoder(channels, self.local_bottleneck.out_channels, spec)
+        ocbe_global = OneClassBottleneck(channels, spec, "last")
+        gccb = GlobalContextCondensingBlock(ocbe_global.out_channels, cfg.dskd_g) if cfg.dskd_g else nn.Identity()
+        self.global_bottleneck = nn.Sequential(ocbe_global, gccb)
+        self.global_decoder = ReverseDecoder(channels, ocbe_global.out_channels, spec)
+        self.standardizer = ScoreStandardizer()
+        self.head = DistanceHead(cfg.blur_sigma)
+
+    def students(self, teacher_features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(S_loc(OCBE_loc(F_T)), S_glo(GCCB(OCBE_glo(F_T^3)))), three levels each."""
+        local_features = self.local_decoder(self.local_bottleneck(teacher_features))
+        global_features = self.global_decoder(self.global_bottleneck(teacher_features))
+        return local_features, global_features
+
+    def compute_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        with torch.no_grad():
+            teacher_features = self.teacher(images)
+        local_features, global_features = self.students(teacher_features)
+        local = student_loss(teacher_features, local_features, cfg.dskd_local_loss, cfg.dskd_temperature,
+                             cfg.rd_loss_mode)
+        global_ = student_loss(teacher_features, global_features, cfg.dskd_global_loss, cfg.dskd_temperature,
+                               cfg.rd_loss_mode)
+        return local + global_, {"local": float(local.detach()), "global": float(global_.detach())}
+
+    @torch.no_grad()
+    def student_anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """M_loc = Σ_l Ψ(M_loc^l) and M_glo (Eq. 8, before standardisation and blur), each B×1×H×W."""
+        teacher_features = self.teacher(images)
+        local_features, global_features = self.students(teacher_features)
+        plain = DistanceHead(0.0)
+        size = images.shape[-2:]
+        maps = []
+        for features, kind in ((local_features, self.cfg.dskd_local_loss), (global_features, self.cfg.dskd_global_loss)):
+            maps.append(plain(student_distance_maps(teacher_features, features, kind, self.cfg.dskd_temperature),
+                              size)[0])
+        return maps[0], maps[1]
+
+    @torch.no_grad()
+    def calibrate(self, normal_batches: Iterable[torch.Tensor]) -> None:
+        """μ, σ of each student's map over all pixels of the normal (validation) images (Eq. 8)."""
+        was_training = self.training
+        self.eval()
+        device = self.standardizer.mean.device
+        sums = torch.zeros(2, dtype=torch.float64)
+        squares = torch.zeros(2, dtype=torch.float64)
+        count = 0
+        for batch in normal_batches:
+            images = batch["image"] if isinstance(batch, dict) else batch
+            for k, m in enumerate(self.student_anomaly_maps(images.to(device))):
+                m = m.detach().to("cpu", torch.float64)
+                sums[k] += m.sum()
+                squares[k] += (m * m).sum()
+            count += m.numel()
+        self.train(was_training)
+        if count == 0:
+            raise ValueError("dskd calibration: the validation set yielded no images (μ, σ of Eq. 8 need normal images)")
+        mean = sums / count
+        std = torch.sqrt(torch.clamp(squares / count - mean * mean, min=0.0)).clamp_min(SIGMA_FLOOR)
+        self.standardizer.mean.copy_(mean.to(self.standardizer.mean.dtype))
+        self.standardizer.std.copy_(std.to(self.standardizer.std.dtype))
+
+    def inference_model(self) -> nn.Module:
+        return DualStudentInference(self)

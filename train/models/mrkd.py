@@ -1,0 +1,71 @@
+"""Masked reverse distillation with SCSAtt and a feature-mask module ("mrkd").
+
+RD whose bottleneck is MSFF (§3.3) → SCSAtt (SCConv + SimAM, §3.4–3.6) → OCE, plus the training-only
+feature mask generation module FMM (§3.7, after Masked Generative Distillation, Yang et al. 2022):
+random positions of each student level are zeroed and a small conv block must regenerate the
+teacher's features from the rest. The FMM is not part of the inference graph.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .decoder import DecoderSpec, init_rd_weights
+from .rd import OneClassBottleneck, ReverseDistillationModel
+from .rd_loss import multi_level_cosine_loss
+from .scsatt import SCSAtt
+
+
+class FeatureMaskModule(nn.Module):
+    """FMM (masked-RD §3.7 / MGD Eq. 1–2), one branch per level.
+
+    M_{h,w} = 0 if R_{h,w} < λ else 1, R ~ U(0, 1) per position (λ = mask rate);
+    restored = W_l2(ReLU(W_l1(f_align(F_S) ⊙ M))) with f_align a 1×1 conv and W_l1, W_l2 3×3 convs.
+    """
+
+    def __init__(self, channels: list[int], mask_rate: float) -> None:
+        super().__init__()
+        self.mask_rate = mask_rate
+        self.align = nn.ModuleList(nn.Conv2d(c, c, 1) for c in channels)
+        self.generate = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, padding=1))
+            for c in channels)
+        init_rd_weights(self)
+
+    def forward(self, student_features: list[torch.Tensor]) -> list[torch.Tensor]:
+        restored = []
+        for features, align, generate in zip(student_features, self.align, self.generate):
+            b, _, h, w = features.shape
+            keep = torch.rand(b, 1, h, w, device=features.device) >= self.mask_rate
+            restored.append(generate(align(features) * keep.to(features.dtype)))
+        return restored
+
+
+class MaskedReverseDistillationModel(ReverseDistillationModel):
+    """E → MSFF → SCSAtt → OCE → D; training loss Σ_k (1 − cos)(f_E^k, f_D^k) + w·Σ_k (1 − cos)(f_E^k, FMM(f_D)^k).
+
+    The paper's loss (§3.8) compares the teacher with the FMM output only; the direct decoder term is
+    kept because the FMM is dropped at inference, where the map is Σ_k Upsample(1 − cos(f_E^k, f_D^k)).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.fmm = FeatureMaskModule(self.teacher.channels, cfg.mrkd_mask_rate) if cfg.mrkd_fmm else None
+
+    def build_bottleneck(self, channels: list[int], spec: DecoderSpec) -> OneClassBottleneck:
+        use_attention = self.cfg.mrkd_scconv or self.cfg.mrkd_simam
+        attention = SCSAtt(channels[2], self.cfg.mrkd_scconv, self.cfg.mrkd_simam) if use_attention else None
+        return OneClassBottleneck(channels, spec, "msff", attention)
+
+    def compute_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        teacher_features = self.teacher_features(images)
+        student_features = self.reconstruct(teacher_features)
+        loss = multi_level_cosine_loss(teacher_features, student_features, self.cfg.rd_loss_mode)
+        parts = {"cosine": float(loss.detach())}
+        # Masking is a training-time regulariser: validation losses stay deterministic and comparable.
+        if self.fmm is not None and self.training:
+            fmm_loss = multi_level_cosine_loss(teacher_features, self.fmm(student_features), self.cfg.rd_loss_mode)
+            parts["fmm"] = float(fmm_loss.detach())
+            loss = loss + self.cfg.mrkd_fmm_weight * fmm_loss
+        return loss, parts

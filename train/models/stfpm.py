@@ -1,0 +1,71 @@
+"""STFPM (Wang et al. 2021) and DCAM (Jena et al., "Attend, Distill, Detect") — forward distillation.
+
+Teacher and student share the backbone architecture; the student (random init) learns to reproduce the
+teacher's conv2_x..conv4_x features. DCAM adds training-only attention on the student's features and
+channel-cosine + spatial-KL matching (paper §3); STFPM is the same model with no attention and the
+L2-normalised MSE.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..backbones import build_backbone
+from ..config import ModelConfig
+from .attention import DistributedAttention
+from .base import DistillationModel
+from .head import DistanceHead, pyramid_cosine_head
+from .loss import FeatureMatchingLoss
+
+
+class FeaturePyramidInference(nn.Module):
+    """Teacher + student (+ optional attention) + distance head as one module: x → (anomaly_map, score)."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, head: DistanceHead,
+                 attention: nn.Module | None = None) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.student = student
+        self.attention = attention
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        teacher_features = self.teacher(images)
+        student_features = self.student(images)
+        if self.attention is not None:
+            student_features = self.attention(student_features)
+        return pyramid_cosine_head(self.head, teacher_features, student_features, images.shape[-2:])
+
+
+class STFPMModel(DistillationModel):
+    """Student-teacher feature pyramid matching, with DCAM attention when cfg.attention != "none"."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.teacher = build_backbone(cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.teacher_weights)
+        self.student = build_backbone(cfg.backbone, pretrained=False)
+        self.freeze_teacher()
+        self.attention = (DistributedAttention(self.teacher.channels, cfg.attention, cfg.attention_reduction,
+                                               cfg.attention_kernel)
+                          if cfg.attention != "none" else None)
+        self.loss = FeatureMatchingLoss(cfg.loss_channel_cosine, cfg.loss_spatial_cosine, cfg.loss_channel_kl,
+                                        cfg.loss_spatial_kl, cfg.loss_mse, cfg.kl_reduction)
+        self.head = DistanceHead(cfg.blur_sigma)
+
+    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher features (no grad) and the student's features refined by DCAM (training view)."""
+        with torch.no_grad():
+            teacher_features = self.teacher(images)
+        student_features = self.student(images)
+        if self.attention is not None:
+            student_features = self.attention(student_features)
+        return teacher_features, student_features
+
+    def compute_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        teacher_features, student_features = self.features(images)
+        return self.loss(teacher_features, student_features)
+
+    def inference_model(self) -> nn.Module:
+        attention = self.attention if self.cfg.attention_at_inference else None
+        return FeaturePyramidInference(self.teacher, self.student, self.head, attention)

@@ -1,0 +1,303 @@
+"""The training loop: distil the student(s) on normal images, keep the lowest-validation-loss checkpoint,
+resume after an interruption (losing at most one epoch), single process or DDP under torchrun."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .config import TrainConfig
+from .data import ImageDataset, list_train_samples, parse_categories, split_train_val
+from .distributed import (DistContext, GlobalBatchSampler, barrier, convert_batchnorm, init_distributed,
+                          shutdown)
+from .models import DistillationModel, build_model
+from .runs import (BEST_CHECKPOINT, LAST_CHECKPOINT, RunError, atomic_torch_save, atomic_write_text,
+                   load_checkpoint, load_config, preprocess_spec, save_config)
+
+log = logging.getLogger("train")
+
+# Settings that must not change when resuming a run (others, like --epochs, may).
+RESUME_INVARIANTS = ("data", "categories", "image_size", "batch_size", "seed", "val_fraction")
+
+
+def resolve_device(name: str, ctx: DistContext) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
+        return torch.device("cuda", ctx.local_rank if ctx.enabled else (torch.device(name).index or 0))
+    if name != "cpu":
+        raise ValueError(f"--device: expected auto, cpu or cuda[:N], got {name!r}")
+    return torch.device("cpu")
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """Mixed precision on GPU only: bf16 where supported, else fp16 (with a GradScaler)."""
+    if setting == "off" or device.type != "cuda":
+        return None
+    if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    if setting in ("fp16", "auto"):
+        return torch.float16
+    raise ValueError(f"--amp: expected auto, bf16, fp16 or off, got {setting!r}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class DataSplit:
+    train: ImageDataset
+    val: ImageDataset
+    categories: list[str]
+
+
+def build_datasets(cfg: TrainConfig) -> DataSplit:
+    categories = parse_categories(cfg.categories, cfg.data)
+    samples = list_train_samples(cfg.data, categories)
+    train_samples, val_samples = split_train_val(samples, cfg.val_fraction, cfg.seed)
+    spec = preprocess_spec(cfg)
+    return DataSplit(ImageDataset(train_samples, spec, cache=cfg.cache_images),
+                     ImageDataset(val_samples, spec, cache=cfg.cache_images), categories)
+
+
+def make_loader(dataset: ImageDataset, sampler: GlobalBatchSampler, cfg: TrainConfig, device: torch.device) -> DataLoader:
+    workers = cfg.num_workers
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+
+
+class Trainer:
+    """Owns one training run; `run()` trains from scratch or resumes from RUN_DIR/last.pt."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.ctx = init_distributed("cuda" if cfg.device.startswith("cuda") or
+                                    (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.device = resolve_device(cfg.device, self.ctx)
+        self.out = Path(cfg.out)
+        self.amp = amp_dtype(cfg.amp, self.device)
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _check_resume_compatible(self) -> None:
+        previous = load_config(self.out)
+        for key in RESUME_INVARIANTS:
+            if getattr(previous, key) != getattr(self.cfg, key):
+                raise RunError(f"{self.out}: cannot resume, --{key.replace('_', '-')} was {getattr(previous, key)!r} "
+                               f"and is now {getattr(self.cfg, key)!r} (use a new --out or --no-resume)")
+        if vars(previous.model) != vars(self.cfg.model):
+            raise RunError(f"{self.out}: cannot resume, the model settings differ from the saved run "
+                           f"(use a new --out or --no-resume)")
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        self.data = build_datasets(cfg)
+        self.model: DistillationModel = build_model(cfg.model).to(self.device)
+        if self.ctx.enabled:
+            for name, child in self.model.named_children():
+                if name != "teacher":  # the frozen teacher's BatchNorm runs on its ImageNet statistics
+                    convert_batchnorm(child, self.device.type)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(cfg, self.model.trainable_parameters())
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.train_sampler = GlobalBatchSampler(len(self.data.train), cfg.batch_size, cfg.seed, self.ctx.rank,
+                                                self.ctx.world_size, shuffle=True)
+        self.val_sampler = GlobalBatchSampler(len(self.data.val), cfg.batch_size, cfg.seed, 0, 1, shuffle=False)
+        self.train_loader = make_loader(self.data.train, self.train_sampler, cfg, self.device)
+        self.val_loader = make_loader(self.data.val, self.val_sampler, cfg, self.device)
+        self.step_model: nn.Module = self.model
+        if self.ctx.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_model = DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            self.step_model = torch.compile(self.step_model)
+        self.start_epoch, self.best_val, self.history = 0, math.inf, []
+
+    def _maybe_resume(self) -> None:
+        last = self.out / LAST_CHECKPOINT
+        if not (self.cfg.resume and last.is_file()):
+            return
+        self._check_resume_compatible()
+        state = load_checkpoint(last, map_location=self.device)
+        # last.pt holds the trainable state only; the teacher comes from its pretrained weights.
+        self.model.load_state_dict(state["model"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.best_val = float(state["best_val_loss"])
+        self.history = json.loads(state["history"])
+        if self.ctx.is_main:
+            log.info("resuming %s from epoch %d (best validation loss %.5f)", self.out, self.start_epoch, self.best_val)
+
+    # ---- steps -------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp)
+
+    def _images(self, batch: dict[str, Any]) -> torch.Tensor:
+        images = batch["image"].to(self.device, non_blocking=True)
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        self.train_sampler.set_epoch(epoch)
+        totals: dict[str, float] = {}
+        n_images, steps = 0, 0
+        limit = self.cfg.max_steps_per_epoch or len(self.train_loader)
+        bar = tqdm(self.train_loader, total=min(limit, len(self.train_loader)), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+                   disable=not self.ctx.is_main, leave=False, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        for batch in bar:
+            images = self._images(batch)
+            with self._autocast():
+                loss, parts = self.step_model(images)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {float(loss)} at epoch {epoch + 1} "
+                                         f"(try a lower --lr; components: {parts})")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            n = images.shape[0]
+            n_images += n
+            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) * n
+            for key, value in parts.items():
+                totals[key] = totals.get(key, 0.0) + value * n
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            steps += 1
+            if steps >= limit:
+                break
+        seconds = time.perf_counter() - t0
+        stats = self._reduce(totals, n_images)
+        stats["images_per_s"] = stats.pop("_images") / max(seconds, 1e-9)
+        return stats
+
+    def _reduce(self, totals: dict[str, float], n_images: int) -> dict[str, float]:
+        """Sum per-process totals over ranks and turn them into per-image means."""
+        keys = sorted(totals)
+        values = torch.tensor([totals[k] for k in keys] + [float(n_images)], dtype=torch.float64)
+        if self.ctx.enabled:
+            torch.distributed.all_reduce(values)
+        count = max(values[-1].item(), 1.0)
+        stats = {k: values[i].item() / count for i, k in enumerate(keys)}
+        stats["_images"] = values[-1].item()
+        return stats
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Mean training loss over the validation normals (same objective, no gradient; paper §4.3)."""
+        self.model.eval()
+        total, count = 0.0, 0
+        for batch in self.val_loader:
+            images = self._images(batch)
+            with self._autocast():
+                loss, _ = self.model.compute_loss(images)
+            total += float(loss) * images.shape[0]
+            count += images.shape[0]
+        return total / max(count, 1)
+
+    def _val_batches(self):
+        for batch in self.val_loader:
+            yield self._images(batch)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.model.state_dict().items() if not k.startswith("teacher.")}
+
+    def _save_best(self, epoch: int, val_loss: float) -> None:
+        self.model.eval()
+        with torch.no_grad():
+            self.model.calibrate(self._val_batches())
+        atomic_torch_save({"model": self.model.state_dict(), "epoch": epoch, "val_loss": val_loss,
+                           "config": json.dumps(self.cfg.to_dict())}, self.out / BEST_CHECKPOINT)
+
+    def _save_last(self, epoch: int) -> None:
+        atomic_torch_save({"model": self._trainable_state(), "optimizer": self.optimizer.state_dict(),
+                           "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                           "epoch": epoch, "best_val_loss": self.best_val, "history": json.dumps(self.history)},
+                          self.out / LAST_CHECKPOINT)
+
+    def _write_history(self) -> None:
+        atomic_write_text(self.out / "history.json", json.dumps(self.history, indent=1))
+        keys = sorted({k for row in self.history for k in row}, key=lambda k: (k != "epoch", k))
+        tmp = self.out / "history.csv.tmp"
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.history)
+        tmp.replace(self.out / "history.csv")
+
+    # ---- main --------------------------------------------------------------------------------
+    def run(self) -> Path:
+        try:
+            self._setup()
+            if self.ctx.is_main:
+                self.out.mkdir(parents=True, exist_ok=True)
+            barrier(self.ctx)
+            self._maybe_resume()
+            if self.ctx.is_main:
+                save_config(self.out, self.cfg)
+                log.info("training %s/%s on %d train + %d validation images (%s), device %s, %d process(es)",
+                         self.cfg.model.method, self.cfg.model.backbone, len(self.data.train), len(self.data.val),
+                         ",".join(self.data.categories), self.device, self.ctx.world_size)
+            started = time.perf_counter()
+            epochs = tqdm(range(self.start_epoch, self.cfg.epochs), initial=self.start_epoch, total=self.cfg.epochs,
+                          desc="epochs", disable=not self.ctx.is_main, dynamic_ncols=True)
+            for epoch in epochs:
+                t0 = time.perf_counter()
+                stats = self._train_epoch(epoch)
+                if self.ctx.is_main:
+                    val_loss = self.validation_loss()
+                    row = {"epoch": epoch + 1, "train_loss": stats.pop("loss"), "val_loss": val_loss,
+                           "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+                           **{f"train_{k}": v for k, v in stats.items()}}
+                    self.history.append(row)
+                    if val_loss < self.best_val:
+                        self.best_val = val_loss
+                        self._save_best(epoch, val_loss)
+                    self._save_last(epoch)
+                    self._write_history()
+                    epochs.set_postfix(train=f"{row['train_loss']:.4f}", val=f"{val_loss:.4f}", best=f"{self.best_val:.4f}")
+                barrier(self.ctx)
+                if self.cfg.time_budget_s and time.perf_counter() - started > self.cfg.time_budget_s:
+                    if self.ctx.is_main:
+                        log.info("time budget of %.0f s reached after epoch %d", self.cfg.time_budget_s, epoch + 1)
+                    break
+            return self.out
+        finally:
+            shutdown(self.ctx)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) a run; returns the run directory."""
+    return Trainer(cfg).run()
