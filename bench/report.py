@@ -119,6 +119,10 @@ def render(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
     if failed:
         parts += ["**Failed rows**", ""] + [f"- {r['label']} @ {r['threads']} thr: {r.get('error')}" for r in failed]
         parts.append("")
+    notes = list(dict.fromkeys(f"- {r['label']}: {r['notes']}" for r in rows
+                               if r.get("notes") and r.get("engine") != "torch-eager"))
+    if notes:
+        parts += ["**Notes**", ""] + notes + [""]
     summary = target_summary(rows)
     if summary:
         parts += [f"**int8 target: ≥ {INT8_TARGET_SPEEDUP:g}× eager torch (same run and threads); accuracy guard of "

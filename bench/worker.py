@@ -1,12 +1,18 @@
-"""One measurement in its own process: ``python -m bench.worker JOB.json RESULT.json``.
+"""One model (or micro-benchmark) in its own process: ``python -m bench.worker JOB.json``.
 
-Each model file × thread count is timed in a fresh interpreter so that (a) its peak RSS
-(``getrusage`` high-water mark) belongs to that model alone, (b) thread pools and allocator state
-of one engine never leak into the next, and (c) a crash in a native engine becomes a failed row.
-Progress is reported on stdout as lines ``<PROGRESS_TAG> <n>`` (units of work done).
+Each model file × thread count lives in a fresh interpreter so that (a) its peak RSS (``getrusage``
+high-water mark) belongs to that model alone, (b) thread pools and allocator state of one engine never
+leak into the next, and (c) a crash in a native engine becomes a failed row, not a failed benchmark.
 
-Job kinds: "engine" (an exported file), "eager" (the torch baseline), "accuracy" (test split of a
-dataset through one file or the eager model), "gemm" (peak micro-benchmarks).
+Latency jobs are *served*: the worker loads the model, warms it up, answers ``ready`` and then times
+as many runs as each command on stdin asks for. The parent interleaves the models of one comparison in
+rounds, so load from other processes on a shared machine hits the eager baseline and every file alike
+and the speed-up ratios stay fair even when absolute times drift.
+
+Protocol (one JSON object per line): the worker writes ``<MESSAGE_TAG> {...}`` lines on stdout (other
+stdout lines, e.g. from engines, are ignored) — ``{"type": "progress", "n": k}`` or
+``{"type": "reply", ...}``; the parent writes commands ``{"cmd": "infer"|"e2e", "n": k, "warm": w}`` and
+``{"cmd": "finish"}``. Accuracy and GEMM jobs run once and reply with their result.
 """
 from __future__ import annotations
 
@@ -21,11 +27,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-PROGRESS_TAG = "\x1ebench-progress"
+MESSAGE_TAG = "\x1ebench-worker"
+
+
+def send(message: dict[str, Any]) -> None:
+    print(f"{MESSAGE_TAG} {json.dumps(message)}", flush=True)
 
 
 def progress(n: int = 1) -> None:
-    print(f"{PROGRESS_TAG} {n}", flush=True)
+    send({"type": "progress", "n": n})
 
 
 def peak_rss_mb() -> float:
@@ -34,15 +44,10 @@ def peak_rss_mb() -> float:
     return rss / (1024 * 1024) if platform.system() == "Darwin" else rss / 1024
 
 
-def _set_opencv_threads(threads: int) -> None:
-    import cv2
-    cv2.setNumThreads(threads)  # decode/resize use the same core budget as the engine
-
-
-def _timed(fn: Callable[[], Any], runs: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
+def _timed(fn: Callable[[], Any], runs: int, warm: int = 0) -> list[float]:
+    """``warm`` untimed calls (re-fill caches after another model ran), then ``runs`` timed ones, in ms."""
+    for _ in range(warm):
         fn()
-        progress()
     times = []
     gc.disable()  # a collection in the middle of a run is noise, not model latency
     try:
@@ -50,7 +55,6 @@ def _timed(fn: Callable[[], Any], runs: int, warmup: int) -> list[float]:
             t0 = time.perf_counter_ns()
             fn()
             times.append((time.perf_counter_ns() - t0) / 1e6)
-            progress()
     finally:
         gc.enable()
     return times
@@ -80,26 +84,34 @@ def _runner(job: dict[str, Any]) -> tuple[Callable[[Any], Any], dict[str, Any], 
                         **{k: v for k, v in info.items() if k in ("compiled_precision", "input_layout")}}, spec
 
 
-def run_latency(job: dict[str, Any]) -> dict[str, Any]:
-    """Inference latency on one preprocessed frame, then end-to-end decode + preprocess + inference."""
+def serve_latency(job: dict[str, Any], commands: Any) -> dict[str, Any]:
+    """Load, warm up, reply ready; then time inference / end-to-end frames on command until "finish"."""
+    import cv2
     import numpy as np
 
     from edge.preprocess import decode_image, preprocess_rgb
-    _set_opencv_threads(int(job["threads"]))
+    cv2.setNumThreads(int(job["threads"]))  # decode/resize get the same core budget as the engine
     frames = [Path(p) for p in job["frames"]]
     run, info, spec = _runner(job)
     x = preprocess_rgb(decode_image(frames[0]), spec)[None]
-    infer_ms = _timed(lambda: run(x), int(job["runs"]), int(job["warmup"]))
+    _, score = run(x)
+    if not np.isfinite(np.asarray(score)).all():
+        raise ValueError(f"{job['target'].get('path', 'eager model')}: non-finite score {score}")
+    _timed(lambda: run(x), int(job["warmup"]))
+    send({"type": "reply", "status": "ready"})
     counter = iter(range(1 << 62))
 
     def frame() -> Any:
         rgb = decode_image(frames[next(counter) % len(frames)])
         return run(preprocess_rgb(rgb, spec)[None])
-    e2e_ms = _timed(frame, int(job["e2e_runs"]), 0) if int(job["e2e_runs"]) > 0 else []
-    amap, score = run(x)
-    if not np.isfinite(np.asarray(score)).all():
-        raise ValueError(f"{job['target'].get('path', 'eager model')}: non-finite score {score}")
-    return {**info, "infer_ms": infer_ms, "e2e_ms": e2e_ms, "peak_rss_mb": peak_rss_mb()}
+
+    for line in commands:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "finish":
+            break
+        fn = (lambda: run(x)) if cmd["cmd"] == "infer" else frame
+        send({"type": "reply", "ms": _timed(fn, int(cmd["n"]), int(cmd.get("warm", 0)))})
+    return {**info, "peak_rss_mb": peak_rss_mb()}
 
 
 def run_accuracy(job: dict[str, Any]) -> dict[str, Any]:
@@ -141,26 +153,28 @@ def run_gemm(job: dict[str, Any]) -> dict[str, Any]:
         except GemmUnavailable as e:
             notes[f"{backend}/{precision}"] = str(e)
         except Exception as e:  # noqa: BLE001 - one backend failing must not hide the others
-            notes[f"{backend}/{precision}"] = f"failed: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+            notes[f"{backend}/{precision}"] = f"failed: {_first_line(e)}"
         progress(int(job["runs"]) + 2)
     return {"gemm": results, "notes": notes}
 
 
-KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "latency": run_latency, "accuracy": run_accuracy, "gemm": run_gemm}
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:400] if lines else type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    job_path, out_path = Path(args[0]), Path(args[1])
-    job = json.loads(job_path.read_text())
+    job = json.loads(Path(args[0]).read_text())
     try:
-        result = {"status": "ok", **KINDS[job["kind"]](job)}
+        if job["kind"] == "latency":
+            result = serve_latency(job, sys.stdin)
+        else:
+            result = {"accuracy": run_accuracy, "gemm": run_gemm}[job["kind"]](job)
+        send({"type": "reply", "status": "ok", **result})
     except Exception as e:  # noqa: BLE001 - every failure becomes a failed row with one clear line
-        lines = str(e).strip().splitlines()
-        result = {"status": "failed", "error": lines[0][:400] if lines else type(e).__name__,
-                  "traceback": traceback.format_exc(limit=4)}
-    out_path.write_text(json.dumps(result))
+        send({"type": "reply", "status": "failed", "error": _first_line(e),
+              "traceback": traceback.format_exc(limit=4)})
     return 0
 
 

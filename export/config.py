@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from dataclasses import dataclass
 from types import ModuleType
@@ -43,6 +44,7 @@ def require(module: str, purpose: str) -> ModuleType:
     """Import an optional converter package or raise one line naming the extra to install."""
     # TensorFlow-based converters (litert-torch, ai-edge-*) print C++ INFO lines on import otherwise.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("torchao").setLevel(logging.ERROR)  # litert-torch's torchao warns about CUDA kernels
     try:
         return importlib.import_module(module)
     except ImportError as exc:

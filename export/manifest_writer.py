@@ -14,6 +14,7 @@ from .graph import FusedGraph
 
 VERSIONED_PACKAGES = ("torch", "onnx", "onnxruntime", "openvino", "nncf", "litert-torch", "ai-edge-quantizer",
                       "ai-edge-litert", "numpy", "opencv-python-headless")
+INPUT_NAME = "image"
 PREPROCESSING = ("edge.preprocess.preprocess_rgb: RGB uint8 → resize to image_size×image_size (cv2.INTER_LINEAR) "
                  "→ x/255 → (x − mean)/std → CHW float32, batch of 1 (normalisation is NOT in the graph)")
 
@@ -82,12 +83,15 @@ def build_manifest(path: Path, fmt: str, precision: str, graph: FusedGraph, thre
         "runtime": {"engine": engine, "inference_precision_hint": inference_precision_hint,
                     **({"note": f"compile with INFERENCE_PRECISION_HINT={inference_precision_hint!r}: on AMX CPUs "
                                 f"OpenVINO otherwise runs bf16 silently"} if fmt == "openvino" else {})},
-        "input": {"name": input_name, "shape": [1, 3, s, s], **graph.spec.to_dict(),
+        # input/outputs are shared by every format in edge.manifest's layout: canonical names there, the
+        # tensor names each converter produced (e.g. TFLite's "serving_default_score_output") per file.
+        "input": {"name": INPUT_NAME, "shape": [1, 3, s, s], **graph.spec.to_dict(),
                   "normalization": normalization_name(graph.spec), "preprocessing": PREPROCESSING},
-        "outputs": {"anomaly_map": {"name": output_names["anomaly_map"], "shape": [1, 1, s, s],
+        "outputs": {"anomaly_map": {"name": "anomaly_map", "shape": [1, 1, s, s],
                                     "meaning": "Σ_k upsample(1 − cos(f_t^k, f_s^k)) at input resolution"},
-                    "score": {"name": output_names["score"], "shape": [1], "meaning": "max of anomaly_map"},
+                    "score": {"name": "score", "shape": [1], "meaning": "max of anomaly_map"},
                     "decision": "anomalous when score > threshold"},
+        "graph_io": {"input": input_name, **output_names},
         "model": {**graph.info, "graph": "teacher + student + distance head fused, BatchNorm folded"},
         "quantization": quantization,
         "threshold": threshold,

@@ -236,3 +236,17 @@ def test_bench_modules_never_import_torch():
     code = ("import sys, bench.cli, bench.worker, bench.gemm, bench.macs, bench.stats, bench.report; "
             "assert 'torch' not in sys.modules and 'train.models' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_file_without_its_own_manifest_entry_uses_the_shared_sections(tmp_path):
+    from bench.cli import describe_file
+    toy = toy_model(tmp_path / "dcam.onnx", 0, "fp32", manifest=False)
+    # dcam.json describes only dcam.tflite, but its input/model sections hold for every format of the model.
+    (tmp_path / "dcam.json").write_text(json.dumps({
+        "schema_version": 1, "input": {"image_size": SIZE, "mean": [0.5] * 3, "std": [0.5] * 3},
+        "model": {"method": "dcam", "backbone": "efficientnet_lite0", "gmacs": 0.5},
+        "files": {"dcam.tflite": {"precision": "fp32"}}}))
+    f = describe_file(toy, [toy])
+    assert f.architecture == ("dcam", "efficientnet_lite0", SIZE) and f.spec["mean"] == [0.5] * 3
+    assert "dcam.json" in f.manifest_note and f.precision == "fp32"
+    assert f.gmacs == pytest.approx((SIZE * SIZE * 8 * 27 + SIZE * SIZE * 8) / 1e9)  # counted from the file itself

@@ -76,7 +76,7 @@ def test_contextual_affinity_kl_matches_double_loop() -> None:
         expected.append(temperature ** 2 * sum(p_t[j] * math.log(p_t[j] / p_s[j]) for j in range(3)))  # Eq. 6
     got = contextual_affinity_map(teacher, student, temperature)
     assert got.shape == (1, 1, 1, 3)
-    np.testing.assert_allclose(got.flatten().numpy(), expected, rtol=1e-9)
+    np.testing.assert_allclose(got.flatten().numpy(), expected, rtol=1e-6)  # the norm has an ε
     # Eq. 7: mean over positions, summed over levels.
     loss = contextual_affinity_loss([teacher, teacher], [student, student], temperature)
     assert float(loss) == pytest.approx(2 * sum(expected) / 3, rel=1e-5)  # computed in float32
@@ -268,7 +268,8 @@ def test_inference_graph_exports_to_onnx_with_parity(method: str, tmp_path) -> N
     model.train()
     model.compute_loss(torch.randn(2, 3, SIZE, SIZE))  # move BN running statistics off their init
     if method == "dskd":
-        model.calibrate([torch.randn(2, 3, SIZE, SIZE)])
+        model.calibrate([torch.randn(2, 3, SIZE, SIZE)])  # Eq. 8 constants must reach the graph
+        assert float(model.standardizer.std[1]) < 0.05  # a small σ: float32 noise of the maps is magnified
     model.eval()
     inference = model.inference_model().eval()
     x = torch.randn(2, 3, SIZE, SIZE)
@@ -284,3 +285,47 @@ def test_inference_graph_exports_to_onnx_with_parity(method: str, tmp_path) -> N
     got_map, got_score = ort.InferenceSession(str(path)).run(None, {"image": x[:1].numpy()})
     np.testing.assert_allclose(got_map, amap[:1].numpy(), atol=1e-4)
     np.testing.assert_allclose(got_score, score[:1].numpy(), atol=1e-4)
+
+
+# --- through dcam-export --------------------------------------------------------------------------------
+
+
+def _write_run(model, cfg, run_dir) -> None:
+    """A run directory as dcam-train writes it (config.json + best.pt with the full state)."""
+    from train.runs import BEST_CHECKPOINT, save_config
+    run_dir.mkdir(parents=True)
+    save_config(run_dir, cfg)
+    torch.save({"model": model.state_dict(), "epoch": 0, "val_loss": 0.0}, run_dir / BEST_CHECKPOINT)
+
+
+@pytest.mark.xfail(strict=True, reason="export/graph.py folds only Conv2d→BatchNorm; the RD decoders' "
+                                       "ConvTranspose2d→BatchNorm pairs need fuse_conv_bn_eval(..., transpose=True)")
+def test_dskd_through_dcam_export_matches_torch(synthetic_root, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from edge.engines import load_engine
+    from edge.manifest import load_manifest
+    from edge.preprocess import load_image
+    from export.config import ExportConfig
+    from export.pipeline import run_export
+    from train.config import TrainConfig
+    from train.runs import preprocess_spec
+
+    cfg = TrainConfig(data=str(synthetic_root), out=str(tmp_path / "run"), image_size=SIZE,
+                      model=ModelConfig(method="dskd", backbone="resnet18", pretrained=False))
+    spec = preprocess_spec(cfg)
+    images = torch.from_numpy(np.stack([load_image(p, spec) for p in sorted(synthetic_root.glob("*/train/good/*.png"))[:6]]))
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    model.calibrate([images])
+    model.eval()
+    _write_run(model, cfg, tmp_path / "run")
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_export(ExportConfig(run=str(tmp_path / "run"), out=str(tmp_path / "out"), formats="onnx",
+                                precisions="fp32", calib_samples=1, progress=False))
+    path = tmp_path / "out" / "dcam.onnx"
+    assert load_manifest(path)["model"]["method"] == "dskd"
+    amap, score = load_engine(path, threads=2).run(images.numpy())
+    with torch.no_grad():
+        ref_map, ref_score = model.inference_model()(images)
+    np.testing.assert_allclose(amap, ref_map.numpy(), atol=1e-4)
+    np.testing.assert_allclose(score, ref_score.numpy(), atol=1e-4)

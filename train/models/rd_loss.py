@@ -39,9 +39,20 @@ def multi_level_cosine_loss(teacher_features: list[torch.Tensor], student_featur
 
 
 def _unit_vectors(features: torch.Tensor) -> torch.Tensor:
-    """B×C×h×w → B×(h·w)×C, each position's vector divided by its L2 norm."""
-    vectors = features.flatten(2).transpose(1, 2)
-    return vectors / torch.sqrt((vectors * vectors).sum(dim=2, keepdim=True) + EPS)
+    """B×C×h×w → B×(h·w)×C, each position's vector divided by its L2 norm.
+
+    Normalised on the 4-D map (a per-pixel Σ over channels, like the cosine head) so that exporters' head
+    detection finds the affinity computation and keeps it in fp32.
+    """
+    unit = features / torch.sqrt((features * features).sum(dim=1, keepdim=True) + EPS)
+    return unit.flatten(2).transpose(1, 2)
+
+
+def _log1p(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + x) to float32 accuracy for small x with exporter-friendly ops: log(u) − ((u − 1) − x)/u, u = 1 + x
+    (the correction removes the rounding of 1 + x; torch.log1p exports as log(1 + x) and loses it)."""
+    u = 1.0 + x
+    return torch.log(u) - ((u - 1.0) - x) / u
 
 
 def contextual_affinity_map(teacher: torch.Tensor, student: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -53,9 +64,16 @@ def contextual_affinity_map(teacher: torch.Tensor, student: torch.Tensor, temper
     t_unit = _unit_vectors(teacher)
     s_unit = _unit_vectors(student)
     keys = t_unit.transpose(1, 2)  # B×C×N
-    log_p_teacher = torch.log_softmax(torch.matmul(t_unit, keys) / temperature, dim=2)  # B×N×N, row i = P_T,i
-    log_p_student = torch.log_softmax(torch.matmul(s_unit, keys) / temperature, dim=2)
-    kl = (torch.exp(log_p_teacher) * (log_p_teacher - log_p_student)).sum(dim=2)  # B×N
+    p_teacher = torch.softmax(torch.matmul(t_unit, keys) / temperature, dim=2)  # B×N×N, row i = P_T,i
+    # Written so that float32 keeps the small KL values accurate (Eq. 8 divides them by a small σ):
+    # with d_ij = (a^t_ij − a^s_ij)/T = (f̂_T,i − f̂_S,i)·f̂_T,j / T, log P_T − log P_S = d + log E_{P_T}[e^{−d}],
+    # so KL_i = E[d] + log E[e^{−d}] for d shifted by any constant; shifting by E[d] leaves two small terms,
+    # and log E[e^{−d}] = log1p(E[e^{−d} − 1]) avoids rounding 1 + KL.
+    d = torch.matmul(t_unit - s_unit, keys) / temperature
+    d = d - (p_teacher * d).sum(dim=2, keepdim=True)
+    mean_d = (p_teacher * d).sum(dim=2)
+    excess = (p_teacher * (torch.exp(-d) - 1.0)).sum(dim=2)
+    kl = mean_d + _log1p(excess)  # B×N
     return (temperature * temperature) * kl.reshape(teacher.shape[0], 1, teacher.shape[2], teacher.shape[3])
 
 

@@ -1,0 +1,152 @@
+"""Drives ``bench.worker`` processes: one-shot jobs, and interleaved latency measurement of a comparison group.
+
+A comparison group is everything whose ratio the report prints — the eager baseline of one architecture
+and its exported files, at one thread count. All of them are loaded (one process each), then timed in
+``rounds``: every round gives each model ``runs / rounds`` timed runs in turn (rotating who goes first),
+each preceded by ``ROUND_WARM`` untimed runs that refill caches the previous model evicted. Load from other
+processes that comes and goes during the benchmark is therefore spread evenly over the group.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from bench.gemm import gemm_env
+from bench.worker import MESSAGE_TAG
+
+ROUND_WARM = 2  # untimed runs at the start of each round (weights back into cache after another model ran)
+
+
+@dataclass
+class Job:
+    """One worker process: ``kind`` latency | accuracy | gemm, its JSON payload, progress units, result key."""
+
+    kind: str
+    payload: dict[str, Any]
+    units: int
+    key: tuple[Any, ...]
+
+
+def split_runs(total: int, rounds: int) -> list[int]:
+    """``total`` runs over at most ``rounds`` rounds, as evenly as possible (no empty rounds)."""
+    rounds = max(1, min(rounds, total)) if total > 0 else 0
+    return [total // rounds + (1 if i < total % rounds else 0) for i in range(rounds)]
+
+
+class Worker:
+    """One ``python -m bench.worker`` process and its line protocol (see bench.worker)."""
+
+    _ids: Iterator[int] = itertools.count()
+
+    def __init__(self, job: Job, threads: int, workdir: Path, bar: tqdm) -> None:
+        index = next(self._ids)
+        job_path = workdir / f"job-{index}.json"
+        job_path.write_text(json.dumps({"kind": job.kind, "threads": threads, **job.payload}))
+        env = gemm_env(threads)
+        # The worker must import this very package, also when running from a checkout.
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+        self.bar = bar
+        self._err = open(workdir / f"stderr-{index}.txt", "w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.worker", str(job_path)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._err, text=True, env=env, bufsize=1)
+
+    def _failure(self) -> dict[str, Any]:
+        code = self.proc.wait()
+        self._err.seek(0)
+        tail = [ln for ln in self._err.read().strip().splitlines() if ln.strip()][-1:]
+        return {"status": "failed", "error": f"worker exited with code {code}" + (f": {tail[0][:300]}" if tail else "")}
+
+    def receive(self) -> dict[str, Any]:
+        """The next reply; progress messages move the bar. A worker that died yields a failed reply."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if not line.startswith(MESSAGE_TAG):
+                continue  # engine chatter on stdout
+            message = json.loads(line[len(MESSAGE_TAG):])
+            if message.pop("type") == "progress":
+                self.bar.update(message["n"])
+                continue
+            return message
+        return self._failure()
+
+    def command(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(cmd) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return self._failure()
+        return self.receive()
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # only our own child
+            self.proc.wait()
+        self._err.close()
+
+
+def run_once(job: Job, threads: int, workdir: Path, bar: tqdm) -> dict[str, Any]:
+    """An accuracy or GEMM job: start, collect its single reply, stop."""
+    worker = Worker(job, threads, workdir, bar)
+    try:
+        return worker.receive()
+    finally:
+        worker.close()
+
+
+def run_group(jobs: Sequence[Job], threads: int, runs: int, e2e_runs: int, rounds: int, workdir: Path,
+              bar: tqdm) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Latency of every job of one comparison group, interleaved in rounds (module docstring)."""
+    workers = {job.key: Worker(job, threads, workdir, bar) for job in jobs}
+    units = {job.key: job.units for job in jobs}
+    results: dict[tuple[Any, ...], dict[str, Any]] = {}
+    samples: dict[tuple[Any, ...], dict[str, list[float]]] = {}
+    alive: list[tuple[Any, ...]] = []
+
+    def drop(key: tuple[Any, ...], reply: dict[str, Any]) -> None:
+        results[key] = reply
+        workers[key].close()
+        bar.update(units[key] - sum(len(v) for v in samples.get(key, {}).values()))
+        if key in alive:
+            alive.remove(key)
+
+    for key, worker in workers.items():
+        reply = worker.receive()
+        if reply.get("status") == "ready":
+            alive.append(key)
+            samples[key] = {"infer_ms": [], "e2e_ms": []}
+        else:
+            drop(key, reply)
+    schedule = [("infer", n) for n in split_runs(runs, rounds)] + [("e2e", n) for n in split_runs(e2e_runs, rounds)]
+    for r, (cmd, n) in enumerate(schedule):
+        order = alive[r % len(alive):] + alive[:r % len(alive)] if alive else []
+        for key in order:
+            reply = workers[key].command({"cmd": cmd, "n": n, "warm": ROUND_WARM})
+            if "ms" not in reply:
+                drop(key, reply)
+                continue
+            samples[key][f"{cmd}_ms"].extend(reply["ms"])
+            bar.update(n)
+    for key in list(alive):
+        reply = workers[key].command({"cmd": "finish"})
+        if reply.get("status") == "ok":
+            reply.update(samples[key])
+        drop(key, reply)
+    return results
