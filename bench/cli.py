@@ -54,7 +54,7 @@ class BenchConfig:
     categories: str | None = None  # None: the manifest's categories (all of the dataset if absent)
     run: list[str] = field(default_factory=list)  # dcam-train run dirs: eager baseline with trained weights
     eager: bool = True  # time the eager torch pipeline when torch is importable
-    gemm_size: int = 1024  # M = K = N of the peak micro-benchmark; 0 skips it
+    gemm_sizes: tuple[int, ...] = (512, 1024)  # M = K = N of the peak micro-benchmark (best counts); () skips
     gemm_runs: int = 10
     frame_size: int = 1024  # side of the generated frame used for E2E without --data (MVTec images are ~1024²)
     json: str | None = None
@@ -65,30 +65,34 @@ class BenchConfig:
             raise BenchError("give either --model FILE [FILE ...] or --models DIR")
         if not self.threads or any(t < 1 for t in self.threads):
             raise BenchError(f"--threads: expected positive thread counts, got {self.threads}")
-        for name, low in (("runs", 1), ("warmup", 0), ("rounds", 1), ("e2e_runs", 0), ("gemm_size", 0),
-                          ("gemm_runs", 1), ("frame_size", 32)):
+        if any(n < 1 for n in self.gemm_sizes):
+            raise BenchError(f"--gemm-sizes: expected positive sizes (or 0 to skip), got {self.gemm_sizes}")
+        for name, low in (("runs", 1), ("warmup", 0), ("rounds", 1), ("e2e_runs", 0), ("gemm_runs", 1),
+                          ("frame_size", 32)):
             if getattr(self, name) < low:
                 raise BenchError(f"--{name.replace('_', '-')}: expected an integer ≥ {low}, got {getattr(self, name)}")
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def parse_threads(text: str) -> tuple[int, ...]:
+def parse_ints(text: str, flag: str, example: str) -> tuple[int, ...]:
+    """"1,2,4" → (1, 2, 4), duplicates dropped; BenchError naming ``flag`` for anything else."""
     try:
         values = tuple(dict.fromkeys(int(t) for t in text.split(",") if t.strip()))
     except ValueError:
-        raise BenchError(f"--threads: expected comma-separated positive integers such as 1,2,4, got {text!r}") from None
+        values = ()
     if not values or any(v < 1 for v in values):
-        raise BenchError(f"--threads: expected comma-separated positive integers such as 1,2,4, got {text!r}")
+        raise BenchError(f"{flag}: expected comma-separated positive integers such as {example}, got {text!r}")
     return values
 
 
-def parse_threads(text: str) -> tuple[int, ...]:
+def parse_ints(text: str, flag: str, example: str) -> tuple[int, ...]:
+    """"1,2,4" → (1, 2, 4), duplicates dropped; BenchError naming ``flag`` for anything else."""
     try:
         values = tuple(dict.fromkeys(int(t) for t in text.split(",") if t.strip()))
     except ValueError:
-        raise BenchError(f"--threads: expected comma-separated positive integers such as 1,2,4, got {text!r}") from None
+        values = ()
     if not values or any(v < 1 for v in values):
-        raise BenchError(f"--threads: expected comma-separated positive integers such as 1,2,4, got {text!r}")
+        raise BenchError(f"{flag}: expected comma-separated positive integers such as {example}, got {text!r}")
     return values
 
 
@@ -140,9 +144,9 @@ def plan_jobs(cfg: BenchConfig, files: Sequence[ModelFile], eager_targets: dict[
         by_arch.setdefault(f.architecture if f.architecture in eager_targets else None, []).append(f)
     plan = Plan({}, [], [])
     for t in cfg.threads:
-        if cfg.gemm_size:
-            plan.gemm[t] = Job("gemm", {"backends": backends, "size": cfg.gemm_size, "runs": cfg.gemm_runs},
-                               len(backends) * (cfg.gemm_runs + 2), ("gemm", t))
+        if cfg.gemm_sizes:
+            plan.gemm[t] = Job("gemm", {"backends": backends, "sizes": cfg.gemm_sizes, "runs": cfg.gemm_runs},
+                               len(backends) * len(cfg.gemm_sizes) * (cfg.gemm_runs + 2), ("gemm", t))
         for arch, members in by_arch.items():
             group = [Job("latency", {**latency, "target": eager_targets[arch], "spec": eager_targets[arch]["spec"]},
                          units, ("eager", arch, t))] if arch is not None else []
@@ -219,29 +223,28 @@ def _load() -> str:
 # -------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     d = BenchConfig.__dataclass_fields__
-    p = argparse.ArgumentParser(prog="bench-latency", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="bench-latency", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", nargs="+", metavar="FILE", help="model files (.onnx, .xml, .tflite)")
     src.add_argument("--models", metavar="DIR", help="bench every .onnx/.xml/.tflite under DIR (recursive)")
-    p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
-    p.add_argument("--runs", type=int, default=d["runs"].default, help="timed inference runs per file × threads")
-    p.add_argument("--warmup", type=int, default=d["warmup"].default, help="untimed runs before timing")
+    p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default: %(default)s)")
+    p.add_argument("--runs", type=int, default=d["runs"].default, help="timed inference runs per file × threads (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=d["warmup"].default, help="untimed runs before timing (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=d["rounds"].default,
-                   help="interleave the models of one comparison in this many rounds (fair ratios under drifting load)")
+                   help="interleave the models of one comparison in this many rounds (fair ratios under drifting load) (default: %(default)s)")
     p.add_argument("--e2e-runs", type=int, default=d["e2e_runs"].default,
-                   help="frames timed end to end (decode + preprocess + inference); 0 skips")
+                   help="frames timed end to end (decode + preprocess + inference); 0 skips (default: %(default)s)")
     p.add_argument("--data", metavar="DIR", help="MVTec-layout dataset: image/pixel AUROC on its test split")
     p.add_argument("--categories", help="comma-separated categories of --data (default: the manifest's)")
     p.add_argument("--run", nargs="+", default=[], metavar="RUN_DIR",
                    help="dcam-train run dirs: eager baseline with trained weights (else random weights, same latency)")
     p.add_argument("--eager", action=argparse.BooleanOptionalAction, default=True,
                    help="time the eager torch pipeline when torch is importable")
-    p.add_argument("--gemm-size", type=int, default=d["gemm_size"].default,
-                   help="M=K=N of the peak GEMM micro-benchmark (0 skips)")
-    p.add_argument("--gemm-runs", type=int, default=d["gemm_runs"].default, help="timed GEMM repetitions")
+    p.add_argument("--gemm-sizes", default=",".join(map(str, d["gemm_sizes"].default)),
+                   help="M=K=N of the peak GEMM micro-benchmark, best size counts; 0 skips (default: %(default)s)")
+    p.add_argument("--gemm-runs", type=int, default=d["gemm_runs"].default, help="timed GEMM repetitions (default: %(default)s)")
     p.add_argument("--frame-size", type=int, default=d["frame_size"].default,
-                   help="side of the generated JPEG frame for end-to-end timing without --data")
+                   help="side of the generated JPEG frame for end-to-end timing without --data (default: %(default)s)")
     p.add_argument("--json", metavar="OUT", help="write the rows as a JSON list")
     p.add_argument("--markdown", metavar="OUT", help="write the Markdown report")
     return p
@@ -250,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(ns: argparse.Namespace) -> BenchConfig:
     values = {f.name: getattr(ns, f.name) for f in fields(BenchConfig) if hasattr(ns, f.name)}
     values["model"] = ns.model or []
-    values["threads"] = parse_threads(ns.threads)
+    values["threads"] = parse_ints(ns.threads, "--threads", "1,2,4")
+    values["gemm_sizes"] = () if ns.gemm_sizes.strip() == "0" else parse_ints(ns.gemm_sizes, "--gemm-sizes", "512,1024")
     return BenchConfig(**values)
 
 
@@ -273,7 +277,8 @@ def bench(cfg: BenchConfig, command: str = "bench-latency") -> tuple[list[dict[s
     meta["load_after"] = _load()
     meta["settings"] = (f"threads {','.join(map(str, cfg.threads))}; {cfg.runs} timed runs per model after "
                         f"{cfg.warmup} warm-up, interleaved in {cfg.rounds} rounds; {cfg.e2e_runs} end-to-end frames; "
-                        + (f"GEMM {cfg.gemm_size}³ × {cfg.gemm_runs}" if cfg.gemm_size else "no GEMM peak"))
+                        + (f"GEMM peak: best of {', '.join(f'{n}³' for n in cfg.gemm_sizes)}, median of {cfg.gemm_runs}"
+                           if cfg.gemm_sizes else "no GEMM peak"))
     eager_rows = {r["model"]: r for r in rows if r["engine"] == "torch-eager"}
     meta["eager"] = ("; ".join(f"{r['label']}: {r.get('notes')}" for r in eager_rows.values())
                      or ("not run: torch is not installed" if cfg.eager else "not run (--no-eager)"))

@@ -17,10 +17,13 @@ Backends (each imported only when asked for, so the edge install needs none of t
   writes; OpenVINO's low-precision transformations run it as an int8 GEMM (oneDNN, VNNI/AMX).
 * ``torch``/fp32 and ``torch``/bf16: ``torch.matmul`` (the eager baseline; bf16 for reference).
 
-LiteRT (XNNPACK) has no micro-benchmark here: building a .tflite needs the converter stack. Its
-rows are compared with the machine peak of their precision (the best backend measured).
+LiteRT (XNNPACK) has no micro-benchmark here: building a .tflite needs the converter stack.
 
-Throughput is reported in GMAC/s (1 MAC = 2 FLOP) from the median of ``runs`` timed repetitions.
+Throughput is reported in GMAC/s (1 MAC = 2 FLOP) from the median of ``runs`` timed repetitions, for each
+of a few sizes (small sizes under-use wide vector units, large ones spill caches; the best one counts).
+The machine peak of a precision is the best GEMM of any backend (``machine_peaks``); every row of that
+precision is compared with it, so "% of peak" says how much of this CPU an engine leaves unused —
+an engine's convolution kernels can beat its own MatMul, so its own GEMM is not its ceiling.
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ BACKENDS: tuple[tuple[str, str], ...] = (
     ("numpy", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
     ("openvino", "fp32"), ("openvino", "int8"), ("torch", "fp32"), ("torch", "bf16"),
 )
-# Which GEMM an engine's rows are compared with: (engine name, file precision) → (backend, precision).
+# The GEMM kernel family each engine runs its convolutions with: (engine name, file precision) → (backend,
+# precision). Every one in use is measured; LiteRT (XNNPACK) has no micro-benchmark here.
 ENGINE_GEMM: dict[tuple[str, str], tuple[str, str]] = {
     ("onnxruntime", "fp32"): ("onnxruntime", "fp32"),
     ("onnxruntime", "int8"): ("onnxruntime", "int8"),
@@ -192,28 +196,26 @@ def measure_gemm(backend: str, precision: str, threads: int, size: int = 1024, r
     return GemmResult(backend, precision, threads, size, ms, size ** 3 / (ms * 1e-3) / 1e9)
 
 
-def machine_peaks(results: list[GemmResult]) -> dict[tuple[str, int], float]:
-    """Best GMAC/s per (precision, threads) over all backends: the machine's measured limit."""
-    peaks: dict[tuple[str, int], float] = {}
+def machine_peaks(results: list[GemmResult]) -> dict[tuple[str, int], GemmResult]:
+    """Best measurement per (precision, threads) over all backends and sizes: the machine's measured limit."""
+    peaks: dict[tuple[str, int], GemmResult] = {}
     for r in results:
         key = (r.precision, r.threads)
-        peaks[key] = max(peaks.get(key, 0.0), r.gmac_per_s)
+        if key not in peaks or r.gmac_per_s > peaks[key].gmac_per_s:
+            peaks[key] = r
     return peaks
 
 
-def reference_peak(results: list[GemmResult], engine: str, precision: str, threads: int
-                   ) -> tuple[float | None, str | None]:
-    """Peak a row is compared with: the engine's own GEMM when measured, else the machine peak of its precision.
+def reference_peak(results: list[GemmResult], precision: str, threads: int) -> tuple[float | None, str | None]:
+    """(GMAC/s, "backend/precision @ size³") of the machine peak a row of ``precision`` is compared with.
 
-    Returns (GMAC/s, label such as "onnxruntime/int8" or "machine/fp32"), or (None, None) if nothing fits.
+    One limit per precision — the best GEMM any engine reached on this machine at this thread count — so
+    every engine's "% of peak" is on the same scale and says how much of the hardware it leaves unused.
     """
-    own = ENGINE_GEMM.get((engine, precision))
-    if own is not None:
-        for r in results:
-            if (r.backend, r.precision, r.threads) == (*own, threads):
-                return r.gmac_per_s, f"{r.backend}/{r.precision}"
-    peak = machine_peaks(results).get((precision, threads))
-    return (peak, f"machine/{precision}") if peak is not None else (None, None)
+    best = machine_peaks(results).get((precision, threads))
+    if best is None:
+        return None, None
+    return best.gmac_per_s, f"{best.backend}/{best.precision} @ {best.size}³"
 
 
 def gemm_env(threads: int) -> dict[str, str]:

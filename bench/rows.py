@@ -99,8 +99,7 @@ def build_rows(files: Sequence[ModelFile], results: dict[tuple[Any, ...], dict[s
             row["eager_median_ms"] = eager_ms.get((row["_arch"], row["threads"]))
             row["speedup_vs_eager"] = stats.speedup(row["eager_median_ms"], row["median_ms"])
             row["gmac_per_s"] = stats.gmac_per_s(row.get("gmacs"), row["median_ms"])
-            row["peak_gmac_per_s"], row["peak_source"] = reference_peak(gemm, row["engine"], row["precision"],
-                                                                        row["threads"])
+            row["peak_gmac_per_s"], row["peak_source"] = reference_peak(gemm, row["precision"], row["threads"])
             row["peak_fraction"] = stats.fraction(row["gmac_per_s"], row["peak_gmac_per_s"])
         if row["format"] != "torch":
             ref = fp32_counterpart(Path(row["model"]), files)
@@ -110,10 +109,9 @@ def build_rows(files: Sequence[ModelFile], results: dict[tuple[Any, ...], dict[s
                 row["pixel_auroc_delta"] = stats.delta(row.get("pixel_auroc"), ref_row.get("pixel_auroc"))
                 if row["_scores"] and ref_row["_scores"]:
                     row["score_spearman_vs_fp32"] = stats.spearman(row["_scores"], ref_row["_scores"])
-    out = []
-    for row in rows:
-        out.append({k: row.get(k) for k in ROW_KEYS})
-    # Eager row first, then the files, per thread count (the order the table reads best in).
-    order = {str(f.path): i for i, f in enumerate(files)}
-    out.sort(key=lambda r: (r["threads"], r["engine"] != "torch-eager", order.get(r["model"], -1)))
-    return out
+    # Per thread count, per architecture: its eager row, then its files (the order the table reads best in).
+    file_order = {str(f.path): i for i, f in enumerate(files)}
+    arch_order = {a: i for i, a in enumerate(dict.fromkeys(f.architecture for f in files))}
+    rows.sort(key=lambda r: (r["threads"], arch_order.get(r["_arch"], len(arch_order)), r["format"] != "torch",
+                             file_order.get(r["model"], -1)))
+    return [{k: row.get(k) for k in ROW_KEYS} for row in rows]

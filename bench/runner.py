@@ -3,7 +3,7 @@
 A comparison group is everything whose ratio the report prints — the eager baseline of one architecture
 and its exported files, at one thread count. All of them are loaded (one process each), then timed in
 ``rounds``: every round gives each model ``runs / rounds`` timed runs in turn (rotating who goes first),
-each preceded by ``ROUND_WARM`` untimed runs that refill caches the previous model evicted. Load from other
+each preceded by untimed runs (``ROUND_WARM`` / ``ROUND_WARM_MS``) that refill what the previous model evicted. Load from other
 processes that comes and goes during the benchmark is therefore spread evenly over the group.
 """
 from __future__ import annotations
@@ -23,7 +23,10 @@ from tqdm import tqdm
 from bench.gemm import gemm_env
 from bench.worker import MESSAGE_TAG
 
-ROUND_WARM = 2  # untimed runs at the start of each round (weights back into cache after another model ran)
+# Untimed runs at the start of each round — at least this many and this long — so that weights are back in
+# cache, the engine's threads awake and the core clocked up after another model ran.
+ROUND_WARM = 2
+ROUND_WARM_MS = 50.0
 
 
 @dataclass
@@ -138,7 +141,7 @@ def run_group(jobs: Sequence[Job], threads: int, runs: int, e2e_runs: int, round
     for r, (cmd, n) in enumerate(schedule):
         order = alive[r % len(alive):] + alive[:r % len(alive)] if alive else []
         for key in order:
-            reply = workers[key].command({"cmd": cmd, "n": n, "warm": ROUND_WARM})
+            reply = workers[key].command({"cmd": cmd, "n": n, "warm": ROUND_WARM, "warm_ms": ROUND_WARM_MS})
             if "ms" not in reply:
                 drop(key, reply)
                 continue

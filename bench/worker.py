@@ -11,8 +11,9 @@ and the speed-up ratios stay fair even when absolute times drift.
 
 Protocol (one JSON object per line): the worker writes ``<MESSAGE_TAG> {...}`` lines on stdout (other
 stdout lines, e.g. from engines, are ignored) — ``{"type": "progress", "n": k}`` or
-``{"type": "reply", ...}``; the parent writes commands ``{"cmd": "infer"|"e2e", "n": k, "warm": w}`` and
-``{"cmd": "finish"}``. Accuracy and GEMM jobs run once and reply with their result.
+``{"type": "reply", ...}``; the parent writes ``{"cmd": "infer"|"e2e", "n": k, "warm": w, "warm_ms": t}``
+(untimed calls first, see ``_timed``) and ``{"cmd": "finish"}``. Accuracy and GEMM jobs run once and
+reply with their result.
 """
 from __future__ import annotations
 
@@ -44,10 +45,14 @@ def peak_rss_mb() -> float:
     return rss / (1024 * 1024) if platform.system() == "Darwin" else rss / 1024
 
 
-def _timed(fn: Callable[[], Any], runs: int, warm: int = 0) -> list[float]:
-    """``warm`` untimed calls (re-fill caches after another model ran), then ``runs`` timed ones, in ms."""
-    for _ in range(warm):
+def _timed(fn: Callable[[], Any], runs: int, warm: int = 0, warm_ms: float = 0.0) -> list[float]:
+    """Untimed calls until ``warm`` calls and ``warm_ms`` have passed (caches, thread pools and CPU clocks back
+    up after another model ran), then ``runs`` timed calls; returns their latencies in ms."""
+    t_end = time.perf_counter() + warm_ms / 1e3
+    done = 0
+    while done < warm or (done and time.perf_counter() < t_end):
         fn()
+        done += 1
     times = []
     gc.disable()  # a collection in the middle of a run is noise, not model latency
     try:
@@ -110,7 +115,8 @@ def serve_latency(job: dict[str, Any], commands: Any) -> dict[str, Any]:
         if cmd["cmd"] == "finish":
             break
         fn = (lambda: run(x)) if cmd["cmd"] == "infer" else frame
-        send({"type": "reply", "ms": _timed(fn, int(cmd["n"]), int(cmd.get("warm", 0)))})
+        ms = _timed(fn, int(cmd["n"]), int(cmd.get("warm", 0)), float(cmd.get("warm_ms", 0)))
+        send({"type": "reply", "ms": ms})
     return {**info, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -147,14 +153,15 @@ def run_gemm(job: dict[str, Any]) -> dict[str, Any]:
     from bench.gemm import GemmUnavailable, measure_gemm
     results, notes = [], {}
     for backend, precision in job["backends"]:
-        try:
-            results.append(measure_gemm(backend, precision, int(job["threads"]), int(job["size"]),
-                                        int(job["runs"])).to_dict())
-        except GemmUnavailable as e:
-            notes[f"{backend}/{precision}"] = str(e)
-        except Exception as e:  # noqa: BLE001 - one backend failing must not hide the others
-            notes[f"{backend}/{precision}"] = f"failed: {_first_line(e)}"
-        progress(int(job["runs"]) + 2)
+        for size in job["sizes"]:
+            try:
+                results.append(measure_gemm(backend, precision, int(job["threads"]), int(size),
+                                            int(job["runs"])).to_dict())
+            except GemmUnavailable as e:
+                notes[f"{backend}/{precision}"] = str(e)
+            except Exception as e:  # noqa: BLE001 - one backend failing must not hide the others
+                notes[f"{backend}/{precision}"] = f"failed at {size}³: {_first_line(e)}"
+            progress(int(job["runs"]) + 2)
     return {"gemm": results, "notes": notes}
 
 

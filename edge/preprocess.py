@@ -47,16 +47,22 @@ class PreprocessSpec:
         return cls(image_size=int(d["image_size"]), mean=tuple(d["mean"]), std=tuple(d["std"]))
 
 
-def decode_image(path: str | Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB; raise ImageReadError naming the file otherwise."""
+def _read_file(path: str | Path, flags: int, what: str) -> np.ndarray:
+    """Decode an image file with OpenCV; ImageReadError naming the file when missing or undecodable."""
     path = Path(path)
     if not path.is_file():
-        raise ImageReadError(f"{path}: image file not found")
+        raise ImageReadError(f"{path}: {what} file not found")
     data = np.fromfile(str(path), dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise ImageReadError(f"{path}: cannot decode image (corrupt or not an image)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    # cv2.imdecode asserts (cv2.error) on an empty buffer instead of returning None.
+    decoded = cv2.imdecode(data, flags) if data.size else None
+    if decoded is None:
+        raise ImageReadError(f"{path}: cannot decode {what} (corrupt or not an image)")
+    return decoded
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB; raise ImageReadError naming the file otherwise."""
+    return cv2.cvtColor(_read_file(path, cv2.IMREAD_COLOR, "image"), cv2.COLOR_BGR2RGB)
 
 
 def bgr_to_rgb(frame_bgr: np.ndarray) -> np.ndarray:
@@ -98,14 +104,7 @@ def load_mask(path: str | Path, expected_hw: tuple[int, int], image_size: int) -
     The mask must have the same height and width as its image (MVTec convention);
     anything else is an error naming the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: mask file not found")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    # cv2.imdecode asserts (cv2.error) on an empty buffer instead of returning None.
-    mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
-    if mask is None:
-        raise ImageReadError(f"{path}: cannot decode mask (corrupt or not an image)")
+    mask = _read_file(path, cv2.IMREAD_GRAYSCALE, "mask")
     if tuple(mask.shape[:2]) != tuple(expected_hw):
         raise ImageReadError(
             f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {expected_hw[1]}x{expected_hw[0]}")

@@ -5,6 +5,7 @@ import importlib
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 FORMATS = ("onnx", "openvino", "tflite")
@@ -97,6 +98,8 @@ class ExportConfig:
             raise ExportError(f"--threshold-mode: expected one of {', '.join(THRESHOLD_MODES)}, got {self.threshold_mode!r}")
         if not 0.0 < self.target_fpr < 1.0:
             raise ExportError(f"--target-fpr: expected a rate in (0, 1), e.g. 0.001, got {self.target_fpr}")
+        if self.calib_data is not None and not Path(self.calib_data).is_dir():
+            raise ExportError(f"--calib-data {self.calib_data}: directory not found (expected a folder of normal images)")
         if self.calib_samples < 1:
             raise ExportError(f"--calib-samples: expected a positive integer, got {self.calib_samples}")
         if self.threads < 1:

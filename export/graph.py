@@ -4,7 +4,8 @@
 bottleneck fusion stays because it is part of inference); this module wraps it into
 ``forward(x normalised 1×3×S×S) -> (anomaly_map 1×1×S×S, score 1)`` (DCAM paper §4.3:
 Ω(I) = Σ_k Upsample(1 − cos(f_t^k, f_s^k)), score = max Ω), folds every Conv→BatchNorm pair
-(BN(conv(x)) = conv'(x) with w' = w·γ/σ, b' = (b − μ)·γ/σ + β) and checks the result numerically.
+(BN(conv(x)) = conv'(x) with w' = w·γ/σ, b' = (b − μ)·γ/σ + β; RD decoders: ConvTranspose→BN too),
+turns any other BatchNorm into its fixed affine x·γ/σ + (β − μγ/σ) and checks the result numerically.
 Works for any nn.Module with that forward contract, not only the methods in train.models.
 """
 from __future__ import annotations
@@ -96,7 +97,7 @@ def conv_bn_pairs(module: nn.Module, example: torch.Tensor) -> list[tuple[str, s
         return hook
 
     for name, mod in module.named_modules():
-        if isinstance(mod, nn.Conv2d):
+        if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d)):
             hooks.append(mod.register_forward_hook(conv_hook(name)))
         elif isinstance(mod, nn.BatchNorm2d):
             hooks.append(mod.register_forward_pre_hook(bn_hook(name)))
@@ -111,26 +112,44 @@ def conv_bn_pairs(module: nn.Module, example: torch.Tensor) -> list[tuple[str, s
     return [(c, b) for c, b in pairs if calls[c] == 1 and calls[b] == 1 and conv_uses[c] == 1]
 
 
-@torch.no_grad()
-def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module, int]:
-    """A copy of ``module`` with every Conv→BatchNorm pair folded into the conv; returns (copy, #folded).
+class ChannelAffine(nn.Module):
+    """An eval-mode BatchNorm that follows no conv, as the per-channel affine it computes: x·a + b."""
 
-    Raises ExportError if the folded copy does not reproduce the original outputs (e.g. a conv output
-    that is also used without its BatchNorm).
+    def __init__(self, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
+        shift = (bn.bias if bn.affine else torch.zeros_like(bn.running_mean)) - bn.running_mean * scale
+        self.register_buffer("scale", scale.detach().reshape(1, -1, 1, 1).clone())
+        self.register_buffer("shift", shift.detach().reshape(1, -1, 1, 1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+@torch.no_grad()
+def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module, int, int]:
+    """A copy of ``module`` with every (Conv|ConvTranspose)→BatchNorm pair folded into the conv and any other
+    BatchNorm turned into a fixed per-channel affine; returns (copy, #folded, #affine).
+
+    Raises ExportError if the copy does not reproduce the original outputs (e.g. a conv output that is
+    also used without its BatchNorm).
     """
     folded = copy.deepcopy(module).eval()
     pairs = conv_bn_pairs(folded, example)
     for conv_name, bn_name in pairs:
         conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
-        _set_submodule(folded, conv_name, fuse_conv_bn_eval(conv, bn))
+        _set_submodule(folded, conv_name, fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d)))
         _set_submodule(folded, bn_name, nn.Identity())
+    leftovers = remaining_batchnorms(folded)
+    for bn_name in leftovers:
+        _set_submodule(folded, bn_name, ChannelAffine(folded.get_submodule(bn_name)))
     ref = module.eval()(example)
     out = folded(example)
     for name, a, b in zip(("anomaly_map", "score"), ref, out):
         if not torch.allclose(a, b, rtol=FOLD_RTOL, atol=FOLD_ATOL * max(1.0, float(a.abs().max()))):
             raise ExportError(f"BatchNorm folding changed the {name} (max |Δ| {float((a - b).abs().max()):.3g}); "
                               f"the model uses a conv output both with and without its BatchNorm")
-    return folded, len(pairs)
+    return folded, len(pairs), len(leftovers)
 
 
 def remaining_batchnorms(module: nn.Module) -> list[str]:
@@ -177,14 +196,12 @@ def fuse_module(inference_module: nn.Module, spec: PreprocessSpec, info: dict[st
     if tuple(anomaly_map.shape) != (1, 1, s, s) or tuple(score.shape) != (1,):
         raise ExportError(f"the inference model returned map {tuple(anomaly_map.shape)} and score {tuple(score.shape)}; "
                           f"expected (1, 1, {s}, {s}) and (1,)")
-    folded, n_folded = fold_batchnorm(wrapped, example)
-    left = remaining_batchnorms(folded)
-    if left:
-        raise ExportError(f"BatchNorm layers could not be folded into a preceding conv: {', '.join(left[:5])}")
+    folded, n_folded, n_affine = fold_batchnorm(wrapped, example)
     for p in folded.parameters():
         p.requires_grad_(False)
     graph.module = folded
-    graph.info.update(batchnorm_folded=n_folded, gmacs=round(count_gmacs(folded, example), 4))
+    graph.info.update(batchnorm_folded=n_folded, batchnorm_as_affine=n_affine,
+                      gmacs=round(count_gmacs(folded, example), 4))
     return graph
 
 

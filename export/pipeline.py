@@ -15,7 +15,7 @@ from tqdm import tqdm
 from .calibration_data import CalibrationWarning, ExportData, load_export_data
 from .config import FORMATS, AccuracyGuardError, ExportConfig, model_filename, require
 from .graph import FusedGraph, load_fused_graph
-from .guard import Outputs, engine_runner, file_accuracy, guard_violations, score_outputs, split_metrics
+from .guard import PARITY_ATOL, Outputs, engine_runner, file_accuracy, guard_violations, score_outputs, split_metrics
 from .manifest_writer import build_manifest, write_file_manifest
 from .thresholds import file_thresholds
 
@@ -142,7 +142,7 @@ class _Exporter:
                              "limits": {"max_image_auroc_drop_points": cfg.max_image_auroc_drop,
                                         "max_pixel_auroc_drop_points": cfg.max_pixel_auroc_drop,
                                         "min_score_spearman": cfg.min_score_spearman,
-                                        "fp32_parity_atol": 1e-4}}
+                                        "fp32_parity_atol": PARITY_ATOL}}
         threshold = file_thresholds(self.data, outputs, cfg.threshold_mode, cfg.target_fpr)
         export_info = {"tool": "dcam-export", "config": {k: (list(v) if isinstance(v, tuple) else v)
                                                          for k, v in dataclasses.asdict(cfg).items()},
@@ -175,7 +175,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
                 tqdm.write(f"warning: {w.message}", file=sys.stderr)
         bar.update()
         bar.set_postfix_str("torch fp32 reference")
-        ref = score_outputs(graph.run, data, graph.spec, desc="torch fp32", progress=cfg.progress)
+        ref = score_outputs(graph.run, data, graph.spec, desc="torch fp32", progress=cfg.progress, batch_size=16)
         ref_test = split_metrics(data.test, ref.test_maps, ref.test_scores) if data.test is not None else None
         bar.update()
         out.mkdir(parents=True, exist_ok=True)

@@ -62,12 +62,37 @@ class SharedConvOutput(nn.Module):
 def test_fold_batchnorm_removes_every_bn_and_keeps_outputs():
     model = TinyPyramid().eval()
     x = torch.randn(2, 3, 32, 32)
-    folded, n = fold_batchnorm(model, x)
-    assert n == 4 and remaining_batchnorms(folded) == []
+    folded, n, n_affine = fold_batchnorm(model, x)
+    assert (n, n_affine) == (4, 0) and remaining_batchnorms(folded) == []
     assert len(remaining_batchnorms(model)) == 4  # the original (shared with training) is untouched
     with torch.no_grad():
         for a, b in zip(model(x), folded(x)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+class DeconvAndLoneBatchNorm(nn.Module):
+    """RD-decoder style ConvTranspose→BN, plus a BN on the raw input (no conv to fold it into)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn_in = nn.BatchNorm2d(3)
+        self.up, self.bn_up = nn.ConvTranspose2d(3, 4, 2, stride=2, bias=False), nn.BatchNorm2d(4)
+        for bn in (self.bn_in, self.bn_up):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.bn_up(self.up(self.bn_in(x))).mean(1, keepdim=True)
+        return m, m.amax(dim=(1, 2, 3))
+
+
+def test_fold_batchnorm_handles_transposed_convs_and_lone_batchnorms():
+    model = DeconvAndLoneBatchNorm().eval()
+    x = torch.randn(2, 3, 8, 8)
+    folded, n, n_affine = fold_batchnorm(model, x)
+    assert (n, n_affine) == (1, 1) and remaining_batchnorms(folded) == []
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], folded(x)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_fold_batchnorm_refuses_a_conv_output_used_without_its_bn():
@@ -194,3 +219,27 @@ def test_config_names_and_errors():
         ExportConfig(run="r", out="o", precisions="fp16")
     with pytest.raises(ExportError, match="--target-fpr"):
         ExportConfig(run="r", out="o", target_fpr=0.0)
+
+
+def test_calib_data_folder_without_the_runs_dataset(tmp_path):
+    """--calib-data DIR alone: 20 % of DIR (seeded) becomes the validation set; < 300 images warns."""
+    import types
+
+    import cv2
+    from export.calibration_data import CalibrationWarning, load_export_data
+
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    (tmp_path / "notes.txt").write_text("not an image")
+    cfg = types.SimpleNamespace(data=str(tmp_path / "gone"), categories="all", val_fraction=0.2, seed=0)
+    with pytest.warns(CalibrationWarning, match="10|8 normal images"):
+        data = load_export_data(cfg, ["bottle"], 32, calib_data=str(tmp_path), progress=False)
+    assert len(data.calibration) == 8 and len(data.validation) == 2 and data.test is None
+    assert not set(data.calibration.paths) & set(data.validation.paths)
+    assert data.calibration.rgb.shape == (8, 32, 32, 3) and data.validation.categories == ["bottle", "bottle"]
+    x = data.validation.arrays(PreprocessSpec(image_size=32))
+    from edge.preprocess import load_image
+    np.testing.assert_array_equal(x[0], load_image(data.validation.paths[0], PreprocessSpec(image_size=32)))
+    with pytest.raises(ExportError, match="not reachable.*--calib-data"):
+        load_export_data(cfg, ["bottle"], 32, calib_data=None, progress=False)

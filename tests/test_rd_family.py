@@ -261,15 +261,13 @@ def test_dskd_calibration_standardises_each_student_eq8() -> None:
     assert "standardizer.mean" in state and "standardizer.std" in state  # saved with the checkpoint
 
 
-@pytest.mark.parametrize("method", METHODS)
+# dskd's graph (two students, Eq. 8 buffers, affinity ops) is exported and compared by the dcam-export test below.
+@pytest.mark.parametrize("method", ["rd", "mrkd"])
 def test_inference_graph_exports_to_onnx_with_parity(method: str, tmp_path) -> None:
     ort = pytest.importorskip("onnxruntime")
     model = tiny_model(method)
     model.train()
     model.compute_loss(torch.randn(2, 3, SIZE, SIZE))  # move BN running statistics off their init
-    if method == "dskd":
-        model.calibrate([torch.randn(2, 3, SIZE, SIZE)])  # Eq. 8 constants must reach the graph
-        assert float(model.standardizer.std[1]) < 0.05  # a small σ: float32 noise of the maps is magnified
     model.eval()
     inference = model.inference_model().eval()
     x = torch.randn(2, 3, SIZE, SIZE)
@@ -280,7 +278,8 @@ def test_inference_graph_exports_to_onnx_with_parity(method: str, tmp_path) -> N
     path = tmp_path / f"{method}.onnx"
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(inference, (x[:1],), str(path), dynamo=True, external_data=False,
+        # optimize=False: the graph-rewrite pass costs seconds and is exercised by the dcam-export test below.
+        torch.onnx.export(inference, (x[:1],), str(path), dynamo=True, external_data=False, optimize=False,
                           input_names=["image"], output_names=["anomaly_map", "score"])
     got_map, got_score = ort.InferenceSession(str(path)).run(None, {"image": x[:1].numpy()})
     np.testing.assert_allclose(got_map, amap[:1].numpy(), atol=1e-4)
@@ -298,9 +297,11 @@ def _write_run(model, cfg, run_dir) -> None:
     torch.save({"model": model.state_dict(), "epoch": 0, "val_loss": 0.0}, run_dir / BEST_CHECKPOINT)
 
 
-@pytest.mark.xfail(strict=True, reason="export/graph.py folds only Conv2d→BatchNorm; the RD decoders' "
-                                       "ConvTranspose2d→BatchNorm pairs need fuse_conv_bn_eval(..., transpose=True)")
 def test_dskd_through_dcam_export_matches_torch(synthetic_root, tmp_path) -> None:
+    """BN folding, ONNX export and ONNX Runtime reproduce the calibrated torch graph (Eq. 8 μ, σ included).
+
+    The global student's σ is small, so float32 rounding is magnified; the affinity KL is computed to keep it
+    below the pipeline's 1e-4 parity."""
     pytest.importorskip("onnxruntime")
     from edge.engines import load_engine
     from edge.manifest import load_manifest
@@ -317,13 +318,15 @@ def test_dskd_through_dcam_export_matches_torch(synthetic_root, tmp_path) -> Non
     torch.manual_seed(0)
     model = build_model(cfg.model)
     model.calibrate([images])
+    assert float(model.standardizer.std[1]) < 0.05  # a small σ: float32 noise of the maps is magnified
     model.eval()
     _write_run(model, cfg, tmp_path / "run")
     with contextlib.redirect_stdout(io.StringIO()):
         run_export(ExportConfig(run=str(tmp_path / "run"), out=str(tmp_path / "out"), formats="onnx",
                                 precisions="fp32", calib_samples=1, progress=False))
     path = tmp_path / "out" / "dcam.onnx"
-    assert load_manifest(path)["model"]["method"] == "dskd"
+    model_info = load_manifest(path).data["model"]
+    assert model_info["method"] == "dskd" and model_info["blur_sigma"] == 4.0
     amap, score = load_engine(path, threads=2).run(images.numpy())
     with torch.no_grad():
         ref_map, ref_score = model.inference_model()(images)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -91,6 +92,21 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error:") and "missing" in err[0]
     assert train_main(["--data", str(tmp_path), "--method", "bogus"]) == 2
     assert "--method" in capsys.readouterr().err
+
+
+def test_amp_settings_and_bf16_autocast_step_on_cpu(synthetic_root, tmp_path):
+    from train.trainer import amp_dtype
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert amp_dtype("auto", cpu) is None and amp_dtype("bf16", cpu) is torch.bfloat16
+    assert amp_dtype("fp16", cuda) is torch.float16 and amp_dtype("off", cuda) is None
+    with pytest.raises(ValueError, match="--amp fp16 needs a CUDA"):
+        amp_dtype("fp16", cpu)
+    with pytest.raises(ValueError, match="--amp"):
+        amp_dtype("fast", cpu)
+    # The autocast code path the GPU uses, exercised on CPU with bf16.
+    run = train(tiny_train_config(synthetic_root, tmp_path / "amp", epochs=1, max_steps_per_epoch=2, amp="bf16"))
+    row = json.loads((run / "history.json").read_text())[0]
+    assert math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])
 
 
 def _train_cmd(data: Path, out: Path, epochs: int, nproc: int, steps: int) -> list[str]:

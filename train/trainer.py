@@ -47,14 +47,21 @@ def resolve_device(name: str, ctx: DistContext) -> torch.device:
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """Mixed precision on GPU only: bf16 where supported, else fp16 (with a GradScaler)."""
-    if setting == "off" or device.type != "cuda":
+    """Mixed precision: on CUDA "auto" = bf16 where supported, else fp16 (with a GradScaler).
+
+    On CPU only an explicit "bf16" enables autocast (useful on AMX CPUs); "auto" stays fp32 there.
+    """
+    if setting not in ("auto", "bf16", "fp16", "off"):
+        raise ValueError(f"--amp: expected auto, bf16, fp16 or off, got {setting!r}")
+    if setting == "off":
         return None
+    if device.type != "cuda":
+        if setting == "fp16":
+            raise ValueError("--amp fp16 needs a CUDA device (use bf16 or off on CPU)")
+        return torch.bfloat16 if setting == "bf16" else None
     if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
-    if setting in ("fp16", "auto"):
-        return torch.float16
-    raise ValueError(f"--amp: expected auto, bf16, fp16 or off, got {setting!r}")
+    return torch.float16
 
 
 def seed_everything(seed: int) -> None:
@@ -81,8 +88,12 @@ def build_datasets(cfg: TrainConfig) -> DataSplit:
     samples = list_train_samples(cfg.data, categories)
     train_samples, val_samples = split_train_val(samples, cfg.val_fraction, cfg.seed)
     spec = preprocess_spec(cfg)
-    return DataSplit(ImageDataset(train_samples, spec, cache=cfg.cache_images),
-                     ImageDataset(val_samples, spec, cache=cfg.cache_images), categories)
+    split = DataSplit(ImageDataset(train_samples, spec, cache=cfg.cache_images),
+                      ImageDataset(val_samples, spec, cache=cfg.cache_images), categories)
+    if cfg.cache_images:  # decode once in the parent: forked loader workers share the cache copy-on-write
+        split.train.precompute()
+        split.val.precompute()
+    return split
 
 
 def make_loader(dataset: ImageDataset, sampler: GlobalBatchSampler, cfg: TrainConfig, device: torch.device) -> DataLoader:

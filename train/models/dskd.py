@@ -63,25 +63,47 @@ class ScoreStandardizer(nn.Module):
         return [scaled[0] - offset] + scaled[1:]
 
 
+class DualStudents(nn.Module):
+    """OCBE_loc → S_loc and OCBE_glo → GCCB → S_glo (DSKD §3.2, Fig. 2–3): teacher levels → both students' levels."""
+
+    def __init__(self, cfg: ModelConfig, channels: list[int]) -> None:
+        super().__init__()
+        spec = decoder_spec(cfg.backbone, cfg.rd_bottleneck_layers)
+        self.local_bottleneck = OneClassBottleneck(channels, spec, "concat")
+        self.local_decoder = ReverseDecoder(channels, self.local_bottleneck.out_channels, spec)
+        ocbe_global = OneClassBottleneck(channels, spec, "last")
+        gccb = GlobalContextCondensingBlock(ocbe_global.out_channels, cfg.dskd_g) if cfg.dskd_g else nn.Identity()
+        self.global_bottleneck = nn.Sequential(ocbe_global, gccb)
+        self.global_decoder = ReverseDecoder(channels, ocbe_global.out_channels, spec)
+
+    def forward(self, teacher_features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        local_features = self.local_decoder(self.local_bottleneck(teacher_features))
+        global_features = self.global_decoder(self.global_bottleneck(teacher_features))
+        return local_features, global_features
+
+
 class DualStudentInference(nn.Module):
     """Teacher → both students → standardised level maps (Eq. 8) → upsample, sum, blur, max."""
 
-    def __init__(self, model: "DualStudentModel") -> None:
+    def __init__(self, teacher: nn.Module, students: DualStudents, standardizer: ScoreStandardizer,
+                 head: DistanceHead, cfg: ModelConfig) -> None:
         super().__init__()
-        self.teacher = model.teacher
-        self.local_bottleneck, self.local_decoder = model.local_bottleneck, model.local_decoder
-        self.global_bottleneck, self.global_decoder = model.global_bottleneck, model.global_decoder
-        self.standardizer = model.standardizer
-        self.head = model.head
-        self.local_kind, self.global_kind = model.cfg.dskd_local_loss, model.cfg.dskd_global_loss
-        self.temperature = model.cfg.dskd_temperature
+        self.teacher = teacher
+        self.students = students
+        self.standardizer = standardizer
+        self.head = head
+        self.kinds = (cfg.dskd_local_loss, cfg.dskd_global_loss)
+        self.temperature = cfg.dskd_temperature
+
+    def level_maps(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """M_loc^l and M_glo^l, each student scored with its own loss's discrepancy (Eq. 1 or Eq. 6, §3.5)."""
+        teacher_features = self.teacher(images)
+        local_features, global_features = self.students(teacher_features)
+        return (student_distance_maps(teacher_features, local_features, self.kinds[0], self.temperature),
+                student_distance_maps(teacher_features, global_features, self.kinds[1], self.temperature))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        teacher_features = self.teacher(images)
-        local_features = self.local_decoder(self.local_bottleneck(teacher_features))
-        global_features = self.global_decoder(self.global_bottleneck(teacher_features))
-        local_maps = student_distance_maps(teacher_features, local_features, self.local_kind, self.temperature)
-        global_maps = student_distance_maps(teacher_features, global_features, self.global_kind, self.temperature)
+        local_maps, global_maps = self.level_maps(images)
         return self.head(self.standardizer(local_maps, global_maps), images.shape[-2:])
 
 
@@ -94,22 +116,9 @@ class DualStudentModel(DistillationModel):
         self.cfg = cfg
         self.teacher = build_backbone(cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.teacher_weights)
         self.freeze_teacher()
-        channels = self.teacher.channels
-        spec = decoder_spec(cfg.backbone, cfg.rd_bottleneck_layers)
-        self.local_bottleneck = OneClassBottleneck(channels, spec, "concat")
-        self.local_decoder = ReverseDecoder(channels, self.local_bottleneck.out_channels, spec)
-        ocbe_global = OneClassBottleneck(channels, spec, "last")
-        gccb = GlobalContextCondensingBlock(ocbe_global.out_channels, cfg.dskd_g) if cfg.dskd_g else nn.Identity()
-        self.global_bottleneck = nn.Sequential(ocbe_global, gccb)
-        self.global_decoder = ReverseDecoder(channels, ocbe_global.out_channels, spec)
+        self.students = DualStudents(cfg, self.teacher.channels)
         self.standardizer = ScoreStandardizer()
         self.head = DistanceHead(cfg.blur_sigma)
-
-    def students(self, teacher_features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """(S_loc(OCBE_loc(F_T)), S_glo(GCCB(OCBE_glo(F_T^3)))), three levels each."""
-        local_features = self.local_decoder(self.local_bottleneck(teacher_features))
-        global_features = self.global_decoder(self.global_bottleneck(teacher_features))
-        return local_features, global_features
 
     def compute_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
@@ -125,15 +134,9 @@ class DualStudentModel(DistillationModel):
     @torch.no_grad()
     def student_anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """M_loc = Σ_l Ψ(M_loc^l) and M_glo (Eq. 8, before standardisation and blur), each B×1×H×W."""
-        teacher_features = self.teacher(images)
-        local_features, global_features = self.students(teacher_features)
+        local_maps, global_maps = self.inference_model().level_maps(images)
         plain = DistanceHead(0.0)
-        size = images.shape[-2:]
-        maps = []
-        for features, kind in ((local_features, self.cfg.dskd_local_loss), (global_features, self.cfg.dskd_global_loss)):
-            maps.append(plain(student_distance_maps(teacher_features, features, kind, self.cfg.dskd_temperature),
-                              size)[0])
-        return maps[0], maps[1]
+        return plain(local_maps, images.shape[-2:])[0], plain(global_maps, images.shape[-2:])[0]
 
     @torch.no_grad()
     def calibrate(self, normal_batches: Iterable[torch.Tensor]) -> None:
@@ -147,10 +150,10 @@ class DualStudentModel(DistillationModel):
         for batch in normal_batches:
             images = batch["image"] if isinstance(batch, dict) else batch
             for k, m in enumerate(self.student_anomaly_maps(images.to(device))):
-                m = m.detach().to("cpu", torch.float64)
+                m = m.to("cpu", torch.float64)
                 sums[k] += m.sum()
                 squares[k] += (m * m).sum()
-            count += m.numel()
+            count += images.shape[0] * images.shape[2] * images.shape[3]
         self.train(was_training)
         if count == 0:
             raise ValueError("dskd calibration: the validation set yielded no images (μ, σ of Eq. 8 need normal images)")
@@ -160,4 +163,4 @@ class DualStudentModel(DistillationModel):
         self.standardizer.std.copy_(std.to(self.standardizer.std.dtype))
 
     def inference_model(self) -> nn.Module:
-        return DualStudentInference(self)
+        return DualStudentInference(self.teacher, self.students, self.standardizer, self.head, self.cfg)

@@ -18,7 +18,7 @@ from .scsatt import SCSAtt
 
 
 class FeatureMaskModule(nn.Module):
-    """FMM (masked-RD §3.7 / MGD Eq. 1–2), one branch per level.
+    """FMM (masked-RD §3.7, after MGD's random mask + generation block), one branch per level.
 
     M_{h,w} = 0 if R_{h,w} < λ else 1, R ~ U(0, 1) per position (λ = mask rate);
     restored = W_l2(ReLU(W_l1(f_align(F_S) ⊙ M))) with f_align a 1×1 conv and W_l1, W_l2 3×3 convs.

@@ -3,7 +3,7 @@
 * per-pixel cosine distance — RD (Deng & Li 2022) Eq. 1–2, DSKD Eq. 1–2, masked-RD §3.8;
 * contextual affinity KL — DSKD (Zhang et al.) Eq. 3–7, also its global student's score map (§3.5).
 
-Maps use elementary ops (mul, sum, sqrt, div, matmul, log-softmax) so exporters map them 1:1.
+Maps use elementary ops (mul, sum, sqrt, div, matmul, softmax, exp, log) so exporters map them 1:1.
 Losses are computed in float32 (softmax / cosine under autocast lose too much precision).
 """
 from __future__ import annotations
@@ -80,8 +80,10 @@ def contextual_affinity_map(teacher: torch.Tensor, student: torch.Tensor, temper
 def contextual_affinity_loss(teacher_features: list[torch.Tensor], student_features: list[torch.Tensor],
                              temperature: float = 1.0) -> torch.Tensor:
     """L_glo = Σ_l 1/(h_l·w_l) Σ_i KL(P_T,i^l, P_S,i^l) (DSKD Eq. 7), averaged over the batch."""
-    return sum(contextual_affinity_map(t.float(), s.float(), temperature).mean()
-               for t, s in zip(teacher_features, student_features))
+    # Autocast would run the affinity matmuls in bf16/fp16, far too coarse for KL values of ~1e-3.
+    with torch.autocast(device_type=teacher_features[0].device.type, enabled=False):
+        return sum(contextual_affinity_map(t.float(), s.float(), temperature).mean()
+                   for t, s in zip(teacher_features, student_features))
 
 
 def student_distance_maps(teacher_features: list[torch.Tensor], student_features: list[torch.Tensor],
