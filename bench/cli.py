@@ -273,7 +273,8 @@ def bench(cfg: BenchConfig, command: str = "bench-latency") -> tuple[list[dict[s
         meta["frames"] = (f"{len(frames)} test images of {cfg.data}" if samples
                           else f"one generated {cfg.frame_size}×{cfg.frame_size} JPEG (quality 95)")
         results = execute(cfg, plan_jobs(cfg, files, eager_targets, frames, samples), workdir)
-    rows = build_rows(files, results, eager_targets, {"runs": cfg.runs, "warmup": cfg.warmup, "rounds": cfg.rounds})
+    rows = build_rows(files, results, eager_targets, {"runs": cfg.runs, "warmup": cfg.warmup, "rounds": cfg.rounds},
+                      os.cpu_count())
     meta["load_after"] = _load()
     meta["settings"] = (f"threads {','.join(map(str, cfg.threads))}; {cfg.runs} timed runs per model after "
                         f"{cfg.warmup} warm-up, interleaved in {cfg.rounds} rounds; {cfg.e2e_runs} end-to-end frames; "

@@ -65,7 +65,7 @@ class GemmResult:
     size: int
     median_ms: float
     gmac_per_s: float
-    note: str = ""
+    other_cpu_cores: float | None = None  # cores other processes kept busy meanwhile (bench.cpuload)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -16,6 +16,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("p99 ms", "p99_ms"), ("FPS", "fps"), ("E2E ms", "e2e_median_ms"), ("GMAC/s", "gmac_per_s"),
     ("% peak", "peak_fraction"), ("RSS MB", "peak_rss_mb"), ("× eager", "speedup_vs_eager"),
     ("Image AUROC (Δ)", "image_auroc"), ("Pixel AUROC (Δ)", "pixel_auroc"), ("ρ vs fp32", "score_spearman_vs_fp32"),
+    ("Other CPU", "other_cpu_cores"),
 )
 
 
@@ -47,6 +48,8 @@ def _cell(row: dict[str, Any], key: str) -> str:
         return _auroc(row, key)
     if key == "peak_fraction":
         return _num(None if v is None else 100 * v, 0) + ("%" if v is not None else "")
+    if key == "other_cpu_cores":
+        return "—" if v is None else f"{v:.2f}" + (" †" if row.get("contended") else "")
     if key == "score_spearman_vs_fp32":
         return "—" if v is None or row.get("precision") == "fp32" else f"{v:.3f}"
     if key == "speedup_vs_eager":
@@ -78,13 +81,15 @@ def gemm_table(gemm: Sequence[dict[str, Any]]) -> str:
     for g in best.values():
         k = (g["precision"], g["threads"])
         peak[k] = max(peak.get(k, 0.0), g["gmac_per_s"])
-    lines = ["| Backend | Precision | Threads | Best M=K=N | Median ms | GMAC/s |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["| Backend | Precision | Threads | Best M=K=N | Median ms | GMAC/s | Other CPU |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for g in sorted(best.values(), key=lambda g: (g["threads"], g["precision"], -g["gmac_per_s"])):
         rate = f"{g['gmac_per_s']:.0f}"
         if g["gmac_per_s"] == peak[(g["precision"], g["threads"])]:
             rate = f"**{rate}**"
+        other = g.get("other_cpu_cores")
         lines.append(f"| {g['backend']} | {g['precision']} | {g['threads']} | {g['size']} | "
-                     f"{g['median_ms']:.2f} | {rate} |")
+                     f"{g['median_ms']:.2f} | {rate} | {'—' if other is None else f'{other:.2f}'} |")
     return "\n".join(lines)
 
 
@@ -103,11 +108,15 @@ def guard_verdict(row: dict[str, Any]) -> str | None:
 def target_summary(rows: Sequence[dict[str, Any]], target: float = INT8_TARGET_SPEEDUP) -> list[str]:
     """One line per int8 row: ≥ ``target``× the eager pipeline of the same run and threads? Guard kept?"""
     out = []
+    by_model = {(r["model"], r["threads"]): r for r in rows}
     for r in rows:
         if r.get("precision") != "int8" or r.get("engine") == "torch-eager":
             continue
         s = r.get("speedup_vs_eager")
         verdict = "n/a (no eager baseline)" if s is None else ("yes" if s >= target else "**no**")
+        eager = by_model.get((r.get("eager_model"), r["threads"]), {})
+        if s is not None and (r.get("contended") or eager.get("contended")):
+            verdict += " († contended measurement: not trustworthy)"
         guard = guard_verdict(r)
         out.append(f"- {r['label']} @ {r['threads']} thr: {_num(s)}× — ≥ {target:g}×: {verdict}"
                    + (f"; accuracy guard: {guard}" if guard else ""))
@@ -158,6 +167,9 @@ def render(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
               "- RSS MB: peak resident memory of a fresh process that loaded this one model and ran it "
               "(interpreter, numpy/OpenCV and engine libraries included).",
               "- × eager: eager-torch median / this median, both from this run at the same thread count.",
+              "- Other CPU: cores that other processes kept busy while this row was timed (/proc/stat minus the "
+              "worker's own CPU time). † = contended: they took cores this row needed (more than cores − threads + "
+              "0.25); its absolute times and ratios are not trustworthy — rerun on a quiet machine.",
               "- AUROC: mean over categories of the test split; Δ = change vs the fp32 file of the same format; "
               "ρ = Spearman rank correlation of the image scores with that fp32 file's.", ""]
     return "\n".join(parts)

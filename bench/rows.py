@@ -6,15 +6,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import stats
+from bench import cpuload, stats
 from bench.files import ENGINE_FOR_FORMAT, ModelFile
 from bench.gemm import GemmResult, reference_peak
 
 ROW_KEYS = ("model", "label", "format", "engine", "precision", "threads", "status", "error", "size_mb", "gmacs",
             "gmacs_source", "median_ms", "p90_ms", "p99_ms", "mean_ms", "fps", "e2e_median_ms", "e2e_p90_ms",
             "e2e_fps", "gmac_per_s", "peak_gmac_per_s", "peak_source", "peak_fraction", "peak_rss_mb",
-            "speedup_vs_eager", "eager_median_ms", "image_auroc", "pixel_auroc", "image_auroc_delta",
-            "pixel_auroc_delta", "score_spearman_vs_fp32", "runs", "warmup", "rounds", "notes")
+            "speedup_vs_eager", "eager_median_ms", "eager_model", "image_auroc", "pixel_auroc", "image_auroc_delta",
+            "pixel_auroc_delta", "score_spearman_vs_fp32", "other_cpu_cores", "contended", "runs", "warmup",
+            "rounds", "notes")
 
 
 def _latency_fields(result: dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +38,11 @@ def _accuracy_fields(result: dict[str, Any] | None) -> dict[str, Any]:
     return {"image_auroc": mean("image_auroc"), "pixel_auroc": mean("pixel_auroc")}
 
 
+def _eager_id(arch: tuple[str, str, int]) -> str:
+    """The ``model`` value of an eager row, e.g. "torch-eager:dcam/resnet18@256"."""
+    return f"torch-eager:{arch[0]}/{arch[1]}@{arch[2]}"
+
+
 def _eager_note(result: dict[str, Any], target: dict[str, Any]) -> str:
     style = {"paper": "paper-style: teacher and student as separate eager forwards, 1 − cos, upsample and sum in "
                       "torch, max in numpy, fp32",
@@ -53,13 +59,14 @@ def fp32_counterpart(path: Path, files: Sequence[ModelFile]) -> ModelFile | None
 
 
 def build_rows(files: Sequence[ModelFile], results: dict[tuple[Any, ...], dict[str, Any]],
-               eager_targets: dict[tuple[str, str, int], dict[str, Any]], settings: dict[str, Any]
-               ) -> list[dict[str, Any]]:
+               eager_targets: dict[tuple[str, str, int], dict[str, Any]], settings: dict[str, Any],
+               cores: int | None = None) -> list[dict[str, Any]]:
     """JSON rows (ROW_KEYS) from the worker results: latency statistics, speed-up over the eager row of the
     same architecture and thread count, achieved vs peak GMAC/s, accuracy and its change vs the fp32 file.
 
     ``results`` keys: ("eager", arch, threads), ("file", path, threads), ("accuracy", path | arch),
-    ("gemm", threads). ``settings`` (runs, warmup, rounds) is copied into every row.
+    ("gemm", threads). ``settings`` (runs, warmup, rounds) is copied into every row; ``cores`` (the machine's
+    logical cores) decides whether other processes' CPU use made a row "contended".
     """
     gemm: list[GemmResult] = [GemmResult(**g) for k, r in results.items() if k[0] == "gemm" and r.get("status") == "ok"
                               for g in r["gemm"]]
@@ -73,7 +80,7 @@ def build_rows(files: Sequence[ModelFile], results: dict[tuple[Any, ...], dict[s
         if key[0] == "eager":
             arch = key[1]
             f0 = next(f for f in files if f.architecture == arch)
-            row = {"model": f"torch-eager:{arch[0]}/{arch[1]}@{arch[2]}",
+            row = {"model": _eager_id(arch),
                    "label": f"eager torch ({arch[1]}, {arch[2]}px)", "format": "torch", "engine": "torch-eager",
                    "precision": "fp32", "gmacs": f0.gmacs, "gmacs_source": f0.gmacs_source, "size_mb": None,
                    "notes": _eager_note(result, eager_targets[arch])}
@@ -88,6 +95,8 @@ def build_rows(files: Sequence[ModelFile], results: dict[tuple[Any, ...], dict[s
         if row["status"] == "ok":
             row["engine"] = result.get("engine", row["engine"])
             row.update(_latency_fields(result))
+            row["other_cpu_cores"] = result.get("other_cpu_cores")
+            row["contended"] = cpuload.contended(row["other_cpu_cores"], t, cores)
             if key[0] == "eager":
                 eager_ms[(key[1], t)] = row["median_ms"]
         row.update(_accuracy_fields(acc))
@@ -95,6 +104,8 @@ def build_rows(files: Sequence[ModelFile], results: dict[tuple[Any, ...], dict[s
         row["_scores"] = (acc or {}).get("scores")
         rows.append(row)
     for row in rows:
+        if row["_arch"] is not None and (row["_arch"], row["threads"]) in eager_ms:
+            row["eager_model"] = _eager_id(row["_arch"])
         if row["status"] == "ok":
             row["eager_median_ms"] = eager_ms.get((row["_arch"], row["threads"]))
             row["speedup_vs_eager"] = stats.speedup(row["eager_median_ms"], row["median_ms"])

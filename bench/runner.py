@@ -20,6 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from bench import cpuload
 from bench.gemm import gemm_env
 from bench.worker import MESSAGE_TAG
 
@@ -122,6 +123,7 @@ def run_group(jobs: Sequence[Job], threads: int, runs: int, e2e_runs: int, round
     results: dict[tuple[Any, ...], dict[str, Any]] = {}
     samples: dict[tuple[Any, ...], dict[str, list[float]]] = {}
     alive: list[tuple[Any, ...]] = []
+    load: dict[tuple[Any, ...], list[float]] = {}  # [CPU s of other processes, wall s] over the timed runs
 
     def drop(key: tuple[Any, ...], reply: dict[str, Any]) -> None:
         results[key] = reply
@@ -135,6 +137,7 @@ def run_group(jobs: Sequence[Job], threads: int, runs: int, e2e_runs: int, round
         if reply.get("status") == "ready":
             alive.append(key)
             samples[key] = {"infer_ms": [], "e2e_ms": []}
+            load[key] = [0.0, 0.0]
         else:
             drop(key, reply)
     schedule = [("infer", n) for n in split_runs(runs, rounds)] + [("e2e", n) for n in split_runs(e2e_runs, rounds)]
@@ -146,10 +149,14 @@ def run_group(jobs: Sequence[Job], threads: int, runs: int, e2e_runs: int, round
                 drop(key, reply)
                 continue
             samples[key][f"{cmd}_ms"].extend(reply["ms"])
+            if cmd == "infer" and reply.get("others"):
+                other_s, wall_s = reply["others"]
+                load[key][0] += other_s
+                load[key][1] += wall_s
             bar.update(n)
     for key in list(alive):
         reply = workers[key].command({"cmd": "finish"})
         if reply.get("status") == "ok":
-            reply.update(samples[key])
+            reply.update(samples[key], other_cpu_cores=cpuload.other_cores(*load[key]))
         drop(key, reply)
     return results

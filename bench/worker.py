@@ -28,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import cpuload
+
 MESSAGE_TAG = "\x1ebench-worker"
 
 
@@ -45,15 +47,20 @@ def peak_rss_mb() -> float:
     return rss / (1024 * 1024) if platform.system() == "Darwin" else rss / 1024
 
 
-def _timed(fn: Callable[[], Any], runs: int, warm: int = 0, warm_ms: float = 0.0) -> list[float]:
+def _timed(fn: Callable[[], Any], runs: int, warm: int = 0, warm_ms: float = 0.0
+           ) -> tuple[list[float], tuple[float, float] | None]:
     """Untimed calls until ``warm`` calls and ``warm_ms`` have passed (caches, thread pools and CPU clocks back
-    up after another model ran), then ``runs`` timed calls; returns their latencies in ms."""
+    up after another model ran), then ``runs`` timed calls.
+
+    Returns their latencies in ms and (CPU seconds other processes used, wall seconds) during the timed calls.
+    """
     t_end = time.perf_counter() + warm_ms / 1e3
     done = 0
     while done < warm or (done and time.perf_counter() < t_end):
         fn()
         done += 1
     times = []
+    before = cpuload.snapshot()
     gc.disable()  # a collection in the middle of a run is noise, not model latency
     try:
         for _ in range(runs):
@@ -62,7 +69,7 @@ def _timed(fn: Callable[[], Any], runs: int, warm: int = 0, warm_ms: float = 0.0
             times.append((time.perf_counter_ns() - t0) / 1e6)
     finally:
         gc.enable()
-    return times
+    return times, cpuload.other_cpu_seconds(before, cpuload.snapshot())
 
 
 def _runner(job: dict[str, Any]) -> tuple[Callable[[Any], Any], dict[str, Any], Any]:
@@ -115,8 +122,8 @@ def serve_latency(job: dict[str, Any], commands: Any) -> dict[str, Any]:
         if cmd["cmd"] == "finish":
             break
         fn = (lambda: run(x)) if cmd["cmd"] == "infer" else frame
-        ms = _timed(fn, int(cmd["n"]), int(cmd.get("warm", 0)), float(cmd.get("warm_ms", 0)))
-        send({"type": "reply", "ms": ms})
+        ms, others = _timed(fn, int(cmd["n"]), int(cmd.get("warm", 0)), float(cmd.get("warm_ms", 0)))
+        send({"type": "reply", "ms": ms, "others": others})
     return {**info, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -155,8 +162,10 @@ def run_gemm(job: dict[str, Any]) -> dict[str, Any]:
     for backend, precision in job["backends"]:
         for size in job["sizes"]:
             try:
-                results.append(measure_gemm(backend, precision, int(job["threads"]), int(size),
-                                            int(job["runs"])).to_dict())
+                before = cpuload.snapshot()
+                result = measure_gemm(backend, precision, int(job["threads"]), int(size), int(job["runs"])).to_dict()
+                others = cpuload.other_cpu_seconds(before, cpuload.snapshot())
+                results.append({**result, "other_cpu_cores": cpuload.other_cores(*others) if others else None})
             except GemmUnavailable as e:
                 notes[f"{backend}/{precision}"] = str(e)
             except Exception as e:  # noqa: BLE001 - one backend failing must not hide the others

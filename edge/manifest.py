@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -114,6 +115,14 @@ class Manifest:
     def output_name(self, kind: str) -> str:
         """Graph output name for "anomaly_map" or "score"."""
         return str(self.data.get("outputs", {}).get(kind, {}).get("name", kind))
+
+    def check_accuracy_guard(self) -> None:
+        """Refuse a file that failed dcam-export's int8 accuracy guard unless the drop was accepted there."""
+        guard = (self.data.get("accuracy") or {}).get("guard") or {}
+        if guard.get("passed") is False and not guard.get("allowed_by_flag"):
+            raise ManifestError(f"{self.path}: {self.model_path.name} failed the export accuracy guard "
+                                f"({'; '.join(map(str, guard.get('violations') or [])) or 'see accuracy.guard'}); "
+                                f"re-export it, or accept the drop with dcam-export --allow-accuracy-drop")
 
     def threshold(self, category: str | None = None) -> float:
         """Global threshold, or the per-category one (ManifestError listing those available)."""
@@ -226,6 +235,8 @@ def _atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
     # Write-then-rename so a crash (or power cut on a Pi) never leaves a half-written manifest.
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; keep the old file's mode (or the usual 0644) so the service user can read it.
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, sort_keys=False)
             f.write("\n")

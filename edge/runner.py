@@ -50,6 +50,7 @@ def load_model(model: str | None, threads: int | None) -> tuple[Manifest, Engine
     if not path.is_file():
         raise EngineError(f"{path}: model file not found")
     manifest = load_manifest(path, verify_sha256=True)
+    manifest.check_accuracy_guard()
     engine = load_engine(path, threads=threads, manifest=manifest)
     spec = manifest.preprocess_spec()
     if engine.image_size is not None and engine.image_size != spec.image_size:

@@ -125,7 +125,8 @@ def load_export_data(cfg: Any, categories: Sequence[str], image_size: int, calib
                                                    cfg.val_fraction, cfg.seed)
         except MVTecLayoutError as exc:
             raise ExportError(str(exc)) from None
-        sources["validation"] = f"{cfg.data}: train/good validation split (val_fraction {cfg.val_fraction}, seed {cfg.seed})"
+        sources["validation"] = (f"{cfg.data}: train/good validation split "
+                                 f"(val_fraction {cfg.val_fraction}, seed {cfg.seed})")
     elif calib_data is None:
         raise ExportError(f"the run's dataset {cfg.data or '(none)'} is not reachable for categories "
                           f"{list(categories) or '?'}; pass --calib-data DIR with normal images")

@@ -95,11 +95,13 @@ class ExportConfig:
         if not self.out:
             raise ExportError("--out: expected an output directory")
         if self.threshold_mode not in THRESHOLD_MODES:
-            raise ExportError(f"--threshold-mode: expected one of {', '.join(THRESHOLD_MODES)}, got {self.threshold_mode!r}")
+            raise ExportError(f"--threshold-mode: expected one of {', '.join(THRESHOLD_MODES)}, "
+                              f"got {self.threshold_mode!r}")
         if not 0.0 < self.target_fpr < 1.0:
             raise ExportError(f"--target-fpr: expected a rate in (0, 1), e.g. 0.001, got {self.target_fpr}")
         if self.calib_data is not None and not Path(self.calib_data).is_dir():
-            raise ExportError(f"--calib-data {self.calib_data}: directory not found (expected a folder of normal images)")
+            raise ExportError(f"--calib-data {self.calib_data}: directory not found "
+                              f"(expected a folder of normal images)")
         if self.calib_samples < 1:
             raise ExportError(f"--calib-samples: expected a positive integer, got {self.calib_samples}")
         if self.threads < 1:

@@ -194,7 +194,8 @@ def fuse_module(inference_module: nn.Module, spec: PreprocessSpec, info: dict[st
                               f"({type(exc).__name__}: {exc})") from None
     s = spec.image_size
     if tuple(anomaly_map.shape) != (1, 1, s, s) or tuple(score.shape) != (1,):
-        raise ExportError(f"the inference model returned map {tuple(anomaly_map.shape)} and score {tuple(score.shape)}; "
+        raise ExportError(f"the inference model returned map {tuple(anomaly_map.shape)} and score "
+                          f"{tuple(score.shape)}; "
                           f"expected (1, 1, {s}, {s}) and (1,)")
     folded, n_folded, n_affine = fold_batchnorm(wrapped, example)
     for p in folded.parameters():

@@ -74,10 +74,11 @@ def score_outputs(run: Runner, data: ExportData, spec: PreprocessSpec, desc: str
     return out
 
 
-def engine_runner(path: Path, threads: int) -> Runner:
-    """edge.engines.load_engine(path, threads).run — the exact code path of the edge runtime."""
+def load_file_engine(path: Path, threads: int) -> Any:
+    """edge.engines.load_engine(path, threads) — the exact code path of the edge runtime (OpenVINO compiled
+    with the manifest's precision hint)."""
     from edge.engines import load_engine
-    return load_engine(path, threads=threads).run
+    return load_engine(path, threads=threads)
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:

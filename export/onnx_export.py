@@ -124,7 +124,8 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration_images: np.ndarra
         try:
             shape_inference.quant_pre_process(str(fp32_path), str(pre))
         except Exception as exc:
-            raise ExportError(f"{fp32_path}: ONNX Runtime quant_pre_process failed ({type(exc).__name__}: {exc})") from None
+            raise ExportError(f"{fp32_path}: ONNX Runtime quant_pre_process failed "
+                              f"({type(exc).__name__}: {exc})") from None
         model = onnx.load(str(pre))
         nodes = onnx_graph_nodes(model)
         head = find_head(nodes)
@@ -138,7 +139,8 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration_images: np.ndarra
                               calibrate_method=getattr(q.CalibrationMethod, CALIBRATION_METHODS[calibration]),
                               use_external_data_format=False, extra_options=extra)
         except Exception as exc:
-            raise ExportError(f"{out_path}: ONNX Runtime quantize_static failed ({type(exc).__name__}: {exc})") from None
+            raise ExportError(f"{out_path}: ONNX Runtime quantize_static failed "
+                              f"({type(exc).__name__}: {exc})") from None
     head_types = sorted({n.op_type for n in nodes if n.name in head})
     return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weights": "int8 per-channel",
             "activations": "uint8", "calibration": calibration, "scope": scope,

@@ -15,7 +15,8 @@ from tqdm import tqdm
 from .calibration_data import CalibrationWarning, ExportData, load_export_data
 from .config import FORMATS, AccuracyGuardError, ExportConfig, model_filename, require
 from .graph import FusedGraph, load_fused_graph
-from .guard import PARITY_ATOL, Outputs, engine_runner, file_accuracy, guard_violations, score_outputs, split_metrics
+from .guard import (PARITY_ATOL, Outputs, file_accuracy, guard_violations, load_file_engine, score_outputs,
+                    split_metrics)
 from .manifest_writer import build_manifest, write_file_manifest
 from .thresholds import file_thresholds
 
@@ -132,9 +133,10 @@ class _Exporter:
     def finish(self, fmt: str, precision: str, path: Path, quantization: dict[str, Any] | None) -> ExportedFile:
         """Evaluate a file through edge.engines, calibrate its own thresholds and write its manifest."""
         cfg = self.cfg
-        outputs = score_outputs(engine_runner(path, cfg.threads), self.data, self.graph.spec, desc=path.name,
-                                progress=cfg.progress)
+        engine = load_file_engine(path, cfg.threads)
+        outputs = score_outputs(engine.run, self.data, self.graph.spec, desc=path.name, progress=cfg.progress)
         accuracy = file_accuracy(self.ref, outputs, self.data, self.ref_test, cfg.threads)
+        accuracy["engine"] = {k: v for k, v in engine.describe().items() if k != "model"}
         violations = guard_violations(precision, accuracy, cfg.max_image_auroc_drop, cfg.max_pixel_auroc_drop,
                                       cfg.min_score_spearman)
         accuracy["guard"] = {"passed": not violations, "violations": violations,

@@ -33,3 +33,14 @@ def tiny_run(synthetic_root, tmp_path_factory) -> Path:
     """A dcam / efficientnet_lite0 run at 64×64 trained for 2 short epochs."""
     from train.trainer import train
     return train(tiny_train_config(synthetic_root, tmp_path_factory.mktemp("runs") / "tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_run, tmp_path_factory) -> Path:
+    """dcam-export of tiny_run: all six files + manifests. The guard is reported, not enforced: with 12
+    validation normals one swapped pair already moves Spearman below 0.95."""
+    from export.cli import main
+    out = tmp_path_factory.mktemp("export")
+    assert main(["--run", str(tiny_run), "--out", str(out), "--calib-samples", "32", "--allow-accuracy-drop",
+                 "--no-progress"]) == 0
+    return out

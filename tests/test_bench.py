@@ -195,8 +195,11 @@ def test_bench_end_to_end_json_failed_row_and_accuracy(tmp_path, synthetic_root,
         assert r["threads"] == 1 and 0 < r["median_ms"] <= r["p90_ms"] <= r["p99_ms"]
         assert r["fps"] == pytest.approx(1000 / r["median_ms"]) and r["peak_rss_mb"] > 10
         assert r["e2e_median_ms"] > 0
+        if r["other_cpu_cores"] is not None:  # Linux, and long enough a timed block
+            assert r["other_cpu_cores"] >= 0 and isinstance(r["contended"], bool)
         if torch_present:
             assert r["speedup_vs_eager"] == pytest.approx(r["eager_median_ms"] / r["median_ms"])
+            assert r["eager_model"] == "torch-eager:dcam/efficientnet_lite0@64"
         else:
             assert r["speedup_vs_eager"] is None
 
@@ -270,3 +273,20 @@ def test_a_worker_that_dies_becomes_a_failed_result(tmp_path, monkeypatch):
     with tqdm(total=7, disable=True) as bar:
         results = run_group([job], threads=1, runs=5, e2e_runs=2, rounds=2, workdir=tmp_path, bar=bar)
     assert results[("file", "x.onnx", 1)] == {"status": "failed", "error": "worker exited with code 1"}
+
+
+def test_contention_flag_hand_computed():
+    from bench import cpuload
+    before = cpuload.Snapshot(wall_s=10.0, system_busy_s=100.0, own_cpu_s=5.0)
+    after = cpuload.Snapshot(wall_s=12.0, system_busy_s=104.5, own_cpu_s=7.0)
+    # 4.5 s busy in total, 2 s of it ours → others used 2.5 CPU-s in 2 s of wall time = 1.25 cores.
+    assert cpuload.other_cpu_seconds(before, after) == (2.5, 2.0)
+    assert cpuload.other_cores(2.5, 2.0) == 1.25
+    assert cpuload.other_cores(0.1, 0.2) is None  # too short for 100 Hz CPU-time counters
+    assert cpuload.contended(1.25, threads=1, cores=2) is False  # 1 free core left for a 1-thread run (+0.25)
+    assert cpuload.contended(1.3, threads=1, cores=2) is True
+    assert cpuload.contended(0.3, threads=2, cores=2) is True  # a 2-thread run on 2 cores needs both
+    assert cpuload.contended(None, threads=2, cores=2) is None
+    snap = cpuload.snapshot()
+    if snap is not None:  # Linux: busy and own CPU seconds are cumulative counters
+        assert snap.system_busy_s >= 0 and snap.own_cpu_s > 0

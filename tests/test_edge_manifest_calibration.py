@@ -91,6 +91,18 @@ def test_formats_sharing_a_stem_keep_separate_entries_in_one_manifest(tmp_path: 
         load_manifest(tmp_path / "dcam.tflite")
 
 
+def test_file_that_failed_the_accuracy_guard_is_refused_unless_accepted(model_file: Path) -> None:
+    d = _manifest_dict()
+    d["accuracy"] = {"guard": {"passed": False, "violations": ["score Spearman 0.80 < 0.95"], "allowed_by_flag": False}}
+    write_manifest(model_file, d)
+    with pytest.raises(ManifestError, match="failed the export accuracy guard.*Spearman 0.80.*--allow-accuracy-drop"):
+        load_manifest(model_file).check_accuracy_guard()
+    d["accuracy"]["guard"]["allowed_by_flag"] = True
+    write_manifest(model_file, d)
+    load_manifest(model_file).check_accuracy_guard()
+    assert oct(manifest_path_for(model_file).stat().st_mode & 0o777) == oct(0o644)
+
+
 def test_openvino_weights_are_hashed_too(tmp_path: Path) -> None:
     xml, bin_ = tmp_path / "dcam.xml", tmp_path / "dcam.bin"
     xml.write_text("<net/>")

@@ -1,12 +1,16 @@
 """Unit tests of the export package that need no trained run: BN folding, head location, guard maths, config."""
 from __future__ import annotations
 
+import types
+
+import cv2
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from edge.preprocess import PreprocessSpec
+from edge.preprocess import PreprocessSpec, load_image
+from export.calibration_data import CalibrationWarning, load_export_data
 from export.config import ExportConfig, ExportError, model_filename
 from export.graph import conv_bn_pairs, fold_batchnorm, fuse_module, remaining_batchnorms
 from export.guard import average_ranks, guard_violations, pearson, spearman
@@ -123,7 +127,7 @@ def _node(name, op, inputs, outputs, **kw):
 
 
 def test_find_head_by_structure_not_names():
-    # image → conv_t, conv_s (backbone) → t*s, t*t, s*s → Σ_c (roots) → sqrt, div, 1− → resize → blur conv → max
+    # image → conv_t, conv_s (backbone) → t·s, t·t → Σ_c (roots) → sqrt, div → resize → blur conv → max
     nodes = [
         _node("n1", "Conv", ["image"], ["t"], weighted=True),
         _node("n2", "Relu", ["t"], ["t_act"]),
@@ -223,11 +227,6 @@ def test_config_names_and_errors():
 
 def test_calib_data_folder_without_the_runs_dataset(tmp_path):
     """--calib-data DIR alone: 20 % of DIR (seeded) becomes the validation set; < 300 images warns."""
-    import types
-
-    import cv2
-    from export.calibration_data import CalibrationWarning, load_export_data
-
     rng = np.random.default_rng(0)
     for i in range(10):
         cv2.imwrite(str(tmp_path / f"{i}.png"), rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
@@ -239,7 +238,6 @@ def test_calib_data_folder_without_the_runs_dataset(tmp_path):
     assert not set(data.calibration.paths) & set(data.validation.paths)
     assert data.calibration.rgb.shape == (8, 32, 32, 3) and data.validation.categories == ["bottle", "bottle"]
     x = data.validation.arrays(PreprocessSpec(image_size=32))
-    from edge.preprocess import load_image
     np.testing.assert_array_equal(x[0], load_image(data.validation.paths[0], PreprocessSpec(image_size=32)))
     with pytest.raises(ExportError, match="not reachable.*--calib-data"):
         load_export_data(cfg, ["bottle"], 32, calib_data=None, progress=False)

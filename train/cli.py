@@ -25,7 +25,7 @@ HELP = {
     "teacher_weights": "local file with the teacher's torchvision/ImageNet weights (else downloaded once and cached)",
     "attention": "DCAM attention during training: none, channel, spatial, both (default: method preset)",
     "attention_at_inference": "keep the DCAM attention in the inference graph (the paper drops it)",
-    "blur_sigma": "Gaussian blur sigma on the anomaly map before the image max (0 = off)",
+    "blur_sigma": "Gaussian blur sigma on the anomaly map before the image max (0 = off; default 0 for stfpm/dcam, 4 for rd/dskd/mrkd)",
     "kl_reduction": "'sum' over positions/channels as in the paper's KL equations, or 'mean'",
     "device": "auto, cpu or cuda[:N]",
     "amp": "mixed precision on GPU: auto (bf16 if supported else fp16), bf16, fp16, off",
@@ -34,6 +34,8 @@ HELP = {
     "cache_images": "keep decoded, preprocessed images in memory",
     "optimizer": "sgd or adam (default: method's paper setting)",
     "lr": "learning rate (default: method's paper setting)",
+    "epochs": "epochs (default: method's paper setting: 400 stfpm/dcam, 200 rd family)",
+    "batch_size": "global batch size, split over --nproc processes (default: 32 stfpm/dcam, 16 rd family)",
 }
 
 

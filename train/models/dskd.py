@@ -18,7 +18,7 @@ from ..config import ModelConfig
 from .base import DistillationModel
 from .decoder import ReverseDecoder, decoder_spec
 from .head import DistanceHead
-from .rd import OneClassBottleneck, validate_rd_config
+from .rd import OneClassBottleneck
 from .rd_loss import student_distance_maps, student_loss
 
 SIGMA_FLOOR = 1e-6
@@ -112,7 +112,6 @@ class DualStudentModel(DistillationModel):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        validate_rd_config(cfg)
         self.cfg = cfg
         self.teacher = build_backbone(cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.teacher_weights)
         self.freeze_teacher()

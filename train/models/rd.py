@@ -16,34 +16,9 @@ from ..config import ModelConfig
 from .base import DistillationModel
 from .decoder import DecoderSpec, ReverseDecoder, decoder_spec, init_rd_weights, residual_stage
 from .head import DistanceHead, pyramid_cosine_head
-from .rd_loss import LOSS_MODES, STUDENT_LOSSES, multi_level_cosine_loss
+from .rd_loss import multi_level_cosine_loss
 
 FUSIONS = ("concat", "msff", "last")
-
-
-class RDConfigError(ValueError):
-    """An invalid reverse-distillation option (one-line message naming the flag)."""
-
-
-def validate_rd_config(cfg: ModelConfig) -> None:
-    """Check the rd/dskd/mrkd fields of ModelConfig; raise RDConfigError naming the CLI flag."""
-    checks = [
-        (cfg.rd_loss_mode in LOSS_MODES, f"--rd-loss-mode: expected one of {', '.join(LOSS_MODES)}, "
-                                         f"got {cfg.rd_loss_mode!r}"),
-        (cfg.rd_bottleneck_layers >= 0, f"--rd-bottleneck-layers: expected >= 0 (0 = RD's count), "
-                                        f"got {cfg.rd_bottleneck_layers}"),
-        (cfg.dskd_g >= 0, f"--dskd-g: expected >= 0 (0 = no GCCB), got {cfg.dskd_g}"),
-        (cfg.dskd_temperature > 0, f"--dskd-temperature: expected > 0, got {cfg.dskd_temperature}"),
-        (cfg.dskd_local_loss in STUDENT_LOSSES, f"--dskd-local-loss: expected one of {', '.join(STUDENT_LOSSES)}, "
-                                                f"got {cfg.dskd_local_loss!r}"),
-        (cfg.dskd_global_loss in STUDENT_LOSSES, f"--dskd-global-loss: expected one of {', '.join(STUDENT_LOSSES)}, "
-                                                 f"got {cfg.dskd_global_loss!r}"),
-        (0.0 <= cfg.mrkd_mask_rate < 1.0, f"--mrkd-mask-rate: expected a value in [0, 1), got {cfg.mrkd_mask_rate}"),
-        (cfg.mrkd_fmm_weight >= 0, f"--mrkd-fmm-weight: expected >= 0, got {cfg.mrkd_fmm_weight}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise RDConfigError(message)
 
 
 def _conv_bn_relu(conv: nn.Conv2d) -> nn.Sequential:
@@ -120,7 +95,6 @@ class ReverseDistillationModel(DistillationModel):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        validate_rd_config(cfg)
         self.cfg = cfg
         self.teacher = build_backbone(cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.teacher_weights)
         self.freeze_teacher()

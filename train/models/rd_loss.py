@@ -11,10 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..config import RD_LOSS_MODES as LOSS_MODES
+from ..config import STUDENT_LOSSES
 from .head import EPS, cosine_distance_map
-
-LOSS_MODES = ("pixel", "flat")
-STUDENT_LOSSES = ("pi", "ca")
 
 
 def cosine_loss(teacher: torch.Tensor, student: torch.Tensor, mode: str = "pixel") -> torch.Tensor:
