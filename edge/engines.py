@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from edge.signalstack import drop_small_alternate_signal_stack
+
 if TYPE_CHECKING:  # pragma: no cover
     from edge.manifest import Manifest
 
@@ -203,6 +205,7 @@ class OpenVinoEngine(Engine):
             self._compiled = core.compile_model(model, "CPU", config)
         except Exception as e:
             raise EngineError(f"{model_path}: cannot load OpenVINO model ({_first_line(e)})") from None
+        drop_small_alternate_signal_stack()  # else SIGTERM can become SIGSEGV on AVX-512/AMX CPUs
         if len(self._compiled.inputs) != 1:
             raise EngineError(f"{model_path}: expected one input, found {len(self._compiled.inputs)}")
         ps = self._compiled.input(0).get_partial_shape()

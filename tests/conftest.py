@@ -44,3 +44,12 @@ def tiny_export(tiny_run, tmp_path_factory) -> Path:
     assert main(["--run", str(tiny_run), "--out", str(out), "--calib-samples", "32", "--allow-accuracy-drop",
                  "--no-progress"]) == 0
     return out
+
+
+@pytest.fixture(autouse=True)
+def _no_small_alternate_signal_stack():
+    """OpenVINO (also inside nncf/export) leaves an ~11 KB sigaltstack on this thread; with AVX-512/AMX state a
+    signal (torch DataLoader's SIGCHLD handler) no longer fits on it and the test process dies with SIGSEGV."""
+    yield
+    from edge.signalstack import drop_small_alternate_signal_stack
+    drop_small_alternate_signal_stack()
