@@ -95,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
               "--out", str(run)])
     run_step(["dcam-eval", "--run", str(run), "--data", str(data), "--json", str(out / "eval.json"),
               "--visualize", str(out / "visualize")])
+    # The int8 accuracy guard is judged on this tiny test split (90 images), where one AUROC point is a few
+    # image pairs: the demo reports a failed file instead of stopping; edge-run below uses cfg.model.
     run_step(["dcam-export", "--run", str(run), "--formats", "onnx,openvino,tflite", "--precisions", "fp32,int8",
-              "--out", str(models)])
+              "--out", str(models), "--allow-accuracy-drop"])
     category = sorted(p.name for p in data.iterdir() if p.is_dir())[0]
     video = out / "conveyor.avi"
     segments = write_conveyor_video(data, category, video, cfg.frames_per_part, cfg.seed)
