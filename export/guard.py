@@ -178,6 +178,6 @@ def guard_violations(precision: str, accuracy: dict[str, Any], max_image_auroc_d
     drops = (accuracy.get("test") or {}).get("drop_points") or {}
     for key, limit in (("image_auroc", max_image_auroc_drop), ("pixel_auroc", max_pixel_auroc_drop)):
         drop = drops.get(key)
-        if drop is not None and drop > limit:
+        if drop is not None and drop > limit + 1e-9:  # "within 1.0 point" includes exactly 1.0 (float noise)
             problems.append(f"{key.replace('_', ' ')} drop {drop:.2f} points > {limit:g} vs fp32")
     return problems
