@@ -70,14 +70,17 @@ def write_conveyor_video(data: Path, category: str, path: Path, frames_per_part:
     return segments
 
 
-def summarize_alarms(jsonl: Path, segments: list[tuple[int, int]]) -> str:
-    """Compare raise/clear events of edge-run with the known defect segments."""
+def summarize_alarms(jsonl: Path, segments: list[tuple[int, int]], debounce: int = 3) -> str:
+    """Compare edge-run's alarms with the known defect segments (a defective part counts as caught when the
+    alarm is on while it is in view, allowing `debounce` frames of delay)."""
     lines = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    alarm_frames = {e["frame"] for e in lines if e.get("alarm")}
     raises = [e["frame"] for e in lines if e.get("event") == "raise"]
-    caught = [any(a <= r <= b + 3 for r in raises) for a, b in segments]  # +3: debounce delay
-    false_alarms = [r for r in raises if not any(a <= r <= b + 3 for a, b in segments)]
+    windows = [range(a, b + debounce + 1) for a, b in segments]
+    caught = sum(any(f in alarm_frames for f in w) for w in windows)
+    false_alarms = [r for r in raises if not any(r in w for w in windows)]
     return (f"{len(lines)} frames scored; defect segments {segments}; alarms raised at frames {raises}; "
-            f"caught {sum(caught)}/{len(segments)} defective parts, {len(false_alarms)} false alarm(s)")
+            f"caught {caught}/{len(segments)} defective parts, {len(false_alarms)} false alarm(s)")
 
 
 def main(argv: list[str] | None = None) -> int:
