@@ -85,17 +85,6 @@ def parse_ints(text: str, flag: str, example: str) -> tuple[int, ...]:
     return values
 
 
-def parse_ints(text: str, flag: str, example: str) -> tuple[int, ...]:
-    """"1,2,4" → (1, 2, 4), duplicates dropped; BenchError naming ``flag`` for anything else."""
-    try:
-        values = tuple(dict.fromkeys(int(t) for t in text.split(",") if t.strip()))
-    except ValueError:
-        values = ()
-    if not values or any(v < 1 for v in values):
-        raise BenchError(f"{flag}: expected comma-separated positive integers such as {example}, got {text!r}")
-    return values
-
-
 # ------------------------------------------------------------------------------------------- plan
 @dataclass
 class Plan:
