@@ -42,7 +42,3 @@ class DistillationModel(nn.Module):
 
     def calibrate(self, normal_batches: Iterable[torch.Tensor]) -> None:
         """Collect statistics on normal images that inference needs (e.g. DSKD's μ, σ). Default: none."""
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.inference_model()(images)
