@@ -159,18 +159,22 @@ def remaining_batchnorms(module: nn.Module) -> list[str]:
 
 @torch.no_grad()
 def count_gmacs(module: nn.Module, example: torch.Tensor) -> float:
-    """Multiply-accumulates of the convolutions and linear layers for one image, in 10⁹."""
+    """Multiply-accumulates of the (transposed) convolutions and linear layers for one image, in 10⁹."""
     total = 0
     hooks = []
 
-    def hook(mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+    def hook(mod: nn.Module, inputs: Any, out: torch.Tensor) -> None:
         nonlocal total
+        if isinstance(mod, nn.ConvTranspose2d):  # every input element meets C_out/groups · k_h · k_w weights
+            x = inputs[0]
+            total += x.numel() // x.shape[0] * (mod.out_channels // mod.groups) * int(np.prod(mod.kernel_size))
+            return
         per_output = (mod.in_channels // mod.groups) * int(np.prod(mod.kernel_size)) if isinstance(mod, nn.Conv2d) \
             else mod.in_features
         total += per_output * out.numel() // out.shape[0]
 
     for mod in module.modules():
-        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+        if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             hooks.append(mod.register_forward_hook(hook))
     try:
         module(example)

@@ -241,3 +241,13 @@ def test_calib_data_folder_without_the_runs_dataset(tmp_path):
     np.testing.assert_array_equal(x[0], load_image(data.validation.paths[0], PreprocessSpec(image_size=32)))
     with pytest.raises(ExportError, match="not reachable.*--calib-data"):
         load_export_data(cfg, ["bottle"], 32, calib_data=None, progress=False)
+
+
+def test_gmacs_count_transposed_convolutions():
+    from torch import nn
+
+    from export.graph import count_gmacs
+    module = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ConvTranspose2d(4, 2, 2, stride=2))
+    # conv: 8·8 outputs × 4 channels × 3·3·3 weights; transposed: 8·8·4 inputs × 2 channels × 2·2 weights
+    expected = 8 * 8 * 4 * 27 + 8 * 8 * 4 * 2 * 4
+    assert count_gmacs(module, torch.zeros(1, 3, 8, 8)) * 1e9 == pytest.approx(expected)
