@@ -119,7 +119,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # Masked RD §4.2: Adam lr 1e-3 (its L2 regularisation has no stated coefficient: none here).
     "mrkd": dict(optimizer="adam", lr=0.001, epochs=200, batch_size=16),
 }
-TRAIN_PRESETS_BY_OPTIMIZER = {"sgd": 0.1, "adam": 0.005}
+# Learning rate when only --optimizer is overridden: that optimizer's paper default (DCAM for SGD, RD for Adam).
+TRAIN_PRESETS_BY_OPTIMIZER = {p["optimizer"]: p["lr"] for p in (TRAIN_PRESETS["dcam"], TRAIN_PRESETS["rd"])}
 
 
 @dataclass

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from edge.metrics import MetricWarning, aupro, f1_max, image_auroc, pixel_auroc
 from edge.preprocess import PreprocessSpec
+from train.device import resolve_device
 
 AUPRO_FPR_LIMIT = 0.3  # MVTec AD's integration limit
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
@@ -68,17 +69,6 @@ class _Scored:
     masks: np.ndarray | None  # N×S×S uint8 {0,1}
     labels: np.ndarray      # N int64
     forward_s: float        # summed timed forward wall time
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' → CUDA when available else CPU; 'cuda' without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise EvalError(f"--device: expected auto, cpu or cuda, got {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EvalError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
 
 
 def _timed_forward(model: nn.Module, images: torch.Tensor, device: torch.device

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from .config import TrainConfig
 from .data import ImageDataset, list_train_samples, parse_categories, split_train_val
-from .distributed import (DistContext, GlobalBatchSampler, barrier, convert_batchnorm, init_distributed,
+from .device import resolve_device
+from .distributed import (GlobalBatchSampler, barrier, convert_batchnorm, init_distributed,
                           shutdown)
 from .models import DistillationModel, build_model
 from .runs import (BEST_CHECKPOINT, LAST_CHECKPOINT, RunError, atomic_torch_save, atomic_write_text,
@@ -32,18 +33,6 @@ log = logging.getLogger("train")
 
 # Settings that must not change when resuming a run (others, like --epochs, may).
 RESUME_INVARIANTS = ("data", "categories", "image_size", "batch_size", "seed", "val_fraction")
-
-
-def resolve_device(name: str, ctx: DistContext) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
-        return torch.device("cuda", ctx.local_rank if ctx.enabled else (torch.device(name).index or 0))
-    if name != "cpu":
-        raise ValueError(f"--device: expected auto, cpu or cuda[:N], got {name!r}")
-    return torch.device("cpu")
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -107,9 +96,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        self.ctx = init_distributed("cuda" if cfg.device.startswith("cuda") or
-                                    (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
-        self.device = resolve_device(cfg.device, self.ctx)
+        self.ctx = init_distributed(resolve_device(cfg.device).type)
+        self.device = resolve_device(cfg.device, self.ctx.local_rank if self.ctx.enabled else None)
         self.out = Path(cfg.out)
         self.amp = amp_dtype(cfg.amp, self.device)
 
