@@ -5,8 +5,10 @@ matches the teacher: the distances are tiny differences of large numbers (toolch
 score correlation 0.53 whole-graph vs 0.96 with the head in fp32).  The head is found the same way in
 ONNX, OpenVINO and TFLite graphs, without relying on node names:
 
-1. roots: per-pixel channel reductions — a Reduce op over exactly one non-batch axis of a 4-D tensor
-   (the Σ_c of the cosine's dot product and norms); backbones reduce over space (pooling), not channels;
+1. roots: per-pixel channel reductions — a matrix product by a constant all-ones row (how the head
+   writes Σ_c, train.models.head.channel_sum), or a Reduce op over one non-batch axis of a 4-D tensor
+   or over axis 1 of B×C×(h·w); backbones reduce over space (pooling), not channels, and never
+   multiply by a ones vector;
 2. every node downstream of a root (sqrt, divide, 1 − ·, resize, sum over levels, blur conv, max);
 3. every weight-free node all of whose consumers are head nodes (the t·s and t·t products and
    whatever elementwise op only feeds them), repeated to a fixed point.
@@ -17,6 +19,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from .config import ExportError
 
@@ -34,14 +38,24 @@ class GraphNode:
 
 
 def is_single_axis_reduction(axes: Sequence[int] | None, input_rank: int | None) -> bool:
-    """True for a reduction over exactly one non-batch axis of a 4-D tensor (the per-pixel Σ over channels).
+    """True for a reduction over exactly one non-batch axis of a 4-D tensor (the per-pixel Σ over channels),
+    or over axis 1 of a B×C×(h·w) tensor (the TFLite converter rewrites channel_sum's 1ᵀ·X into that SUM).
 
     ``axes`` None means "all axes" (ONNX/OpenVINO default) and is not a channel reduction.
     """
     if axes is None or len(axes) != 1:
         return False
     rank = input_rank if input_rank is not None else 4
-    return rank == 4 and int(axes[0]) % rank != 0
+    axis = int(axes[0]) % rank
+    return (rank == 4 and axis != 0) or (rank == 3 and axis == 1)
+
+
+def is_ones_vector_product(constant_operands: Iterable[np.ndarray | None]) -> bool:
+    """True when a matrix product has a constant operand that is a vector of ones (1ᵀ·X = Σ over an axis)."""
+    for constant in constant_operands:
+        if constant is not None and constant.size > 1 and np.squeeze(constant).ndim == 1 and np.all(constant == 1):
+            return True
+    return False
 
 
 def find_head(nodes: Iterable[GraphNode]) -> set[str]:

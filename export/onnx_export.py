@@ -24,10 +24,11 @@ import numpy as np
 
 from .config import ExportError, require
 from .graph import FusedGraph
-from .head_scope import GraphNode, find_head, is_single_axis_reduction
+from .head_scope import GraphNode, find_head, is_ones_vector_product, is_single_axis_reduction
 
 INPUT_NAME, MAP_NAME, SCORE_NAME = "image", "anomaly_map", "score"
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+MATMUL_OPS = frozenset({"MatMul", "Gemm"})
 REDUCE_OPS = frozenset({"ReduceSum", "ReduceMean", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceMax",
                         "ReduceMin", "ReduceProd", "ReduceLogSumExp"})
 CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
@@ -65,14 +66,14 @@ def export_onnx(graph: FusedGraph, path: Path) -> Path:
     return path
 
 
-def _constant_ints(model: Any, name: str) -> list[int] | None:
+def _constant_array(model: Any, name: str) -> np.ndarray | None:
     from onnx import numpy_helper
     for init in model.graph.initializer:
         if init.name == name:
-            return [int(v) for v in numpy_helper.to_array(init).ravel()]
+            return numpy_helper.to_array(init)
     for node in model.graph.node:
         if node.op_type == "Constant" and node.output[0] == name:
-            return [int(v) for v in numpy_helper.to_array(node.attribute[0].t).ravel()]
+            return numpy_helper.to_array(node.attribute[0].t)
     return None
 
 
@@ -89,8 +90,11 @@ def onnx_graph_nodes(model: Any) -> list[GraphNode]:
             attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
             axes = attrs.get("axes")
             if axes is None and len(n.input) > 1 and n.input[1]:
-                axes = _constant_ints(model, n.input[1])
+                axes_array = _constant_array(model, n.input[1])
+                axes = None if axes_array is None else [int(v) for v in axes_array.ravel()]
             reduction = is_single_axis_reduction(axes, ranks.get(n.input[0]))
+        elif n.op_type in MATMUL_OPS:
+            reduction = is_ones_vector_product(_constant_array(model, t) for t in n.input[:2])
         nodes.append(GraphNode(n.name or f"#{i}", n.op_type, tuple(n.input), tuple(n.output),
                                weighted=n.op_type in WEIGHTED_OPS, channel_reduction=reduction))
     return nodes

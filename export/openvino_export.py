@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .config import ExportError, require
-from .head_scope import GraphNode, find_head, is_single_axis_reduction
+from .head_scope import GraphNode, find_head, is_ones_vector_product, is_single_axis_reduction
 
 INFERENCE_PRECISION_HINT = "f32"
 WEIGHTED_OPS = frozenset({"Convolution", "GroupConvolution", "ConvolutionBackpropData",
@@ -42,10 +42,8 @@ def export_openvino(onnx_path: Path, xml_path: Path) -> Path:
     return xml_path
 
 
-def _const_ints(node: Any) -> list[int] | None:
-    if node.get_type_name() != "Constant":
-        return None
-    return [int(v) for v in np.asarray(node.get_data()).ravel()]
+def _constant_array(node: Any) -> np.ndarray | None:
+    return np.asarray(node.get_data()) if node.get_type_name() == "Constant" else None
 
 
 def openvino_graph_nodes(model: Any) -> list[GraphNode]:
@@ -57,10 +55,13 @@ def openvino_graph_nodes(model: Any) -> list[GraphNode]:
         outputs = tuple(f"{name}:{i}" for i in range(op.get_output_size()))
         reduction = False
         if kind in REDUCE_OPS:
-            axes = _const_ints(op.input_value(1).get_node())
+            axes_array = _constant_array(op.input_value(1).get_node())
+            axes = None if axes_array is None else [int(v) for v in axes_array.ravel()]
             shape = op.input_value(0).get_partial_shape()
             rank = shape.rank.get_length() if shape.rank.is_static else None
             reduction = is_single_axis_reduction(axes, rank)
+        elif kind == "MatMul":
+            reduction = is_ones_vector_product(_constant_array(v.get_node()) for v in op.input_values())
         nodes.append(GraphNode(name, kind, inputs, outputs, weighted=kind in WEIGHTED_OPS,
                                channel_reduction=reduction))
     return nodes

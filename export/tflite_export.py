@@ -24,12 +24,13 @@ from torch import nn
 
 from .config import ExportError, require
 from .graph import FusedGraph
-from .head_scope import GraphNode, find_head, is_single_axis_reduction
+from .head_scope import GraphNode, find_head, is_ones_vector_product, is_single_axis_reduction
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "image"
 WEIGHTED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV"})
 QUANTISED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
+MATMUL_OPS = frozenset({"FULLY_CONNECTED", "BATCH_MATMUL"})
 REDUCE_OPS = frozenset({"SUM", "MEAN", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD"})
 
 
@@ -77,6 +78,16 @@ def _opcode_names() -> dict[int, str]:
     return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
 
+def _constant_array(model: Any, tensor: Any) -> np.ndarray | None:
+    """A constant tensor's values (int32 or float32 as its type says), None for activations."""
+    data = model.buffers[tensor.buffer].data
+    if data is None or len(data) == 0:
+        return None
+    from ai_edge_litert import schema_py_generated as schema
+    dtype = {schema.TensorType.INT32: np.int32, schema.TensorType.FLOAT32: np.float32}.get(tensor.type)
+    return None if dtype is None else np.frombuffer(bytes(data), dtype=dtype)
+
+
 def tflite_graph_nodes(model: Any) -> list[GraphNode]:
     """Format-neutral view of the main subgraph of a flatbuffer ModelT (tensors named by index)."""
     names = _opcode_names()
@@ -89,10 +100,11 @@ def tflite_graph_nodes(model: Any) -> list[GraphNode]:
         outputs = tuple(f"t{j}" for j in op.outputs)
         reduction = False
         if kind in REDUCE_OPS and len(op.inputs) > 1:
-            axes_tensor = sg.tensors[op.inputs[1]]
-            data = model.buffers[axes_tensor.buffer].data
-            axes = None if data is None else [int(v) for v in np.frombuffer(bytes(data), dtype=np.int32)]
+            axes_array = _constant_array(model, sg.tensors[op.inputs[1]])
+            axes = None if axes_array is None else [int(v) for v in axes_array.ravel()]
             reduction = is_single_axis_reduction(axes, len(sg.tensors[op.inputs[0]].shape))
+        elif kind in MATMUL_OPS:
+            reduction = is_ones_vector_product(_constant_array(model, sg.tensors[j]) for j in op.inputs[:2] if j >= 0)
         out_name = sg.tensors[op.outputs[0]].name.decode() if len(op.outputs) else f"op{i}"
         nodes.append(GraphNode(f"op{i}:{out_name}", kind, inputs, outputs, weighted=kind in WEIGHTED_OPS,
                                channel_reduction=reduction))

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 from scipy.special import softmax
 
@@ -14,7 +15,7 @@ from train.cli import build_parser, config_from_args
 from train.config import ModelConfig, TrainConfig
 from train.models import build_model
 from train.models.attention import ChannelAttention, DCAMBlock, SpatialAttention
-from train.models.head import DistanceHead, GaussianBlur, pyramid_cosine_head
+from train.models.head import DistanceHead, bilinear_matrix, channel_sum, gaussian_blur_matrix, pyramid_cosine_head
 from train.models.loss import (FeatureMatchingLoss, channel_cosine_distance, channel_kl_divergence, normalized_mse,
                                spatial_cosine_distance, spatial_kl_divergence)
 
@@ -127,11 +128,40 @@ def test_head_matches_cv2_bilinear_sum_and_max():
     assert score.item() == pytest.approx(expected.max(), abs=1e-5)
 
 
-def test_gaussian_blur_matches_scipy():
-    x = rng.random((40, 40)).astype(np.float32)
-    got = GaussianBlur(4.0)(torch.from_numpy(x)[None, None])[0, 0].numpy()
-    expected = ndimage.gaussian_filter(x.astype(np.float64), sigma=4.0, mode="mirror", truncate=4.0)
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+@pytest.mark.parametrize("n", [40, 7])  # 7 < 4σ: the radius is clipped to n − 1
+def test_gaussian_blur_matrix_matches_scipy(n):
+    x = rng.random((n, n))
+    blur = gaussian_blur_matrix(n, 4.0)
+    got = blur @ x @ blur.T
+    radius = min(16, n - 1)  # scipy renormalises its truncated kernel too: the same filter
+    expected = ndimage.gaussian_filter(x, sigma=4.0, mode="mirror", truncate=radius / 4.0)
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_in, n_out", [(8, 32), (16, 256), (5, 17), (3, 3)])
+def test_bilinear_matrix_matches_interpolate_and_cv2(n_in, n_out):
+    x = rng.random((n_in, n_in))
+    up = bilinear_matrix(n_out, n_in)
+    got = up @ x @ up.T
+    torch_up = F.interpolate(torch.from_numpy(x)[None, None], size=(n_out, n_out), mode="bilinear",
+                             align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(got, torch_up, atol=1e-12)
+    np.testing.assert_allclose(got, cv2.resize(x, (n_out, n_out), interpolation=cv2.INTER_LINEAR), atol=1e-6)
+
+
+def test_head_with_blur_is_upsample_sum_then_scipy_blur():
+    levels = [torch.rand(2, 1, n, n) for n in (16, 8, 4)]
+    amap, score = DistanceHead(2.0)(levels, (48, 48))
+    summed = sum(F.interpolate(d.double(), size=(48, 48), mode="bilinear", align_corners=False) for d in levels)
+    expected = np.stack([ndimage.gaussian_filter(m[0].numpy(), sigma=2.0, mode="mirror", truncate=4.0)
+                         for m in summed])
+    np.testing.assert_allclose(amap[:, 0].numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(score.numpy(), expected.reshape(2, -1).max(1), atol=1e-6)
+
+
+def test_channel_sum_is_sum_over_channels():
+    x = torch.randn(3, 5, 4, 6)
+    np.testing.assert_allclose(channel_sum(x).numpy(), x.sum(1, keepdim=True).numpy(), atol=1e-6)
 
 
 def test_dcam_attention_is_training_only_unless_asked():

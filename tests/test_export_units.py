@@ -14,7 +14,7 @@ from export.calibration_data import CalibrationWarning, load_export_data
 from export.config import ExportConfig, ExportError, model_filename
 from export.graph import conv_bn_pairs, fold_batchnorm, fuse_module, remaining_batchnorms
 from export.guard import average_ranks, guard_violations, pearson, spearman
-from export.head_scope import GraphNode, find_head, is_single_axis_reduction
+from export.head_scope import GraphNode, find_head, is_ones_vector_product, is_single_axis_reduction
 from train.models.head import DistanceHead, pyramid_cosine_head
 
 
@@ -152,9 +152,19 @@ def test_find_head_by_structure_not_names():
         find_head([n for n in nodes if not n.channel_reduction])
 
 
+@pytest.mark.parametrize("constants, expected", [([np.ones((1, 64), np.float32), None], True),
+                                                  ([None, np.ones((64, 1, 1), np.float32)], True),
+                                                  ([None, None], False),
+                                                  ([np.ones((64, 64), np.float32), None], False),  # not a vector
+                                                  ([np.array([1.0, 1.0, 0.5]), None], False),
+                                                  ([np.ones(1), None], False)])  # a scalar 1 sums nothing
+def test_ones_vector_product(constants, expected):
+    assert is_ones_vector_product(constants) is expected
+
+
 @pytest.mark.parametrize("axes, rank, expected", [([1], 4, True), ([-1], 4, True), ([3], 4, True), ([0], 4, False),
                                                   ([2, 3], 4, False), ([1, 2, 3], 4, False), (None, 4, False),
-                                                  ([1], 3, False)])
+                                                  ([1], 3, True), ([2], 3, False), ([-1], 3, False), ([1], 2, False)])
 def test_single_axis_reduction(axes, rank, expected):
     assert is_single_axis_reduction(axes, rank) is expected
 

