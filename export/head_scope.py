@@ -5,9 +5,9 @@ matches the teacher: the distances are tiny differences of large numbers (toolch
 score correlation 0.53 whole-graph vs 0.96 with the head in fp32).  The head is found the same way in
 ONNX, OpenVINO and TFLite graphs, without relying on node names:
 
-1. roots: per-pixel channel reductions — a matrix product by a constant all-ones row (how the head
-   writes Σ_c, train.models.head.channel_sum), or a Reduce op over one non-batch axis of a 4-D tensor
-   or over axis 1 of B×C×(h·w); backbones reduce over space (pooling), not channels, and never
+1. roots: per-pixel channel reductions — a 1×1 convolution or matrix product by a constant all-ones
+   vector (how the head writes Σ_c, train.models.head.channel_sum), or a Reduce op over one non-batch
+   axis of a 4-D tensor or over axis 1 of B×C×(h·w); backbones reduce over space (pooling), not channels, and never
    multiply by a ones vector;
 2. every node downstream of a root (sqrt, divide, 1 − ·, resize, sum over levels, blur conv, max);
 3. every weight-free node all of whose consumers are head nodes (the t·s and t·t products and
@@ -51,7 +51,7 @@ def is_single_axis_reduction(axes: Sequence[int] | None, input_rank: int | None)
 
 
 def is_ones_vector_product(constant_operands: Iterable[np.ndarray | None]) -> bool:
-    """True when a matrix product has a constant operand that is a vector of ones (1ᵀ·X = Σ over an axis)."""
+    """True when a convolution / matrix product has a constant all-ones vector operand (1ᵀ·X = Σ over an axis)."""
     for constant in constant_operands:
         if constant is not None and constant.size > 1 and np.squeeze(constant).ndim == 1 and np.all(constant == 1):
             return True

@@ -28,7 +28,6 @@ from .head_scope import GraphNode, find_head, is_ones_vector_product, is_single_
 
 INPUT_NAME, MAP_NAME, SCORE_NAME = "image", "anomaly_map", "score"
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
-MATMUL_OPS = frozenset({"MatMul", "Gemm"})
 REDUCE_OPS = frozenset({"ReduceSum", "ReduceMean", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceMax",
                         "ReduceMin", "ReduceProd", "ReduceLogSumExp"})
 CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
@@ -93,7 +92,7 @@ def onnx_graph_nodes(model: Any) -> list[GraphNode]:
                 axes_array = _constant_array(model, n.input[1])
                 axes = None if axes_array is None else [int(v) for v in axes_array.ravel()]
             reduction = is_single_axis_reduction(axes, ranks.get(n.input[0]))
-        elif n.op_type in MATMUL_OPS:
+        elif n.op_type in WEIGHTED_OPS:  # Σ_c written as a product by ones (head.channel_sum)
             reduction = is_ones_vector_product(_constant_array(model, t) for t in n.input[:2])
         nodes.append(GraphNode(n.name or f"#{i}", n.op_type, tuple(n.input), tuple(n.output),
                                weighted=n.op_type in WEIGHTED_OPS, channel_reduction=reduction))

@@ -60,7 +60,7 @@ def openvino_graph_nodes(model: Any) -> list[GraphNode]:
             shape = op.input_value(0).get_partial_shape()
             rank = shape.rank.get_length() if shape.rank.is_static else None
             reduction = is_single_axis_reduction(axes, rank)
-        elif kind == "MatMul":
+        elif kind in WEIGHTED_OPS:  # Σ_c written as a product by ones (head.channel_sum)
             reduction = is_ones_vector_product(_constant_array(v.get_node()) for v in op.input_values())
         nodes.append(GraphNode(name, kind, inputs, outputs, weighted=kind in WEIGHTED_OPS,
                                channel_reduction=reduction))

@@ -30,7 +30,6 @@ SIGNATURE = "serving_default"
 INPUT_NAME = "image"
 WEIGHTED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV"})
 QUANTISED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
-MATMUL_OPS = frozenset({"FULLY_CONNECTED", "BATCH_MATMUL"})
 REDUCE_OPS = frozenset({"SUM", "MEAN", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD"})
 
 
@@ -103,7 +102,7 @@ def tflite_graph_nodes(model: Any) -> list[GraphNode]:
             axes_array = _constant_array(model, sg.tensors[op.inputs[1]])
             axes = None if axes_array is None else [int(v) for v in axes_array.ravel()]
             reduction = is_single_axis_reduction(axes, len(sg.tensors[op.inputs[0]].shape))
-        elif kind in MATMUL_OPS:
+        elif kind in WEIGHTED_OPS:  # Σ_c written as a product by ones (head.channel_sum)
             reduction = is_ones_vector_product(_constant_array(model, sg.tensors[j]) for j in op.inputs[:2] if j >= 0)
         out_name = sg.tensors[op.outputs[0]].name.decode() if len(op.outputs) else f"op{i}"
         nodes.append(GraphNode(f"op{i}:{out_name}", kind, inputs, outputs, weighted=kind in WEIGHTED_OPS,
