@@ -9,8 +9,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .config import (FORMATS, ONNX_CALIBRATIONS, ONNX_INT8_SCOPES, PRECISIONS, RECOMMENDED_CALIB_SAMPLES,
-                     THRESHOLD_MODES, TFLITE_INT8_RECIPES, AccuracyGuardError, ExportConfig)
+from .config import (FORMATS, ONNX_CALIBRATIONS, ONNX_INT8_SCOPES, OPENVINO_BIAS_CORRECTIONS, PRECISIONS,
+                     RECOMMENDED_CALIB_SAMPLES, THRESHOLD_MODES, TFLITE_INT8_RECIPES, AccuracyGuardError, ExportConfig)
 
 DEFAULTS = ExportConfig(run="-", out="-")
 
@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX Runtime activation-range calibration method")
     p.add_argument("--tflite-int8", choices=TFLITE_INT8_RECIPES, default=DEFAULTS.tflite_int8,
                    help="static: int8 conv weights+activations (calibrated); dynamic: int8 weights, dynamic range")
+    p.add_argument("--openvino-bias-correction", choices=OPENVINO_BIAS_CORRECTIONS,
+                   default=DEFAULTS.openvino_bias_correction,
+                   help="NNCF bias correction after int8 quantisation: full (more accurate) or fast")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the calibration-image subset")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     return p

@@ -19,6 +19,7 @@ ONNX_CALIBRATIONS = ("minmax", "percentile", "entropy")
 # TFLite int8 via ai-edge-quantizer: "static" = int8 weights + int8 activations for CONV_2D /
 # DEPTHWISE_CONV_2D of the backbone; "dynamic" = int8 weights, activations quantised at run time.
 TFLITE_INT8_RECIPES = ("static", "dynamic")
+OPENVINO_BIAS_CORRECTIONS = ("full", "fast")
 # Architecture-independent stem of every exported file (contract: dcam.onnx, dcam.int8.onnx, ...).
 MODEL_STEM = "dcam"
 EXTENSIONS = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
@@ -84,6 +85,9 @@ class ExportConfig:
     onnx_int8_scope: str = "backbone"
     onnx_calibration: str = "minmax"
     tflite_int8: str = "static"
+    # full: NNCF's BiasCorrection (measured on a 256 px Lite0: map correlation 0.9957 → 0.9978, pixel-AUROC
+    # drop 0.95 → 0.48 points); fast: FastBiasCorrection, quicker export
+    openvino_bias_correction: str = "full"
     seed: int = 0
     progress: bool = True
 
@@ -107,7 +111,8 @@ class ExportConfig:
         if self.threads < 1:
             raise ExportError(f"--threads: expected a positive integer, got {self.threads}")
         for name, valid in (("onnx_int8_scope", ONNX_INT8_SCOPES), ("onnx_calibration", ONNX_CALIBRATIONS),
-                            ("tflite_int8", TFLITE_INT8_RECIPES)):
+                            ("tflite_int8", TFLITE_INT8_RECIPES),
+                            ("openvino_bias_correction", OPENVINO_BIAS_CORRECTIONS)):
             if getattr(self, name) not in valid:
                 raise ExportError(f"--{name.replace('_', '-')}: expected one of {', '.join(valid)}, "
                                   f"got {getattr(self, name)!r}")

@@ -124,7 +124,7 @@ class _Exporter:
             info = quantize_onnx(source, path, self.calibration, self.cfg.onnx_int8_scope, self.cfg.onnx_calibration)
         elif fmt == "openvino":
             from .openvino_export import quantize_openvino
-            info = quantize_openvino(source, path, self.calibration)
+            info = quantize_openvino(source, path, self.calibration, self.cfg.openvino_bias_correction)
         else:
             from .tflite_export import quantize_tflite
             info = quantize_tflite(source, path, self.calibration, self.cfg.tflite_int8)

@@ -100,6 +100,10 @@ def test_manifest_schema_and_provenance(tiny_export, run_model, synthetic_root):
         assert m["package_version"] and m["export"]["versions"]["torch"].startswith("2.13")
         if ".int8" in name:
             assert m["quantization"]["fp32_nodes_kept"]["count"] > 0
+            # the head's per-pixel channel sums (1×1 convs by ones) are among the fp32 nodes in every format
+            assert {"Conv", "Convolution", "CONV_2D"} & set(m["quantization"]["fp32_nodes_kept"]["op_types"])
+            if name.endswith(".xml"):
+                assert m["quantization"]["bias_correction"] == "full"
             assert any("< 300" in w for w in m["export"]["warnings"])  # 32 calibration images: warned
         else:
             assert m["quantization"] is None and acc["guard"]["passed"]  # fp32 parity with torch

@@ -233,6 +233,8 @@ def test_config_names_and_errors():
         ExportConfig(run="r", out="o", precisions="fp16")
     with pytest.raises(ExportError, match="--target-fpr"):
         ExportConfig(run="r", out="o", target_fpr=0.0)
+    with pytest.raises(ExportError, match="--openvino-bias-correction: expected one of full, fast"):
+        ExportConfig(run="r", out="o", openvino_bias_correction="none")
 
 
 def test_calib_data_folder_without_the_runs_dataset(tmp_path):
