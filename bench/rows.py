@@ -14,7 +14,7 @@ ROW_KEYS = ("model", "label", "format", "engine", "precision", "threads", "statu
             "gmacs_source", "median_ms", "p90_ms", "p99_ms", "mean_ms", "fps", "e2e_median_ms", "e2e_p90_ms",
             "e2e_fps", "gmac_per_s", "peak_gmac_per_s", "peak_source", "peak_fraction", "peak_rss_mb",
             "speedup_vs_eager", "eager_median_ms", "eager_model", "image_auroc", "pixel_auroc", "image_auroc_delta",
-            "pixel_auroc_delta", "score_spearman_vs_fp32", "other_cpu_cores", "contended", "runs", "warmup",
+            "pixel_auroc_delta", "score_spearman_vs_fp32", "export_guard", "other_cpu_cores", "contended", "runs", "warmup",
             "rounds", "notes")
 
 
@@ -50,6 +50,14 @@ def _eager_note(result: dict[str, Any], target: dict[str, Any]) -> str:
     weights = result.get("weights") or (f"trained weights of {target['run']}" if target.get("run")
                                          else "random weights, same architecture")
     return f"{style.get(result.get('style', ''), 'eager torch, fp32')}; {weights}"
+
+
+def export_guard(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+    """dcam-export's own accuracy verdict for the file (validation normals + test split), from its manifest."""
+    guard = ((manifest or {}).get("accuracy") or {}).get("guard")
+    if not isinstance(guard, dict) or "passed" not in guard:
+        return None
+    return {"passed": bool(guard["passed"]), "violations": list(guard.get("violations") or [])}
 
 
 def fp32_counterpart(path: Path, files: Sequence[ModelFile]) -> ModelFile | None:
@@ -89,7 +97,7 @@ def build_rows(files: Sequence[ModelFile], results: dict[tuple[Any, ...], dict[s
             f = by_path[key[1]]
             row = {"model": str(f.path), "label": f.label, "format": f.format, "engine": ENGINE_FOR_FORMAT[f.format],
                    "precision": f.precision, "size_mb": f.size_mb, "gmacs": f.gmacs, "gmacs_source": f.gmacs_source,
-                   "notes": f.manifest_note}
+                   "export_guard": export_guard(f.manifest), "notes": f.manifest_note}
             acc = results.get(("accuracy", key[1]))
         row.update(threads=t, status=result.get("status", "failed"), error=result.get("error"), **settings)
         if row["status"] == "ok":

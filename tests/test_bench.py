@@ -93,8 +93,10 @@ def toy_model(path: Path, seed: int, precision: str, manifest: bool = True) -> P
         from edge.manifest import write_manifest
         from edge.preprocess import PreprocessSpec
         spec = PreprocessSpec.for_normalization("half", SIZE)
+        guard = {"passed": precision == "fp32",  # dcam-export's verdict travels in the manifest
+                 "violations": [] if precision == "fp32" else [f"score Spearman 0.{seed}9 < 0.95 vs fp32"]}
         write_manifest(path, {"precision": precision, "input": {**spec.to_dict(), "name": "image"},
-                              "threshold": {"global": 1.0},
+                              "threshold": {"global": 1.0}, "accuracy": {"guard": guard},
                               "model": {"method": "dcam", "backbone": "efficientnet_lite0"}})
     return path
 
@@ -224,6 +226,19 @@ def test_bench_end_to_end_json_failed_row_and_accuracy(tmp_path, synthetic_root,
 
     md = out_md.read_text()
     assert "| Model | Engine | Prec." in md and "toy.int8.onnx" in md and "Measured peak" in md
+    assert ok["export_guard"] == {"passed": True, "violations": []} and broken["export_guard"] is None
+    assert q["export_guard"] == {"passed": False, "violations": ["score Spearman 0.19 < 0.95 vs fp32"]}
+    assert "dcam-export guard: **failed** (score Spearman 0.19 < 0.95 vs fp32)" in md
+
+
+@pytest.mark.parametrize("delta, rho, expected", [(-0.010000000000000009, 0.99, "holds"),  # 1 point: within
+                                                  (-0.0101, 0.99, "**fails** (image AUROC Δ -0.010)"),
+                                                  (0.02, 0.949, "**fails** (score ρ 0.949)"),
+                                                  (None, None, None)])
+def test_guard_verdict_limits_match_dcam_export(delta, rho, expected):
+    from bench.report import guard_verdict
+    assert guard_verdict({"image_auroc_delta": delta, "pixel_auroc_delta": None,
+                          "score_spearman_vs_fp32": rho}) == expected
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
