@@ -156,8 +156,8 @@ def render(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
     if summary:
         parts += [f"**int8 target: ≥ {INT8_TARGET_SPEEDUP:g}× eager torch (same run and threads); accuracy guard of "
                   f"dcam-export: image/pixel AUROC within {100 * GUARD_MAX_AUROC_DROP:g} point of the fp32 file, "
-                  f"score Spearman ρ ≥ {GUARD_MIN_SPEARMAN:g}; here recomputed on the test split (normal and defective images, "
-                  f"so ρ is higher than on normals alone), next to dcam-export's own verdict from the manifest "
+                  f"score Spearman ρ ≥ {GUARD_MIN_SPEARMAN:g}; here recomputed on the test split (normal and "
+                  f"defective images, so ρ is higher than on normals alone), next to dcam-export's own verdict from the manifest "
                   f"(ρ on validation normals)**", ""] + summary + [""]
     if m.get("gemm"):
         parts += ["**Measured peak (GEMM micro-benchmark per engine and precision; bold = the machine peak of that "

@@ -14,8 +14,8 @@ ROW_KEYS = ("model", "label", "format", "engine", "precision", "threads", "statu
             "gmacs_source", "median_ms", "p90_ms", "p99_ms", "mean_ms", "fps", "e2e_median_ms", "e2e_p90_ms",
             "e2e_fps", "gmac_per_s", "peak_gmac_per_s", "peak_source", "peak_fraction", "peak_rss_mb",
             "speedup_vs_eager", "eager_median_ms", "eager_model", "image_auroc", "pixel_auroc", "image_auroc_delta",
-            "pixel_auroc_delta", "score_spearman_vs_fp32", "export_guard", "other_cpu_cores", "contended", "runs", "warmup",
-            "rounds", "notes")
+            "pixel_auroc_delta", "score_spearman_vs_fp32", "export_guard", "other_cpu_cores", "contended", "runs",
+            "warmup", "rounds", "notes")
 
 
 def _latency_fields(result: dict[str, Any]) -> dict[str, Any]:

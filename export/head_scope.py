@@ -37,16 +37,17 @@ class GraphNode:
     channel_reduction: bool = False
 
 
-def is_single_axis_reduction(axes: Sequence[int] | None, input_rank: int | None) -> bool:
+def is_single_axis_reduction(axes: Sequence[int] | np.ndarray | None, input_rank: int | None) -> bool:
     """True for a reduction over exactly one non-batch axis of a 4-D tensor (the per-pixel Σ over channels),
     or over axis 1 of a B×C×(h·w) tensor (the TFLite converter rewrites channel_sum's 1ᵀ·X into that SUM).
 
-    ``axes`` None means "all axes" (ONNX/OpenVINO default) and is not a channel reduction.
+    ``axes``: a list or the graph's constant array of any shape; None means "all axes" (ONNX/OpenVINO
+    default) and is not a channel reduction.
     """
-    if axes is None or len(axes) != 1:
+    if axes is None or np.size(axes) != 1:
         return False
     rank = input_rank if input_rank is not None else 4
-    axis = int(axes[0]) % rank
+    axis = int(np.ravel(axes)[0]) % rank
     return (rank == 4 and axis != 0) or (rank == 3 and axis == 1)
 
 

@@ -89,8 +89,7 @@ def onnx_graph_nodes(model: Any) -> list[GraphNode]:
             attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
             axes = attrs.get("axes")
             if axes is None and len(n.input) > 1 and n.input[1]:
-                axes_array = _constant_array(model, n.input[1])
-                axes = None if axes_array is None else [int(v) for v in axes_array.ravel()]
+                axes = _constant_array(model, n.input[1])
             reduction = is_single_axis_reduction(axes, ranks.get(n.input[0]))
         elif n.op_type in WEIGHTED_OPS:  # Σ_c written as a product by ones (head.channel_sum)
             reduction = is_ones_vector_product(_constant_array(model, t) for t in n.input[:2])

@@ -55,8 +55,7 @@ def openvino_graph_nodes(model: Any) -> list[GraphNode]:
         outputs = tuple(f"{name}:{i}" for i in range(op.get_output_size()))
         reduction = False
         if kind in REDUCE_OPS:
-            axes_array = _constant_array(op.input_value(1).get_node())
-            axes = None if axes_array is None else [int(v) for v in axes_array.ravel()]
+            axes = _constant_array(op.input_value(1).get_node())
             shape = op.input_value(0).get_partial_shape()
             rank = shape.rank.get_length() if shape.rank.is_static else None
             reduction = is_single_axis_reduction(axes, rank)

@@ -99,8 +99,7 @@ def tflite_graph_nodes(model: Any) -> list[GraphNode]:
         outputs = tuple(f"t{j}" for j in op.outputs)
         reduction = False
         if kind in REDUCE_OPS and len(op.inputs) > 1:
-            axes_array = _constant_array(model, sg.tensors[op.inputs[1]])
-            axes = None if axes_array is None else [int(v) for v in axes_array.ravel()]
+            axes = _constant_array(model, sg.tensors[op.inputs[1]])
             reduction = is_single_axis_reduction(axes, len(sg.tensors[op.inputs[0]].shape))
         elif kind in WEIGHTED_OPS:  # Σ_c written as a product by ones (head.channel_sum)
             reduction = is_ones_vector_product(_constant_array(model, sg.tensors[j]) for j in op.inputs[:2] if j >= 0)

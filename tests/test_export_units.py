@@ -164,7 +164,9 @@ def test_ones_vector_product(constants, expected):
 
 @pytest.mark.parametrize("axes, rank, expected", [([1], 4, True), ([-1], 4, True), ([3], 4, True), ([0], 4, False),
                                                   ([2, 3], 4, False), ([1, 2, 3], 4, False), (None, 4, False),
-                                                  ([1], 3, True), ([2], 3, False), ([-1], 3, False), ([1], 2, False)])
+                                                  ([1], 3, True), ([2], 3, False), ([-1], 3, False), ([1], 2, False),
+                                                  (np.array([1], np.int64), 4, True),  # a graph constant
+                                                  (np.array([[2, 3]], np.int32), 4, False)])
 def test_single_axis_reduction(axes, rank, expected):
     assert is_single_axis_reduction(axes, rank) is expected
 

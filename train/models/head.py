@@ -101,7 +101,8 @@ class DistanceHead(nn.Module):
                                    [torch.tensor(c, dtype=dtype, device=device) for c in columns])
         return self._matrices[key]
 
-    def forward(self, distance_maps: list[torch.Tensor], output_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, distance_maps: list[torch.Tensor],
+                output_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         sizes = [(int(d.shape[-2]), int(d.shape[-1])) for d in distance_maps]
         rows, columns = self.matrices(sizes, output_size, distance_maps[0].dtype, distance_maps[0].device)
         stacked = torch.cat([torch.matmul(d, c) for d, c in zip(distance_maps, columns)], dim=-2)
