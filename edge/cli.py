@@ -15,6 +15,7 @@ import threading
 from typing import Any, Callable, Sequence
 
 from edge.config import CalibrateConfig, RunConfig, parse_config
+from edge.jsonsafe import json_safe
 
 log = logging.getLogger("edge.cli")
 
@@ -71,9 +72,13 @@ def run_main(argv: Sequence[str] | None = None) -> int:
         stop = threading.Event()
         with _StopOnSignal(stop):
             summary = run(cfg, stop_event=stop)
-        log.info("summary %s", json.dumps({k: v for k, v in summary.items() if k != "events"}))
+        log.info("summary %s", json.dumps(json_safe({k: v for k, v in summary.items() if k != "events"})))
         return 0
     return _guarded(body)
+
+
+def _number(x: float | None) -> str:
+    return "none" if x is None else f"{x:.6g}"
 
 
 def calibrate_main(argv: Sequence[str] | None = None) -> int:
@@ -85,12 +90,14 @@ def calibrate_main(argv: Sequence[str] | None = None) -> int:
         stop = threading.Event()
         with _StopOnSignal(stop):
             summary = calibrate(cfg, stop_event=stop)
-        log.info("threshold%s: %s → %.6g (%s on %d frames, target FPR %g); backup %s",
-                 f" [{cfg.category}]" if cfg.category else "", summary["old_threshold"], summary["threshold"],
-                 summary["fit"], summary["frames"], cfg.target_fpr, summary["backup"])
+        # Printed, not logged: the operator must see what changed even with --log-level WARNING.
+        print(f"threshold{f' [{cfg.category}]' if cfg.category else ''}: {_number(summary['old_threshold'])} → "
+              f"{_number(summary['threshold'])} (mode {summary['mode']}, fit {summary['fit']}, "
+              f"{summary['frames']} frames, target FPR {cfg.target_fpr:g}); backup {summary['backup']}",
+              file=sys.stderr)
         if "warning" in summary["statistics"]:
             log.warning("%s", summary["statistics"]["warning"])
-        print(json.dumps(summary))
+        print(json.dumps(json_safe(summary), allow_nan=False))
         return 0
     return _guarded(body)
 

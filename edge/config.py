@@ -32,6 +32,15 @@ def _help(text: str) -> dict[str, Any]:
     return {"help": text}
 
 
+def _require_non_negative(cfg: Any, *names: str) -> None:
+    """ConfigError naming the flag of the first of ``names`` that is set and negative (or NaN)."""
+    for name in names:
+        value = getattr(cfg, name)
+        # Written as 'not >= 0' so NaN (which compares false with everything) is rejected too.
+        if value is not None and not value >= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} {value!r}: expected >= 0")
+
+
 @dataclass
 class SourceConfig:
     """Where frames come from (exactly one of camera / picamera / source)."""
@@ -50,6 +59,12 @@ class SourceConfig:
         "upper bound (s) of the exponential backoff between reconnect attempts"))
     latest_only: bool = field(default=True, metadata=_help(
         "live sources: score only the newest frame, dropping (and counting) frames the model cannot keep up with"))
+    stall_timeout: float = field(default=5.0, metadata=_help(
+        "live sources: no frame for this many seconds is a stall (logged, counted, /healthz 503, source "
+        "reconnected); 0 = off, e.g. for hardware-triggered cameras"))
+
+    def __post_init__(self) -> None:
+        _require_non_negative(self, "open_timeout", "reconnect_max_backoff", "stall_timeout")
 
 
 @dataclass
@@ -83,6 +98,9 @@ class RunConfig:
     status: Any = None  # edge.status.StatusConfig (port None = endpoint off); flags --status-*, TOML [status]
     sinks: Any = None  # edge.sinks.SinkConfig (no sink enabled by default); flags per sink, TOML [sinks]
 
+    def __post_init__(self) -> None:
+        _require_non_negative(self, "max_frames", "duration", "overlay_interval", "sink_close_timeout")
+
 
 @dataclass
 class CalibrateConfig:
@@ -93,7 +111,11 @@ class CalibrateConfig:
     frames: int = field(default=300, metadata=_help("number of known-good frames to score"))
     target_fpr: float = field(default=0.001, metadata=_help("false-alarm rate per frame the threshold aims at"))
     category: str | None = field(default=None, metadata=_help(
-        "write this category's threshold (default: the global one)"))
+        "write this category's threshold (default: the global one); must be in the manifest unless --new-category"))
+    new_category: bool = field(default=False, metadata=_help(
+        "allow --category to name a category the manifest does not have yet (adds it)"))
+    allow_fewer_frames: int | None = field(default=None, metadata=_help(
+        "accept a source that ends before --frames if at least N frames arrived (default: refuse)"))
     log_level: str = field(default="INFO", metadata=_help("DEBUG, INFO, WARNING or ERROR (stderr)"))
     source: SourceConfig = field(default_factory=SourceConfig)
 

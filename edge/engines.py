@@ -11,6 +11,8 @@ imported.
 from __future__ import annotations
 
 import os
+import platform
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -30,9 +32,37 @@ class EngineError(ValueError):
     """Missing, corrupt or unsupported model file, or a missing engine package."""
 
 
+# Location-only lines of OpenVINO's multi-line errors ("Exception from src/inference/src/cpp/core.cpp:84:",
+# "[ GENERAL_ERROR ] Check '_impl != nullptr' failed at src/core/src/any.cpp:96:"): they say where, not what.
+_GENERIC_LINE = re.compile(r"(?:\[\s*[A-Z_]+\s*\]\s*)?(?:RuntimeError:\s*)?"
+                           r"(?:Exception from \S+?:\d+:?|Check '.*' failed at \S+?:\d+:?)")
+ARM_INT8_IR_HINT = "int8 OpenVINO IR is not supported on this CPU; use dcam.int8.tflite or dcam.int8.onnx"
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    """The first line of an engine error that says what went wrong (at most 300 characters).
+
+    Skips OpenVINO's generic location lines; falls back to the first line, then to the type name.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if not _GENERIC_LINE.fullmatch(line):
+            return line[:300]
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def _openvino_load_error(model_path: Path, precision: str, exc: BaseException) -> str:
+    """EngineError text for an OpenVINO read/compile failure, with the ARM int8 hint where it applies.
+
+    OpenVINO >= 2026.2 fails to compile the int8 IR on ARMv8.0 CPUs (Raspberry Pi 4 class) with
+    "object is not initialized", while the fp32 IR and the ONNX/TFLite files load.
+    """
+    message = f"{model_path}: cannot load OpenVINO model ({_first_line(exc)})"
+    is_int8 = precision == "int8" or ".int8" in model_path.name.lower()
+    if (is_int8 and platform.machine().lower() in ("aarch64", "arm64", "armv8l")
+            and "object is not initialized" in str(exc).lower()):
+        message += f"; {ARM_INT8_IR_HINT}"
+    return message
 
 
 def _select_outputs(names: Sequence[str], ranks: Sequence[int | None], map_name: str,
@@ -204,7 +234,7 @@ class OpenVinoEngine(Engine):
             model = core.read_model(str(model_path))
             self._compiled = core.compile_model(model, "CPU", config)
         except Exception as e:
-            raise EngineError(f"{model_path}: cannot load OpenVINO model ({_first_line(e)})") from None
+            raise EngineError(_openvino_load_error(model_path, precision, e)) from None
         drop_small_alternate_signal_stack()  # else SIGTERM can become SIGSEGV on AVX-512/AMX CPUs
         if len(self._compiled.inputs) != 1:
             raise EngineError(f"{model_path}: expected one input, found {len(self._compiled.inputs)}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import shutil
 import stat
@@ -22,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from edge.jsonsafe import json_safe
 from edge.preprocess import PreprocessSpec
 
 SCHEMA_VERSION = 1
@@ -165,6 +167,22 @@ def validate_manifest(data: Mapping[str, Any], where: str | Path) -> None:
     for cat, v in (th.get("per_category") or {}).items():
         if not isinstance(v, (int, float)):
             raise ManifestError(f"{where}: threshold.per_category[{cat!r}] must be a number")
+    # json.loads accepts NaN/Infinity: an infinite threshold never alarms, a NaN one always does.
+    bad = _non_finite_key(th, "threshold")
+    if bad is not None:
+        raise ManifestError(f"{where}: {bad} is not a finite number (NaN or Infinity); re-calibrate or re-export")
+
+
+def _non_finite_key(value: Any, key: str) -> str | None:
+    """Dotted key of the first NaN/±inf number inside ``value`` (thresholds and their score statistics)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else key
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _non_finite_key(v, f"{key}.{k}" if isinstance(value, dict) else f"{key}[{k}]")
+        if found is not None:
+            return found
+    return None
 
 
 def verify_model_files(model_path: Path, data: Mapping[str, Any], where: Path) -> None:
@@ -238,7 +256,7 @@ def _atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
         # mkstemp creates 0600; keep the old file's mode (or the usual 0644) so the service user can read it.
         os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
+            json.dump(json_safe(data), f, indent=2, sort_keys=False, allow_nan=False)  # strict JSON, never NaN
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:

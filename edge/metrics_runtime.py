@@ -22,10 +22,12 @@ class RuntimeMetrics:
       frames (scored), dropped (frames skipped because the loop fell behind or a sink queue
       was full), corrupt (empty/undecodable frames), reconnects, alarms (raise events),
       alarm_active, last_score, threshold, latency percentiles (p50/p90/p99/max over the last
-      ``latency_window`` frames), fps (scored frames per second over the same window), uptime.
+      ``latency_window`` frames), fps (scored frames per second over the last ``fps_window_s``
+      seconds, so it decays to 0 while no frames arrive), uptime, stalls (reads that delivered
+      nothing for the stall timeout) and stalled (True from a stall until the next scored frame).
     """
 
-    def __init__(self, latency_window: int = 1000) -> None:
+    def __init__(self, latency_window: int = 1000, fps_window_s: float = 10.0) -> None:
         if latency_window < 1:
             raise ValueError(f"latency_window must be >= 1, got {latency_window}")
         self._lock = threading.Lock()
@@ -33,6 +35,9 @@ class RuntimeMetrics:
         self._latencies_ms: deque[float] = deque(maxlen=latency_window)
         # Frame completion times for the fps estimate (same bounded window as latency).
         self._frame_times: deque[float] = deque(maxlen=latency_window)
+        self.fps_window_s = float(fps_window_s)
+        self.stalls = 0
+        self.stalled = False
         self.frames = 0
         self.dropped = 0
         self.corrupt = 0
@@ -60,6 +65,7 @@ class RuntimeMetrics:
             self.last_score = float(score)
             self.alarm_active = bool(alarm_active)
             self.last_frame_time = time.time()
+            self.stalled = False
 
     def record_dropped(self, n: int = 1) -> None:
         with self._lock:
@@ -68,6 +74,12 @@ class RuntimeMetrics:
     def record_corrupt(self, n: int = 1) -> None:
         with self._lock:
             self.corrupt += n
+
+    def record_stall(self) -> None:
+        """The source delivered nothing for the stall timeout (``stalled`` until the next frame)."""
+        with self._lock:
+            self.stalls += 1
+            self.stalled = True
 
     def record_reconnect(self) -> None:
         with self._lock:
@@ -114,13 +126,20 @@ class RuntimeMetrics:
         return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(lat.max()),
                 "mean": float(lat.mean())}
 
-    def fps(self) -> float | None:
-        """Scored frames per second over the bounded window (None until 2 frames)."""
+    def fps(self, now: float | None = None) -> float | None:
+        """Scored frames per second over the last ``fps_window_s`` seconds (None until 2 frames).
+
+        Measured up to ``now`` (not up to the last frame), so during a stall it decays to 0
+        instead of freezing at its last value.
+        """
+        now = time.monotonic() if now is None else now
         with self._lock:
-            times = list(self._frame_times)
-        if len(times) < 2 or times[-1] <= times[0]:
-            return None
-        return (len(times) - 1) / (times[-1] - times[0])
+            if len(self._frame_times) < 2:
+                return None
+            times = [t for t in self._frame_times if t > now - self.fps_window_s]
+        if len(times) < 2:
+            return 0.0
+        return (len(times) - 1) / max(now - times[0], times[-1] - times[0], 1e-9)
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-serialisable view of every counter (for /status and the final summary)."""
@@ -141,6 +160,8 @@ class RuntimeMetrics:
                 "fps": fps,
                 "latency_ms": lat,
                 "sink_errors": self.sink_errors,
+                "stalls": self.stalls,
+                "stalled": self.stalled,
                 "source": self.source,
                 "model": self.model,
                 "engine": self.engine,

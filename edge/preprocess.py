@@ -19,6 +19,11 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
 }
 
 
+# "area": cv2.INTER_AREA along an axis that shrinks (antialiased: a thin scratch survives a 4× reduction),
+# bilinear along one that grows; "linear": bilinear both ways (runs made before the resize policy existed).
+RESIZE_METHODS = ("area", "linear")
+
+
 class ImageReadError(ValueError):
     """An image file is missing, unreadable or not an image."""
 
@@ -30,21 +35,29 @@ class PreprocessSpec:
     image_size: int = 256
     mean: tuple[float, float, float] = NORMALIZATIONS["imagenet"][0]
     std: tuple[float, float, float] = NORMALIZATIONS["imagenet"][1]
+    resize: str = "area"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_METHODS:
+            raise ValueError(f"resize: expected one of {', '.join(RESIZE_METHODS)}, got {self.resize!r}")
 
     @classmethod
-    def for_normalization(cls, name: str, image_size: int = 256) -> "PreprocessSpec":
+    def for_normalization(cls, name: str, image_size: int = 256, resize: str = "area") -> "PreprocessSpec":
         if name not in NORMALIZATIONS:
             raise ValueError(f"unknown normalisation {name!r}; expected one of {sorted(NORMALIZATIONS)}")
         mean, std = NORMALIZATIONS[name]
-        return cls(image_size=image_size, mean=mean, std=std)
+        return cls(image_size=image_size, mean=mean, std=std, resize=resize)
 
     def to_dict(self) -> dict:
         return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-                "layout": "NCHW", "dtype": "float32", "color": "RGB", "resize": "cv2.INTER_LINEAR"}
+                "layout": "NCHW", "dtype": "float32", "color": "RGB", "resize": self.resize}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessSpec":
-        return cls(image_size=int(d["image_size"]), mean=tuple(d["mean"]), std=tuple(d["std"]))
+        # Manifests written before the resize policy say "cv2.INTER_LINEAR" (or nothing): bilinear.
+        resize = d.get("resize", "linear")
+        return cls(image_size=int(d["image_size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
+                   resize="linear" if resize == "cv2.INTER_LINEAR" else resize)
 
 
 def _read_file(path: str | Path, flags: int, what: str) -> np.ndarray:
@@ -72,11 +85,21 @@ def bgr_to_rgb(frame_bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
 
 
-def resize_rgb(rgb: np.ndarray, image_size: int) -> np.ndarray:
-    """Resize to image_size × image_size (square, as the model was trained)."""
-    if rgb.shape[0] == image_size and rgb.shape[1] == image_size:
+def resize_rgb(rgb: np.ndarray, image_size: int, method: str = "area") -> np.ndarray:
+    """Resize to image_size × image_size (square, as the model was trained); method: see RESIZE_METHODS."""
+    height, width = rgb.shape[:2]
+    if height == image_size and width == image_size:
         return rgb
-    return cv2.resize(rgb, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+    if method == "linear" or (height <= image_size and width <= image_size):
+        return cv2.resize(rgb, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+    if height >= image_size and width >= image_size:
+        return cv2.resize(rgb, (image_size, image_size), interpolation=cv2.INTER_AREA)
+    # One axis shrinks, the other grows: area-average the shrinking axis first, then stretch the other.
+    if height > image_size:
+        return cv2.resize(cv2.resize(rgb, (width, image_size), interpolation=cv2.INTER_AREA),
+                          (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(cv2.resize(rgb, (image_size, height), interpolation=cv2.INTER_AREA),
+                      (image_size, image_size), interpolation=cv2.INTER_LINEAR)
 
 
 def normalize(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -90,7 +113,7 @@ def preprocess_rgb(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """uint8 RGB image of any size → float32 3×S×S model input."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {rgb.shape} dtype {rgb.dtype}")
-    return normalize(resize_rgb(rgb, spec.image_size), spec)
+    return normalize(resize_rgb(rgb, spec.image_size, spec.resize), spec)
 
 
 def load_image(path: str | Path, spec: PreprocessSpec) -> np.ndarray:

@@ -21,13 +21,14 @@ import time
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from edge.config import CalibrateConfig, RunConfig, SourceConfig
+from edge.config import CalibrateConfig, ConfigError, RunConfig, SourceConfig
 from edge.decision import Decider, resolve_threshold
 from edge.engines import EXTENSIONS, Engine, EngineError, load_engine
+from edge.jsonsafe import json_safe
 from edge.manifest import Manifest, load_manifest
 from edge.metrics_runtime import RuntimeMetrics
 from edge.overlay import encode_jpeg, overlay_heatmap
@@ -60,13 +61,16 @@ def load_model(model: str | None, threads: int | None) -> tuple[Manifest, Engine
 
 
 def open_source(cfg: SourceConfig, metrics: RuntimeMetrics, stop_event: threading.Event,
-                raw: RawSource | None = None) -> ResilientSource:
+                raw: RawSource | None = None,
+                on_corrupt: Callable[[str | None], None] | None = None) -> ResilientSource:
     """ResilientSource for the configured camera/stream/file (or an injected RawSource)."""
     if raw is None:
         raw = make_raw_source(camera=cfg.camera, picamera=cfg.picamera, source=cfg.source,
-                              width=cfg.camera_width, height=cfg.camera_height, fps=cfg.camera_fps)
+                              width=cfg.camera_width, height=cfg.camera_height, fps=cfg.camera_fps,
+                              stall_timeout=cfg.stall_timeout)
     return ResilientSource(raw, metrics=metrics, roi=Roi.parse(cfg.roi), open_timeout=cfg.open_timeout,
-                           backoff_max=cfg.reconnect_max_backoff, stop_event=stop_event)
+                           backoff_max=cfg.reconnect_max_backoff, stop_event=stop_event, on_corrupt=on_corrupt,
+                           stall_timeout=cfg.stall_timeout)
 
 
 def score_frame(engine: Engine, manifest: Manifest, frame_bgr: np.ndarray) -> tuple[np.ndarray, float]:
@@ -82,6 +86,26 @@ def _iso_now() -> str:
 
 def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
+
+
+def _write_line(out: IO[str], record: dict[str, Any]) -> None:
+    # Strict JSON: a NaN/Infinity token makes the whole frame log unreadable for JSON parsers.
+    out.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+    out.flush()
+
+
+def _corrupt_record(path: str, threshold: float, alarm: bool) -> dict[str, Any]:
+    """Frame-log line of a skipped (empty/undecodable) file: same keys as a scored frame's."""
+    return {"frame": None, "time": _iso_now(), "score": None, "threshold": threshold, "alarm": alarm,
+            "event": "corrupt", "latency_ms": None, "path": path}
+
+
+def _open_jsonl(path: str) -> IO[str]:
+    """Line-buffered append handle for --jsonl; ConfigError (one line) if it cannot be opened."""
+    try:
+        return open(path, "a", encoding="utf-8", buffering=1)
+    except OSError as e:  # missing directory, a directory, no permission
+        raise ConfigError(f"--jsonl {path}: cannot append to it ({e.strerror or e})") from None
 
 
 def _build_sinks(config: RunConfig, metrics: RuntimeMetrics) -> list[Any]:
@@ -104,6 +128,17 @@ def _close_sinks(sinks: list[Any], timeout: float) -> None:
             sink.close(timeout)
         except Exception as e:
             log.warning("closing sink %s failed: %s", type(sink).__name__, e)
+
+
+def _sink_stats(sinks: list[Any]) -> dict[str, dict[str, int]]:
+    """Per-sink counters for the summary (remote sinks: queued / delivered / failed / backlog)."""
+    out = {}
+    for sink in sinks:
+        try:
+            out[str(getattr(sink, "name", type(sink).__name__))] = dict(sink.stats())
+        except Exception:  # sinks without counters (test doubles) or a broken one
+            continue
+    return out
 
 
 def _start_status(config: RunConfig, metrics: RuntimeMetrics, sinks: list[Any]) -> Any:
@@ -138,9 +173,14 @@ def run(config: RunConfig, *, stop_event: threading.Event | None = None, raw_sou
     """Run the frame loop until end of input, ``max_frames``, ``duration`` or ``stop_event``.
 
     Writes one JSON line per frame (keys frame, time, score, threshold, alarm, event,
-    latency_ms, path) to ``out`` / ``config.jsonl`` / stdout and returns a summary dict
+    latency_ms, path; a skipped corrupt file gets one too, event "corrupt", with its path)
+    to ``out`` / ``config.jsonl`` / stdout and returns a summary dict
     (counters, latency percentiles, events, why it stopped).  ``raw_source``, ``sinks``,
     ``out`` and ``notifier`` are injection points for tests.
+
+    systemd: ``STATUS=`` while the source opens / while waiting for its first frame, ``READY=1``
+    once the first frame is scored, ``WATCHDOG=1`` from the loop while the source's reading loop
+    is alive (``ResilientSource.loop_alive``: not hung in a driver), ``STOPPING=1`` at the end.
     """
     stop_event = stop_event or threading.Event()
     metrics = metrics or RuntimeMetrics()
@@ -151,7 +191,13 @@ def run(config: RunConfig, *, stop_event: threading.Event | None = None, raw_sou
     decider = Decider(threshold, dec.raise_k, dec.raise_n, dec.clear_m)
     if config.jsonl_every < 1:
         raise EngineError(f"--jsonl-every {config.jsonl_every}: expected >= 1")
-    source = open_source(config.source, metrics, stop_event, raw_source)
+    corrupt: deque[str] = deque()  # paths of skipped files, for the frame log (deque: the grabber thread appends)
+
+    def note_corrupt(path: str | None) -> None:
+        if path is not None:  # files only: a flaky camera's empty frames are counted, not logged one by one
+            corrupt.append(path)
+
+    source = open_source(config.source, metrics, stop_event, raw_source, on_corrupt=note_corrupt)
     source_desc = source.raw.description
     metrics.set_info(source=source_desc, model=str(config.model), engine=engine.name, threshold=threshold)
     log.info("model %s (%s, %s), threshold %.6g%s, source %s", config.model, engine.name, engine.precision,
@@ -160,7 +206,7 @@ def run(config: RunConfig, *, stop_event: threading.Event | None = None, raw_sou
     own_out = None
     if out is None:
         if config.jsonl:
-            own_out = out = open(config.jsonl, "a", encoding="utf-8", buffering=1)
+            own_out = out = _open_jsonl(config.jsonl)
         else:
             out = sys.stdout
     sink_list: list[Any] = []
@@ -172,6 +218,36 @@ def run(config: RunConfig, *, stop_event: threading.Event | None = None, raw_sou
     t_start = time.monotonic()
     last_overlay = -math.inf
     frame_iter: Iterator[Frame | None] | None = None
+    final_fps: float | None = None
+    sd_state = {"status": "", "ready": False, "hung": False}
+
+    def sd_status(text: str) -> None:
+        if text != sd_state["status"]:
+            sd_state["status"] = text
+            notifier.status(text)
+
+    def sd_tick() -> None:
+        """STATUS= on state changes; WATCHDOG=1 unless the source's reading loop hangs."""
+        if not source.opened_once:
+            sd_status(f"opening {source_desc}")
+        elif not sd_state["ready"]:
+            sd_status(f"waiting for frames from {source_desc}")
+        elif metrics.stalled:
+            sd_status(f"stalled: no frame from {source_desc} for {config.source.stall_timeout:g} s; reconnecting")
+        else:
+            sd_status(f"scoring {source_desc}")
+        if source.loop_alive():
+            sd_state["hung"] = False
+            notifier.watchdog()
+        elif not sd_state["hung"]:
+            sd_state["hung"] = True
+            log.error("%s: the frame source is hung in a driver call; no longer feeding the systemd watchdog",
+                      source_desc)
+
+    def log_corrupt() -> None:
+        while corrupt:
+            _write_line(out, _corrupt_record(corrupt.popleft(), threshold, decider.debouncer.alarm))
+
     try:
         sink_list = list(sinks) if sinks is not None else _build_sinks(config, metrics)
         status = _start_status(config, metrics, sink_list)
@@ -181,7 +257,7 @@ def run(config: RunConfig, *, stop_event: threading.Event | None = None, raw_sou
             frames = grabber
         else:
             frames = source
-        notifier.ready(f"scoring {source_desc}")
+        sd_tick()  # STATUS=opening …; READY=1 only once the first frame is scored
         n_scored = 0
         frame_iter = iter(frames)
         while True:
@@ -194,13 +270,15 @@ def run(config: RunConfig, *, stop_event: threading.Event | None = None, raw_sou
             if config.max_frames is not None and n_scored >= config.max_frames:
                 stopped_by = "max-frames"
                 break
-            notifier.watchdog()
+            sd_tick()
             try:
                 frame = next(frame_iter)
             except StopIteration:
                 if stop_event.is_set():
                     stopped_by = "signal"
                 break
+            finally:
+                log_corrupt()  # before this frame's line: the log keeps the input order
             if frame is None:  # idle tick from the grabber (reconnecting / waiting for the camera)
                 continue
             amap, score = score_frame(engine, manifest, frame.bgr)
@@ -209,21 +287,31 @@ def run(config: RunConfig, *, stop_event: threading.Event | None = None, raw_sou
             n_scored += 1
             scores.add(score)
             metrics.record_frame(latency_ms, score, d.alarm)
+            if not sd_state["ready"]:
+                sd_state["ready"] = True
+                sd_state["status"] = f"scoring {source_desc}"
+                notifier.ready(sd_state["status"])
+            live = getattr(status, "live", None)  # the live view's score trace and alarm list
+            if live is not None:
+                live.add_score(score)
             record = {"frame": frame.index, "time": _iso_now(), "score": _finite_or_none(score),
                       "threshold": threshold, "alarm": d.alarm, "event": d.event,
                       "latency_ms": round(latency_ms, 3), "path": frame.path}
             if d.event is not None or (n_scored - 1) % config.jsonl_every == 0:
-                out.write(json.dumps(record) + "\n")
-                out.flush()
+                _write_line(out, record)
             now = time.monotonic()
             overlay = None
+            jpeg = None
             if d.event is not None or (status is not None and now - last_overlay >= config.overlay_interval):
                 overlay = overlay_heatmap(frame.bgr, amap, threshold, score)
-                metrics.set_latest_jpeg(encode_jpeg(overlay))
+                jpeg = encode_jpeg(overlay)
+                metrics.set_latest_jpeg(jpeg)
                 last_overlay = now
             if d.event is not None:
                 if d.event == "raise":
                     metrics.record_alarm()
+                if live is not None:
+                    live.add_alarm(record, jpeg if d.event == "raise" else None)
                 events.append({"frame": frame.index, "event": d.event, "score": _finite_or_none(score),
                                "path": frame.path})
                 log.info("alarm %s at frame %d (score %.6g, threshold %.6g)", d.event, frame.index, score, threshold)
@@ -237,6 +325,7 @@ def run(config: RunConfig, *, stop_event: threading.Event | None = None, raw_sou
                         metrics.record_sink_error()
                         log.warning("sink %s failed: %s", type(sink).__name__, e)
     finally:
+        final_fps = metrics.fps()  # before the sinks' close time dilutes it
         notifier.stopping()
         if grabber is not None:
             grabber.stop()
@@ -260,11 +349,23 @@ def run(config: RunConfig, *, stop_event: threading.Event | None = None, raw_sou
     return {
         "stopped_by": stopped_by,
         "frames": snap["frames"], "corrupt": snap["corrupt"], "dropped": snap["dropped"],
-        "reconnects": snap["reconnects"], "alarms": snap["alarms"], "sink_errors": snap["sink_errors"],
+        "reconnects": snap["reconnects"], "stalls": snap.get("stalls", 0), "alarms": snap["alarms"],
+        "sink_errors": snap["sink_errors"],
         "alarm_active": decider.debouncer.alarm, "threshold": threshold, "category": dec.category,
-        "events": list(events), "score": scores.to_dict(), "latency_ms": snap["latency_ms"], "fps": snap["fps"],
+        "events": list(events), "score": scores.to_dict(), "latency_ms": snap["latency_ms"], "fps": final_fps,
         "duration_s": time.monotonic() - t_start, "engine": engine.describe(), "source": source_desc,
+        "sinks": _sink_stats(sink_list),
     }
+
+
+def _check_category(manifest: Manifest, category: str | None, new_category: bool) -> None:
+    """A mistyped --category must not silently become a new category of the manifest."""
+    if category is None or new_category:
+        return
+    known = set(manifest.categories) | set(manifest.data["threshold"].get("per_category") or {})
+    if category not in known:
+        raise EngineError(f"--category {category!r}: not in {manifest.path} (categories: "
+                          f"{', '.join(sorted(known)) or 'none'}); pass --new-category to add it")
 
 
 def calibrate(config: CalibrateConfig, *, stop_event: threading.Event | None = None,
@@ -274,16 +375,23 @@ def calibrate(config: CalibrateConfig, *, stop_event: threading.Event | None = N
     The threshold is ``edge.calibration.calibrate_threshold(scores, mode="fpr",
     target_fpr=config.target_fpr)`` (empirical quantile or tail fit, see that module); it
     replaces the global threshold, or the ``config.category`` one.  The previous manifest is
-    kept as ``<manifest>.bak-<timestamp>``.  Returns a summary (old/new threshold, fit, backup).
+    kept as ``<manifest>.bak-<timestamp>``.  Returns a summary (old/new threshold, mode, fit, backup).
+    The manifest is left untouched (no backup either) when fewer than ``config.frames`` frames
+    arrive (unless at least ``config.allow_fewer_frames`` did) or ``config.category`` is not in
+    the manifest (unless ``config.new_category``).
     """
     from edge.calibration import calibrate_threshold, threshold_section
     from edge.manifest import backup_manifest, update_threshold
 
     if config.frames < 1:
         raise EngineError(f"--frames {config.frames}: expected >= 1")
+    minimum = config.allow_fewer_frames
+    if minimum is not None and not 1 <= minimum <= config.frames:
+        raise EngineError(f"--allow-fewer-frames {minimum}: expected 1 .. --frames ({config.frames})")
     stop_event = stop_event or threading.Event()
     metrics = RuntimeMetrics()
     manifest, engine = load_model(config.model, config.threads)
+    _check_category(manifest, config.category, config.new_category)
     try:
         old = manifest.threshold(config.category)
     except ValueError:
@@ -313,12 +421,19 @@ def calibrate(config: CalibrateConfig, *, stop_event: threading.Event | None = N
     if n == 0:
         raise EngineError(f"{source.raw.description}: delivered no usable frames; manifest unchanged")
     if n < config.frames:
-        log.warning("source ended after %d of %d frames; calibrating on %d", n, config.frames, n)
+        if minimum is None or n < minimum:
+            raise EngineError(f"{source.raw.description}: delivered {n} of --frames {config.frames} usable frames "
+                              f"({metrics.corrupt} corrupt); manifest unchanged" +
+                              (f" (--allow-fewer-frames {minimum})" if minimum is not None else
+                               "; pass --allow-fewer-frames N to accept at least N"))
+        log.warning("source ended after %d of %d frames; calibrating on %d (--allow-fewer-frames %d)",
+                    n, config.frames, n, minimum)
     result = calibrate_threshold(scores[:n], mode="fpr", target_fpr=config.target_fpr)
     results = {"per_category": {config.category: result}} if config.category else {"global": result}
     section = threshold_section(results, source="edge-calibrate")
     backup = backup_manifest(config.model)
     path = update_threshold(config.model, section, backup=False)
     return {"manifest": str(path), "backup": str(backup), "category": config.category, "frames": n,
-            "corrupt": metrics.corrupt, "old_threshold": old, "threshold": result.threshold, "fit": result.fit,
-            "target_fpr": config.target_fpr, "statistics": result.statistics, "source": source.raw.description}
+            "corrupt": metrics.corrupt, "old_threshold": old, "threshold": result.threshold, "mode": result.mode,
+            "fit": result.fit, "target_fpr": config.target_fpr, "statistics": result.statistics,
+            "source": source.raw.description}

@@ -2,12 +2,20 @@
 
 Every source yields ``Frame`` objects (BGR uint8, as OpenCV delivers them).  Robustness lives
 in ``ResilientSource``:
-  * opening retries with exponential backoff up to ``open_timeout`` seconds, then
-    ``SourceOpenError`` (a camera that never opens is a configuration error);
+  * opening a live source retries with exponential backoff up to ``open_timeout`` seconds,
+    then ``SourceOpenError`` (a camera that never opens is a configuration error); a file that
+    does not open fails at once (waiting cannot repair it);
   * a live source (camera/stream) that fails or ends is reopened with exponential backoff
     (logged, counted as a reconnect) — a video FILE or image list ending is end of input;
-  * empty/undecodable frames are skipped and counted (``RuntimeMetrics.corrupt``); too many in
-    a row on a live source is treated as a failure and reconnects.
+  * empty/undecodable frames are skipped, counted (``RuntimeMetrics.corrupt``) and reported to
+    ``on_corrupt`` (for the frame log); too many in a row on a live source is treated as a
+    failure and reconnects;
+  * a live read that delivers nothing for ``stall_timeout`` seconds (frozen stream, wedged
+    driver) is a stall: logged, counted (``RuntimeMetrics.stalls``, ``stalled`` until the next
+    scored frame), the hanging read is given up (it runs on a helper thread) and the source is
+    reconnected at once instead of after FFmpeg's own ~30 s read timeout;
+  * ``loop_alive()`` tells whether the reading loop still makes progress (or is waiting for a
+    camera on purpose); the runner feeds the systemd watchdog only while it does.
 ``LatestFrame`` decouples a live source from a slower model: a grabber thread keeps only the
 newest frame (older unconsumed ones are counted as dropped), so decisions are made on fresh
 frames instead of a growing buffer.
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import glob as globmod
 import logging
+import math
 import sys
 import threading
 import time
@@ -28,9 +37,14 @@ import cv2
 import numpy as np
 
 from edge.metrics_runtime import RuntimeMetrics
+from edge.redact import redact_credentials
 
 log = logging.getLogger("edge.sources")
 
+# Stream URLs: FFmpeg's connect timeout per open attempt (its default is 30 s).
+STREAM_OPEN_TIMEOUT_S = 10.0
+# An open attempt counts as "waiting for the camera" (not a hang) for this long.
+OPEN_GRACE_S = 60.0
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://", "rtmp://")
 
@@ -110,25 +124,43 @@ class RawSource(ABC):
     def close(self) -> None:
         """Release the device (idempotent)."""
 
+    def replica(self) -> "RawSource | None":
+        """A new, unopened source for the same device/URL, or None.
+
+        Used after a stall: the hung read keeps this object (it is closed once that read returns)
+        and the replica is opened instead.  None (the default) means reuse this object: close()
+        it — which should make the hung read return — and open() it again.
+        """
+        return None
+
 
 class OpenCvSource(RawSource):
     """cv2.VideoCapture over a camera index (V4L2 on Linux), a video file or a stream URL."""
 
     def __init__(self, target: int | str, live: bool, width: int | None = None, height: int | None = None,
-                 fps: float | None = None) -> None:
+                 fps: float | None = None, read_timeout: float | None = None) -> None:
         self.target, self.live = target, live
         self.width, self.height, self.fps = width, height, fps
-        self.description = f"camera {target}" if isinstance(target, int) else str(target)
+        # Stream URLs: FFmpeg's own read timeout (default ~30 s); set above the runtime's stall
+        # timeout so the runtime notices first and the abandoned read still returns soon after.
+        self.read_timeout = read_timeout
+        # Redacted once here: every log line, error, metric and summary shows this name, never the password.
+        self.description = f"camera {target}" if isinstance(target, int) else redact_credentials(str(target))
         self._cap: cv2.VideoCapture | None = None
 
     def open(self) -> None:
         if isinstance(self.target, int) and sys.platform.startswith("linux"):
             cap = cv2.VideoCapture(self.target, cv2.CAP_V4L2)
+        elif self.live and self.read_timeout and _has_ffmpeg():
+            cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG,
+                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(STREAM_OPEN_TIMEOUT_S * 1000),
+                                    cv2.CAP_PROP_READ_TIMEOUT_MSEC, max(1, int(self.read_timeout * 1000))])
         else:
             cap = cv2.VideoCapture(self.target)
         if not cap.isOpened():
             cap.release()
-            raise SourceOpenError(f"{self.description}: cannot open")
+            raise SourceOpenError(f"{self.description}: cannot open" +
+                                  ("" if self.live else " as a video (unsupported format or corrupt file)"))
         if self.live:
             # Keep the driver queue short: stale buffered frames only add latency.
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
@@ -153,6 +185,17 @@ class OpenCvSource(RawSource):
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+    def replica(self) -> "OpenCvSource":
+        # Never release a VideoCapture while another thread is inside its read(): open a new one.
+        return OpenCvSource(self.target, self.live, self.width, self.height, self.fps, self.read_timeout)
+
+
+def _has_ffmpeg() -> bool:
+    try:
+        return bool(cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG))
+    except Exception:  # very old/odd OpenCV builds
+        return False
 
 
 class PiCameraSource(RawSource):
@@ -217,8 +260,18 @@ class ImageFilesSource(RawSource):
             data = np.fromfile(str(path), dtype=np.uint8)
         except OSError:
             return None, str(path)
-        frame = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-        return frame, str(path)
+        return _decode(data, path), str(path)
+
+
+def _decode(data: np.ndarray, path: Path) -> np.ndarray | None:
+    """Decoded image, or None (→ counted as corrupt) for any file the decoder refuses."""
+    if not data.size:
+        return None
+    try:
+        return cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except Exception as e:  # cv2.error (e.g. a header claiming 40000×30000 px), MemoryError: one bad file, not the run
+        log.debug("%s: cannot decode (%s: %s)", path, type(e).__name__, e)
+        return None
 
 
 def list_images(spec: str) -> list[Path]:
@@ -232,8 +285,12 @@ def list_images(spec: str) -> list[Path]:
 
 
 def make_raw_source(camera: int | None = None, picamera: bool = False, source: str | None = None,
-                    width: int | None = None, height: int | None = None, fps: float | None = None) -> RawSource:
-    """The RawSource for exactly one of ``--camera`` / ``--picamera`` / ``--source``."""
+                    width: int | None = None, height: int | None = None, fps: float | None = None,
+                    stall_timeout: float | None = None) -> RawSource:
+    """The RawSource for exactly one of ``--camera`` / ``--picamera`` / ``--source``.
+
+    ``stall_timeout`` (seconds, None/0 = off) sets a stream URL's FFmpeg read timeout to twice it.
+    """
     given = [n for n, v in (("--camera", camera is not None), ("--picamera", picamera), ("--source", source))
              if v]
     if len(given) != 1:
@@ -246,7 +303,7 @@ def make_raw_source(camera: int | None = None, picamera: bool = False, source: s
         return PiCameraSource(width, height)
     assert source is not None
     if source.lower().startswith(STREAM_SCHEMES):
-        return OpenCvSource(source, live=True)
+        return OpenCvSource(source, live=True, read_timeout=2 * stall_timeout if stall_timeout else None)
     p = Path(source)
     if p.is_dir():
         files = list_images(source)
@@ -278,17 +335,99 @@ def _to_bgr(frame: np.ndarray) -> np.ndarray:
     return frame
 
 
+class _ReadTimeout(Exception):
+    """A read on the helper thread did not return within the stall timeout."""
+
+
+class _TimedReader:
+    """Runs ``raw.read()`` on a helper thread so that a read which hangs can be given up.
+
+    ``read(timeout)`` returns the read's result, re-raises its exception, or raises _ReadTimeout.
+    After a timeout the reader is ``abandon()``-ed: its thread finishes the hung read (if it
+    ever returns), drops the result, optionally closes the raw source, and exits.
+    """
+
+    def __init__(self, raw: RawSource) -> None:
+        self.raw = raw
+        self._lock = threading.Lock()
+        self._want = threading.Event()
+        self._done = threading.Event()
+        self._result: tuple[bool, object] | None = None
+        self._abandoned = False
+        self._close_when_done = False
+        self._thread = threading.Thread(target=self._loop, name="edge-reader", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self._want.wait()
+            self._want.clear()
+            with self._lock:
+                if self._abandoned:
+                    break
+            try:
+                result: tuple[bool, object] = (True, self.raw.read())
+            except BaseException as e:  # handed to the caller's thread
+                result = (False, e)
+            with self._lock:
+                if self._abandoned:
+                    break
+                self._result = result
+                self._done.set()
+        if self._close_when_done:
+            try:
+                self.raw.close()
+            except Exception as e:
+                log.debug("%s: closing after an abandoned read failed: %s", self.raw.description, e)
+
+    def read(self, timeout: float) -> tuple[np.ndarray | None, str | None]:
+        self._done.clear()
+        self._want.set()
+        if not self._done.wait(timeout):
+            raise _ReadTimeout()
+        ok, value = self._result  # type: ignore[misc]
+        self._result = None
+        if ok:
+            return value  # type: ignore[return-value]
+        raise value  # type: ignore[misc]
+
+    def abandon(self, close_raw: bool = False) -> None:
+        """Stop using this reader; ``close_raw``: close the raw source once a hung read returns."""
+        with self._lock:
+            self._abandoned = True
+            self._close_when_done = close_raw
+        self._want.set()  # an idle thread wakes up and exits
+
+    @property
+    def busy(self) -> bool:
+        """The thread is still alive (after abandon(): still inside a read that has not returned)."""
+        return self._thread.is_alive()
+
+
 class ResilientSource:
     """Iterate frames from a RawSource with bounded open retries, reconnects and corrupt-frame skipping.
 
+    ``stall_timeout`` (seconds; None/0 = off; live sources only): a read that delivers nothing for
+    that long is abandoned and the source reconnected (see the module docstring).  At most
+    ``max_stuck_reads`` abandoned reads may hang at once; beyond that the source waits for one
+    of them to return and ``loop_alive()`` turns False (a wedged driver: let the watchdog restart).
     ``sleep`` and ``clock`` are injectable so tests run without real waiting.
     """
 
     def __init__(self, raw: RawSource, *, metrics: RuntimeMetrics | None = None, roi: Roi | None = None,
                  open_timeout: float = 10.0, backoff_initial: float = 0.5, backoff_max: float = 30.0,
                  max_consecutive_corrupt: int = 50, stop_event: threading.Event | None = None,
-                 sleep: Callable[[float], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 sleep: Callable[[float], None] | None = None, clock: Callable[[], float] = time.monotonic,
+                 on_corrupt: Callable[[str | None], None] | None = None, stall_timeout: float | None = None,
+                 max_stuck_reads: int = 3) -> None:
         self.raw, self.metrics, self.roi = raw, metrics or RuntimeMetrics(), roi
+        self.stall_timeout = stall_timeout if stall_timeout and stall_timeout > 0 and raw.live else None
+        self.max_stuck_reads = max(1, int(max_stuck_reads))
+        self._reader: _TimedReader | None = None
+        self._stuck: list[_TimedReader] = []  # abandoned readers whose read has not returned yet
+        self.wedged = False
+        # Called with the path (None for live frames) of every skipped frame; may run on the grabber thread.
+        self.on_corrupt = on_corrupt
         self.open_timeout, self.backoff_initial, self.backoff_max = open_timeout, backoff_initial, backoff_max
         self.max_consecutive_corrupt = max_consecutive_corrupt
         self.stop_event = stop_event or threading.Event()
@@ -299,11 +438,29 @@ class ResilientSource:
         self._clock = clock
         self.opened_once = False
         self._index = 0
+        # Liveness of the reading loop: last sign of progress, and until when a deliberate wait
+        # (backoff sleep, open attempt, waiting at a yield for the consumer) counts as progress.
+        self._last_beat = clock()
+        self._alive_until = 0.0
 
     @property
     def live(self) -> bool:
         return self.raw.live
 
+    def _beat(self, grace: float = 0.0) -> None:
+        now = self._clock()
+        self._last_beat, self._alive_until = now, now + grace
+
+    def loop_alive(self, limit: float | None = None, now: float | None = None) -> bool:
+        """False when the reading loop made no progress for ``limit`` seconds (default: 3 × stall_timeout)
+        outside a deliberate wait — a read/open/close hanging in a driver, or too many hung reads.
+        Always True without a stall timeout (nothing bounds a read then)."""
+        if limit is None:
+            if self.stall_timeout is None:
+                return True
+            limit = 3 * self.stall_timeout
+        now = self._clock() if now is None else now
+        return not self.wedged and (now - self._last_beat <= limit or now <= self._alive_until)
     def halt(self) -> None:
         """Ask the iteration to end after the current read (thread-safe)."""
         self._halt.set()
@@ -316,14 +473,19 @@ class ResilientSource:
         delay, attempt = self.backoff_initial, 0
         while not self._stopped():
             attempt += 1
+            self._beat(grace=OPEN_GRACE_S)  # an open may take a while (FFmpeg: STREAM_OPEN_TIMEOUT_S)
             try:
                 self.raw.open()
+                self._beat()
                 return True
             except SourceOpenError as e:
+                if not self.raw.live:
+                    raise  # a garbage video file stays garbage: no retries
                 if deadline is not None and self._clock() + delay > deadline:
                     raise SourceOpenError(f"{self.raw.description}: could not be opened after {attempt} attempt(s) "
                                           f"within --open-timeout {self.open_timeout:g} s ({e})") from None
                 log.warning("%s; retrying in %.1f s (attempt %d)", e, delay, attempt)
+                self._beat(grace=delay + 1.0)  # waiting for a camera on purpose: still alive
                 self._sleep(delay)
                 delay = min(delay * 2, self.backoff_max)
         return False
@@ -335,6 +497,43 @@ class ResilientSource:
         # Once a source has worked, keep trying forever: a line camera may be unplugged for minutes.
         return self._open_with_retry(deadline=None)
 
+    def _read(self) -> tuple[np.ndarray | None, str | None]:
+        if self.stall_timeout is None:
+            return self.raw.read()
+        if self._reader is None or self._reader.raw is not self.raw:
+            self._reader = _TimedReader(self.raw)
+        return self._reader.read(self.stall_timeout)
+
+    def _recover_from_stall(self) -> bool:
+        """Give up the hung read, reconnect (a replica if the raw source offers one); False if stopped."""
+        assert self._reader is not None and self.stall_timeout is not None
+        self.metrics.record_stall()
+        log.warning("%s: no frame for %.1f s (stalled: frozen stream or hung driver); reconnecting",
+                    self.raw.description, self.stall_timeout)
+        reader, self._reader = self._reader, None
+        fresh = self.raw.replica()
+        reader.abandon(close_raw=fresh is not None)
+        self._stuck.append(reader)
+        if fresh is None:
+            try:
+                self.raw.close()  # should make the hung read return
+            except Exception as e:
+                log.warning("%s: close after a stall failed: %s", self.raw.description, e)
+        else:
+            self.raw = fresh  # the hung read keeps (and later closes) the old object
+        self._stuck = [r for r in self._stuck if r.busy]
+        while len(self._stuck) >= self.max_stuck_reads and not self._stopped():
+            if not self.wedged:
+                log.error("%s: %d reads still hang after reconnecting; waiting for one to return "
+                          "(no watchdog pings meanwhile: systemd restarts a process stuck like this)",
+                          self.raw.description, len(self._stuck))
+                self.wedged = True
+            self._sleep(min(1.0, self.stall_timeout))  # deliberately no _beat(): the loop is stuck
+            self._stuck = [r for r in self._stuck if r.busy]
+        self.wedged = False
+        self.metrics.record_reconnect()
+        return self._open_with_retry(deadline=None)
+
     def __iter__(self) -> Iterator[Frame]:
         if not self._open_with_retry(self._clock() + self.open_timeout):
             return
@@ -342,8 +541,13 @@ class ResilientSource:
         corrupt_run = 0
         try:
             while not self._stopped():
+                self._beat()
                 try:
-                    frame, path = self.raw.read()
+                    frame, path = self._read()
+                except _ReadTimeout:
+                    if not self._recover_from_stall():
+                        return
+                    continue
                 except EndOfInput:
                     if not self.raw.live:
                         return
@@ -368,6 +572,8 @@ class ResilientSource:
                     self.metrics.record_corrupt()
                     corrupt_run += 1
                     log.warning("%s: empty/corrupt frame skipped%s", self.raw.description, f" ({path})" if path else "")
+                    if self.on_corrupt is not None:
+                        self.on_corrupt(path)
                     if self.raw.live and corrupt_run >= self.max_consecutive_corrupt:
                         corrupt_run = 0
                         if not self._reconnect(f"{self.max_consecutive_corrupt} corrupt frames in a row"):
@@ -377,9 +583,13 @@ class ResilientSource:
                 frame = _to_bgr(frame)
                 if self.roi is not None:
                     frame = self.roi.apply(frame)
+                self._beat(grace=math.inf)  # waiting for the consumer is not a hang of this loop
                 yield Frame(index=self._index, bgr=frame, t_capture=t, path=path)
                 self._index += 1
         finally:
+            if self._reader is not None:
+                self._reader.abandon()  # idle: its thread exits
+                self._reader = None
             self.raw.close()
 
 

@@ -1,13 +1,19 @@
-"""Status endpoint of edge-run: /healthz, /metrics (Prometheus text format), /latest.jpg, /status.
+"""Status endpoint of edge-run: live view, /healthz, /metrics (Prometheus text format), /latest.jpg, /status.
 
 A stdlib ThreadingHTTPServer on its own daemon thread, bound to 127.0.0.1 by default (the box is
 on a production network: expose it deliberately with --status-host 0.0.0.0).  It only reads
 RuntimeMetrics (thread-safe) and sink counters, so a slow client never slows the frame loop.
 
-  /healthz     200 + JSON while a frame was scored within `stall_s` seconds, else 503 + JSON
+  /            live view: self-contained HTML page (edge.liveview) for the person at the line
+  /live.json   what the page polls: the /status counters, health, score trace, last alarms
+  /trace.json  score trace of the last minutes (bounded: one max-score point per time bucket)
+  /alarms/N.jpg overlay snapshot of one of the last alarms (404 once it aged out)
+  /healthz     200 + JSON while a frame was scored within `stall_s` seconds and the source is not
+               stalled, else 503 + JSON
   /metrics     Prometheus text exposition format 0.0.4
   /latest.jpg  newest heatmap overlay JPEG, 404 until there is one
-  /status      RuntimeMetrics.snapshot() as JSON
+  /status      RuntimeMetrics.snapshot() as JSON, plus "sinks": {name: per-sink counters}
+Read-only (GET/HEAD only), no external assets; bound to 127.0.0.1 unless configured otherwise.
 """
 from __future__ import annotations
 
@@ -16,13 +22,16 @@ import json
 import logging
 import math
 import threading
+import re
 import time
 from dataclasses import dataclass, fields
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable
 
-from edge.sinks.base import redact_credentials
+from edge.jsonsafe import json_safe
+from edge.liveview import PAGE, LiveView
+from edge.redact import redact_credentials
 
 log = logging.getLogger("edge.status")
 
@@ -89,19 +98,22 @@ def status_config_from_args(args: argparse.Namespace, file_section: dict | None 
 # ---- health and metrics (pure functions of a RuntimeMetrics snapshot) ------------------------------
 
 def health(snapshot: dict, stall_s: float, now: float | None = None) -> tuple[int, dict]:
-    """(HTTP status, JSON body): 200 'ok' if the last frame is at most `stall_s` old, else 503."""
+    """(HTTP status, JSON body): 200 'ok' if the last frame is at most `stall_s` old and the source is
+    not stalled (snapshot "stalled": a read stall, until the next scored frame), else 503."""
     now = time.time() if now is None else now
     last = snapshot.get("last_frame_time")
     # A negative age is a wall-clock step backwards (NTP): treat the frame as fresh.
     age = None if last is None else max(0.0, now - last)
-    if age is None:
+    if snapshot.get("stalled"):
+        state = "stalled"
+    elif age is None:
         state = "starting"
     elif age <= stall_s:
         state = "ok"
     else:
         state = "stalled"
     body = {"status": state, "last_frame_age_s": age, "stall_s": stall_s,
-            **{k: snapshot.get(k) for k in ("frames", "fps", "alarm_active", "reconnects", "uptime_s")}}
+            **{k: snapshot.get(k) for k in ("frames", "fps", "alarm_active", "reconnects", "stalls", "uptime_s")}}
     return (200 if state == "ok" else 503), body
 
 
@@ -151,6 +163,7 @@ def render_metrics(snapshot: dict, sink_stats: dict[str, dict[str, int]] | None 
             ("dropped_frames_total", "dropped", "Frames skipped because the loop fell behind."),
             ("corrupt_frames_total", "corrupt", "Empty or undecodable frames from the source."),
             ("reconnects_total", "reconnects", "Source reconnects since start."),
+            ("stalls_total", "stalls", "Reads that delivered no frame within the stall timeout."),
             ("alarms_total", "alarms", "Alarms raised since start."),
             ("sink_errors_total", "sink_errors", "Alarm events a sink dropped or failed to handle.")):
         e.family(name, "counter", help_text, [({}, snapshot.get(key, 0))])
@@ -161,6 +174,8 @@ def render_metrics(snapshot: dict, sink_stats: dict[str, dict[str, int]] | None 
               for q, key in LATENCY_QUANTILES])
     e.family("latency_max_seconds", "gauge", "Largest per-frame latency in the recent window, in seconds.",
              [({}, None if lat.get("max") is None else lat["max"] / 1000.0)])
+    e.family("stalled", "gauge", "1 from a source stall until the next scored frame.",
+             [({}, int(bool(snapshot.get("stalled"))))])
     e.family("alarm_active", "gauge", "1 while an alarm is raised.", [({}, int(bool(snapshot.get("alarm_active"))))])
     e.family("last_score", "gauge", "Anomaly score of the last frame.", [({}, snapshot.get("last_score"))])
     e.family("threshold", "gauge", "Alarm threshold in use.", [({}, snapshot.get("threshold"))])
@@ -172,15 +187,32 @@ def render_metrics(snapshot: dict, sink_stats: dict[str, dict[str, int]] | None 
              [({k: redact_credentials(str(snapshot.get(k) or "")) for k in ("source", "model", "engine")}, 1)])
     if sink_stats:
         for name, key, kind, help_text in (
-                ("sink_handled_total", "handled", "counter", "Events a sink finished."),
+                ("sink_handled_total", "handled", "counter",
+                 "Events a sink finished (remote sinks: delivered, i.e. confirmed by the receiver)."),
                 ("sink_dropped_total", "dropped", "counter", "Events a sink dropped because its queue was full."),
-                ("sink_failed_total", "failed", "counter", "Events a sink failed to handle."),
-                ("sink_backlog", "backlog", "gauge", "Events queued or spooled, not yet done.")):
+                ("sink_failed_total", "failed", "counter",
+                 "Events a sink failed to handle (remote sinks: failed delivery attempts, rejections, discards)."),
+                ("sink_backlog", "backlog", "gauge",
+                 "Events not yet done: queued in memory or, for remote sinks, waiting in the outbox.")):
             e.family(name, kind, help_text, [({"sink": s}, st.get(key, 0)) for s, st in sink_stats.items()])
+        # Remote sinks (webhook, MQTT) only: alarms committed to the durable outbox / confirmed by the receiver.
+        for name, key, help_text in (
+                ("sink_queued_total", "queued", "Alarms a remote sink committed to its durable outbox."),
+                ("sink_delivered_total", "delivered",
+                 "Alarms the receiver confirmed (webhook 2xx, MQTT PUBACK) and that left the outbox.")):
+            samples = [({"sink": s}, st[key]) for s, st in sink_stats.items() if key in st]
+            if samples:
+                e.family(name, "counter", help_text, samples)
     return e.text()
 
 
 # ---- server ------------------------------------------------------------------------------------------
+
+# Same-origin only: the page needs nothing beyond this endpoint.
+_PAGE_CSP = ("default-src 'none'; img-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; "
+             "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+_ALARM_JPEG = re.compile(r"/alarms/(\d{1,12})\.jpg")
+
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "dcam-edge-status"
@@ -205,9 +237,24 @@ class _Handler(BaseHTTPRequestHandler):
                 snap = status.metrics.snapshot()
                 if isinstance(snap.get("source"), str):
                     snap["source"] = redact_credentials(snap["source"])
+                snap["sinks"] = status.sink_stats()
                 self._send(200, "application/json", json.dumps(snap, default=str).encode())
-            elif path == "/":
-                self._send(200, "text/plain", b"dcam-edge: /healthz /metrics /latest.jpg /status\n")
+            elif path in ("/", "/index.html"):
+                self._send(200, "text/html; charset=utf-8", PAGE.encode(),
+                           extra={"Cache-Control": "no-store", "Content-Security-Policy": _PAGE_CSP,
+                                  "X-Content-Type-Options": "nosniff"})
+            elif path == "/live.json":
+                live = json.dumps(json_safe(status.live_state()), default=str, allow_nan=False).encode()
+                self._send(200, "application/json", live, extra={"Cache-Control": "no-store"})
+            elif path == "/trace.json":
+                self._send(200, "application/json", json.dumps(status.live.trace()).encode(),
+                           extra={"Cache-Control": "no-store"})
+            elif _ALARM_JPEG.fullmatch(path):
+                data = status.live.alarm_jpeg(int(_ALARM_JPEG.fullmatch(path).group(1)))
+                if data is None:
+                    self._send(404, "text/plain", b"no such alarm snapshot (only the last few are kept)\n")
+                else:
+                    self._send(200, "image/jpeg", data, extra={"Cache-Control": "max-age=3600"})
             else:
                 self._send(404, "text/plain", b"not found\n")
         except (BrokenPipeError, ConnectionResetError):
@@ -237,6 +284,7 @@ class StatusServer:
         self.metrics = metrics
         self.stall_s = stall_s
         self.sinks = list(sinks)
+        self.live = LiveView()  # fed by the runner: score trace + last alarms for the live page
         try:
             self._httpd = ThreadingHTTPServer((host, port), _Handler)
         except OSError as exc:
@@ -264,15 +312,30 @@ class StatusServer:
         host = self._httpd.server_address[0]
         return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
 
-    def metrics_text(self) -> str:
+    def sink_stats(self) -> dict[str, dict[str, int]]:
+        """{sink name: Sink.stats()} (queued / delivered / failed / backlog ... per sink)."""
         stats = {}
         for sink in self.sinks:
-            stats[getattr(sink, "name", type(sink).__name__)] = sink.stats()
-        return render_metrics(self.metrics.snapshot(), stats)
+            if callable(getattr(sink, "stats", None)):
+                stats[getattr(sink, "name", type(sink).__name__)] = sink.stats()
+        return stats
+
+    def metrics_text(self) -> str:
+        return render_metrics(self.metrics.snapshot(), self.sink_stats())
+
+    def live_state(self) -> dict[str, Any]:
+        """What the live page shows (bounded: counters, health, minutes of trace, a few alarms)."""
+        snap = self.metrics.snapshot()
+        if isinstance(snap.get("source"), str):
+            snap["source"] = redact_credentials(snap["source"])
+        snap["health"] = health(snap, self.stall_s)[1]
+        snap["sinks"] = self.sink_stats()
+        snap.update(trace=self.live.trace(), recent_alarms=self.live.alarms())
+        return snap
 
     def start(self) -> "StatusServer":
         self._thread.start()
-        log.info("status endpoint on %s (/healthz /metrics /latest.jpg)", self.url)
+        log.info("status endpoint on %s (live view at /; /healthz /metrics /latest.jpg /status)", self.url)
         return self
 
     def close(self, timeout: float = 2.0) -> None:

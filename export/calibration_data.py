@@ -68,7 +68,7 @@ class ExportData:
 
 def load_image_set(paths: Sequence[Path], categories: Sequence[str], labels: Sequence[int], image_size: int,
                    mask_paths: Sequence[Path | None] | None = None, desc: str = "images",
-                   progress: bool = True) -> ImageSet:
+                   progress: bool = True, resize: str = "area") -> ImageSet:
     """Decode and resize images (and masks) with edge.preprocess; ExportError naming a bad file."""
     s = image_size
     rgb = np.empty((len(paths), s, s, 3), np.uint8)
@@ -76,7 +76,7 @@ def load_image_set(paths: Sequence[Path], categories: Sequence[str], labels: Seq
     for i, path in enumerate(tqdm(paths, desc=desc, unit="img", leave=False, disable=not progress)):
         try:
             image = decode_image(path)
-            rgb[i] = resize_rgb(image, s)
+            rgb[i] = resize_rgb(image, s, resize)
             if masks is not None and mask_paths[i] is not None:
                 masks[i] = load_mask(mask_paths[i], image.shape[:2], s)
         except ImageReadError as exc:
@@ -155,9 +155,9 @@ def load_export_data(cfg: Any, categories: Sequence[str], image_size: int, calib
                       f"recommended); activation ranges may be unrepresentative", CalibrationWarning, stacklevel=2)
     sources["calibration_images"] = len(calib_items)
     calibration = load_image_set([p for p, _ in calib_items], [c for _, c in calib_items], [0] * len(calib_items),
-                                 image_size, desc="calibration images", progress=progress)
+                                 image_size, desc="calibration images", progress=progress, resize=cfg.resize)
     validation = load_image_set([p for p, _ in val_items], [c for _, c in val_items], [0] * len(val_items),
-                                image_size, desc="validation normals", progress=progress)
+                                image_size, desc="validation normals", progress=progress, resize=cfg.resize)
     test = None
     if have_dataset and all((Path(cfg.data) / c / "test").is_dir() for c in categories):
         try:
@@ -165,8 +165,10 @@ def load_export_data(cfg: Any, categories: Sequence[str], image_size: int, calib
         except MVTecLayoutError as exc:
             raise ExportError(str(exc)) from None
         test = load_image_set([s.path for s in samples], [s.category for s in samples], [s.label for s in samples],
-                              image_size, mask_paths=[s.mask_path for s in samples], desc="test images",
-                              progress=progress)
+                              image_size, desc="test images",
+                              mask_paths=([s.mask_path for s in samples]  # image-level labels only: no pixel metrics
+                                          if all(s.mask_path for s in samples if s.label) else None),
+                              progress=progress, resize=cfg.resize)
         sources["test"] = f"{cfg.data}: test split ({len(samples)} images)"
     else:
         sources["test"] = None

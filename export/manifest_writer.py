@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import importlib.metadata
-import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from edge.jsonsafe import json_safe
 from edge.manifest import write_manifest
 from edge.preprocess import NORMALIZATIONS, PreprocessSpec
 
@@ -39,19 +39,6 @@ def io_names(path: Path, fmt: str) -> tuple[str, dict[str, str]]:
         loose = [o for o in outs if kind in o]
         named[kind] = (exact or loose or [kind])[0]
     return inp, named
-
-
-def json_safe(value: Any) -> Any:
-    """NaN/inf → None and numpy scalars → Python numbers, so the manifest is strict JSON."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def normalization_name(spec: PreprocessSpec) -> str | None:

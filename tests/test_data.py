@@ -276,3 +276,13 @@ def test_dataset_rejects_anomalous_sample_without_mask(tmp_path: Path) -> None:
     with pytest.raises(MVTecLayoutError) as e:
         ImageDataset([Sample(path, "c", 1, "crack", None)], SPEC, with_masks=True)
     _assert_names(e, path)
+
+
+def test_category_without_ground_truth_has_image_level_labels_only(tmp_path: Path) -> None:
+    import shutil
+
+    _category(tmp_path, "a", 2, {"crack": 2})
+    shutil.rmtree(tmp_path / "a" / "ground_truth")
+    samples = list_test_samples(tmp_path, ["a"])
+    anomalous = [s for s in samples if s.label == 1]
+    assert len(anomalous) == 2 and all(s.mask_path is None and s.defect == "crack" for s in anomalous)

@@ -173,6 +173,10 @@ def test_image_directory_run_one_line_per_file(tmp_path: Path, tiny_models: dict
                     source=SourceConfig(source=str(d)), decision=DecisionConfig(category="a"))
     summary = run(cfg)
     recs = _lines((tmp_path / "out.jsonl").read_text())
+    # The skipped file has its own line (the log accounts for every input), in input order.
+    assert [(Path(r["path"]).name, r["score"]) for r in recs if r["event"] == "corrupt"] == [("img_004b.png", None)]
+    assert Path(recs[5]["path"]).name == "img_004b.png"
+    recs = [r for r in recs if r["event"] != "corrupt"]
     assert [Path(r["path"]).name for r in recs] == sorted(p.name for p in d.glob("img_???.png"))
     assert set(recs[0]) == {"frame", "time", "score", "threshold", "alarm", "event", "latency_ms", "path"}
     expected_scores = [((v / 255 - 0.5) / 0.5) ** 2 for v in values]
@@ -272,7 +276,10 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path: Path, tiny_models: dict[str
             pass
     finally:
         server.close()
-    assert msgs[0].startswith("READY=1") and "WATCHDOG=1" in msgs and msgs[-1] == "STOPPING=1"
+    # STATUS= while the source opens; READY=1 only once a frame is scored; STOPPING=1 last.
+    ready = [i for i, m in enumerate(msgs) if m.startswith("READY=1")]
+    assert msgs[0].startswith("STATUS=opening") and len(ready) == 1 and 0 < ready[0]
+    assert "WATCHDOG=1" in msgs and msgs[-1] == "STOPPING=1"
 
 
 def test_edge_calibrate_rewrites_threshold_with_backup(tmp_path: Path) -> None:
@@ -386,7 +393,8 @@ def test_config_file_and_flag_precedence(tmp_path: Path, tiny_models: dict[str, 
 
 def test_edge_modules_never_import_torch() -> None:
     code = ("import sys, edge, edge.cli, edge.runner, edge.engines, edge.sources, edge.calibration, "
-            "edge.manifest, edge.overlay, edge.decision, edge.config, edge.metrics_runtime, edge.preprocess\n"
+            "edge.manifest, edge.overlay, edge.decision, edge.config, edge.metrics_runtime, edge.preprocess, "
+            "edge.entrypoints, edge.redact, edge.status, edge.liveview\n"
             "import edge.config as c; c._external_groups(c.RunConfig)\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'train', 'export'))\n"
             "print(bad); sys.exit(1 if bad else 0)")
@@ -398,7 +406,7 @@ def test_edge_modules_never_import_torch() -> None:
 def test_sigterm_stops_cleanly(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
     """edge-run on an endless live source: SIGTERM → exit 0, complete last line, sinks flushed."""
     sink_log = tmp_path / "alarms.jsonl"
-    code = textwrap.dedent(f"""
+    code = textwrap.dedent("""
         import sys, time, numpy as np
         import edge.runner as runner
         from edge.sources import RawSource

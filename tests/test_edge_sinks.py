@@ -1,5 +1,6 @@
-"""Alarm sinks: config merging, JSONL, snapshot bounds, webhook spool (exactly-once across restarts,
-non-blocking handle), command argv without a shell, MQTT with a fake client, GPIO with MockFactory.
+"""Alarm sinks: config merging, JSONL, snapshot bounds, the webhook's durable outbox (at least once across
+restarts, a late answer → the same id twice, non-blocking handle, old file spool imported), command argv
+without a shell, MQTT with a fake client (real-broker tests: test_edge_delivery.py), GPIO with MockFactory.
 
 Only 127.0.0.1 is used; every wait is bounded in time (wait_until) and loops are bounded in count.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -25,6 +27,7 @@ from edge.sinks.base import Sink, alarm_id, event_payload
 from edge.sinks.command import CommandSink, render_argv
 from edge.sinks.mqtt import MqttSink
 from edge.sinks.snapshot import SnapshotSink
+from edge.status import StatusServer, render_metrics
 
 
 def wait_until(predicate, timeout: float = 10.0, step: float = 0.01) -> bool:
@@ -82,6 +85,9 @@ def test_flags_override_file_and_file_overrides_defaults():
     ({"command": ["prog", "{scor}"]}, "unknown placeholder {scor}"),
     ({"webhook_headers": ["no colon"]}, "--webhook-header / [sinks] webhook_headers"),
     ({"mqtt_topic": "a/#"}, "mqtt_topic"),
+    ({"mqtt_host": "broker"}, "--mqtt-spool-dir / [sinks] mqtt_spool_dir: required"),
+    ({"mqtt_keyfile": "k.pem"}, "--mqtt-keyfile / [sinks] mqtt_keyfile: needs --mqtt-certfile"),
+    ({"mqtt_backoff": 100.0}, "--mqtt-backoff-max / [sinks] mqtt_backoff_max"),
 ])
 def test_bad_config_names_the_option(section, needle):
     with pytest.raises(SinkConfigError) as err:
@@ -227,7 +233,8 @@ def test_snapshot_size_bound_deletes_oldest(tmp_path):
 # ---- webhook -----------------------------------------------------------------------------------------
 
 class Receiver:
-    """A webhook endpoint on 127.0.0.1 that records every POST; mode 'ok' | 'hang' | 'reject-frame-N'."""
+    """A webhook endpoint on 127.0.0.1 that records every POST; mode 'ok' | 'hang' | 'reject-frame-N' | 'late-first'
+    ('late-first': takes the first request of each id, answers it only after `late_s`, too late for the client)."""
 
     def __init__(self, port: int = 0, mode: str = "ok") -> None:
         self.received: list[dict] = []
@@ -235,6 +242,7 @@ class Receiver:
         self.mode = mode
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.late_s = 1.0
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -246,6 +254,17 @@ class Receiver:
                 if receiver.mode.startswith("reject-frame-") and body["frame"] == int(receiver.mode.split("-")[-1]):
                     self.send_response(400)
                     self.end_headers()
+                    return
+                if receiver.mode == "late-first" and body["id"] not in [b["id"] for b in receiver.received]:
+                    receiver.received.append(body)  # accepted (e.g. written to the MES database) ...
+                    receiver.headers.append(dict(self.headers))
+                    receiver.release.wait(receiver.late_s)  # ... but the answer comes after the client's timeout
+                    try:
+                        self.send_response(200)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                    except OSError:
+                        pass
                     return
                 receiver.received.append(body)
                 receiver.headers.append(dict(self.headers))
@@ -283,11 +302,23 @@ def _webhook_config(url: str, spool: Path, **kw) -> SinkConfig:
                       webhook_backoff=0.02, webhook_backoff_max=0.1, **kw)
 
 
-def spooled(spool: Path) -> list[str]:
-    return sorted(p.name for p in spool.glob("*.json"))
+def outbox(spool: Path, sink: str = "webhook", state: str = "pending") -> list[dict]:
+    """Payloads of one sink's rows in the outbox database, oldest first (read with sqlite3, not the sink)."""
+    db = spool / "outbox.sqlite3"
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT payload FROM outbox WHERE sink = ? AND state = ? ORDER BY seq",
+                           (sink, state)).fetchall()
+    return [json.loads(payload) for (payload,) in rows]
 
 
-def test_webhook_down_then_up_delivers_every_alarm_exactly_once_across_restart(tmp_path):
+def spooled(spool: Path) -> list[int]:
+    """Frames of the webhook alarms still waiting in the outbox."""
+    return [p["frame"] for p in outbox(spool)]
+
+
+def test_webhook_down_then_up_delivers_every_alarm_across_restart(tmp_path):
     port = free_port()  # nothing listens here yet: connection refused
     spool = tmp_path / "spool"
     url = f"http://127.0.0.1:{port}/alarm"
@@ -317,7 +348,80 @@ def test_webhook_down_then_up_delivers_every_alarm_exactly_once_across_restart(t
     assert ids == [alarm_id(make_event(i)) for i in range(5)] and len(set(ids)) == 5
     assert [h["Idempotency-Key"] for h in receiver.headers] == ids
     assert all(body["host"] == socket.gethostname() and body["event"] == "raise" for body in receiver.received)
-    assert spooled(spool) == [] and second[0].stats()["delivered"] == 5
+    stats = second[0].stats()
+    assert spooled(spool) == [] and stats["delivered"] == stats["handled"] == 5
+    assert (stats["queued"], stats["backlog"]) == (2, 0)
+    assert first[0].stats()["queued"] == 3 and first[0].stats()["delivered"] == 0
+    assert first[0].stats()["failed"] >= 1  # refused connections are failed attempts, not "handled"
+    text = render_metrics(RuntimeMetrics().snapshot(), {"webhook": stats})
+    assert 'dcam_edge_sink_delivered_total{sink="webhook"} 5' in text
+    assert 'dcam_edge_sink_queued_total{sink="webhook"} 2' in text
+    assert 'dcam_edge_sink_handled_total{sink="webhook"} 5' in text
+    with StatusServer(RuntimeMetrics(), sinks=second) as server:
+        import urllib.request
+        with urllib.request.urlopen(server.url + "/status", timeout=5) as response:
+            status = json.loads(response.read())
+    assert status["sinks"]["webhook"]["delivered"] == 5 and status["sinks"]["webhook"]["backlog"] == 0
+
+
+def test_webhook_late_answer_is_retried_and_arrives_twice_with_the_same_id(tmp_path):
+    """At least once, not exactly once: the receiver must deduplicate on `id` / Idempotency-Key."""
+    receiver = Receiver(mode="late-first")
+    spool = tmp_path / "spool"
+    receiver.late_s = 1.5
+    sinks = build_sinks(_webhook_config(receiver.url, spool, timeout=0.4))
+    try:
+        sinks[0].handle(make_event(1))
+        sinks[0].handle(make_event(2))
+        assert wait_until(lambda: sinks[0].stats()["delivered"] == 2, 10)
+        close_sinks(sinks, 5)
+    finally:
+        receiver.stop()
+    ids = [b["id"] for b in receiver.received]
+    first, second = alarm_id(make_event(1)), alarm_id(make_event(2))
+    # Each accepted once too late, then again on the retry (normally exactly [first, first, second, second]).
+    assert ids.count(first) >= 2 and ids.count(second) >= 2 and ids[:2] == [first, first]
+    assert [h["Idempotency-Key"] for h in receiver.headers] == ids
+    assert all(b == receiver.received[0] for b in receiver.received if b["id"] == first)  # the very same alarm
+    assert list(dict.fromkeys(ids)) == [first, second]  # deduplicated on id: every alarm once, in order
+    stats = sinks[0].stats()
+    assert (stats["delivered"], stats["backlog"]) == (2, 0)
+    assert stats["failed"] == len(ids) - 2  # every duplicate is a timed-out attempt the sink counted
+    assert spooled(spool) == []
+
+
+def test_webhook_imports_the_old_file_spool(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    for seq, frame in ((7, 0), (8, 1)):  # what dcam-edge <= 0.1 left behind: <seq:012d>.json per alarm
+        (spool / f"{seq:012d}.json").write_text(json.dumps({**event_payload(make_event(frame)), "host": "old"}))
+    receiver = Receiver()
+    sinks = build_sinks(_webhook_config(receiver.url, spool))
+    try:
+        sinks[0].handle(make_event(2))
+        assert wait_until(lambda: len(receiver.received) == 3, 10)
+        close_sinks(sinks, 5)
+    finally:
+        receiver.stop()
+    assert [b["frame"] for b in receiver.received] == [0, 1, 2]  # old ones first, in their order
+    assert [h["Idempotency-Key"] for h in receiver.headers] == [alarm_id(make_event(i)) for i in range(3)]
+    assert not list(spool.glob("*.json")) and spooled(spool) == []
+
+
+def test_webhook_and_mqtt_share_one_outbox(tmp_path):
+    pytest.importorskip("paho.mqtt.client")
+    spool = tmp_path / "spool"
+    cfg = SinkConfig(webhook_url=f"http://127.0.0.1:{free_port()}/x", webhook_spool_dir=str(spool),
+                     webhook_backoff=0.05, webhook_backoff_max=0.1, mqtt_host="127.0.0.1", mqtt_port=free_port(),
+                     mqtt_backoff=0.05, mqtt_backoff_max=0.1, mqtt_timeout=1.0)  # nothing listens on either
+    sinks = build_sinks(cfg)
+    for s in sinks:
+        s.handle(make_event(1))
+    assert wait_until(lambda: len(outbox(spool, "webhook")) == 1 and len(outbox(spool, "mqtt")) == 1, 10)
+    close_sinks(sinks, 2)
+    assert [p.name for p in spool.glob("*.sqlite3")] == ["outbox.sqlite3"]  # one database for both
+    assert {s.name: s.stats()["backlog"] for s in sinks} == {"webhook": 1, "mqtt": 1}
+    assert outbox(spool, "mqtt")[0]["id"] == outbox(spool, "webhook")[0]["id"] == alarm_id(make_event(1))
 
 
 def test_webhook_handle_never_blocks_while_endpoint_hangs(tmp_path):
@@ -356,8 +460,9 @@ def test_webhook_permanent_rejection_is_quarantined_not_retried(tmp_path):
     finally:
         receiver.stop()
     assert [b["frame"] for b in receiver.received] == [0, 2]
-    failed = list((spool / "failed").glob("*.json"))
-    assert len(failed) == 1 and json.loads(failed[0].read_text())["frame"] == 1
+    assert [p["frame"] for p in outbox(spool, state="rejected")] == [1]  # kept for inspection, not resent
+    stats = sinks[0].stats()
+    assert (stats["delivered"], stats["rejected"], stats["failed"], stats["backlog"]) == (2, 1, 1, 0)
     assert spooled(spool) == []
 
 
@@ -424,43 +529,57 @@ class FakeMqttClient:
             raise AttributeError(name)
         return lambda *a, **k: self.calls.append((name, a, k))
 
+    def connect(self, host, port, keepalive):
+        self.calls.append(("connect", (host, port, keepalive), {}))
+        self.on_connect(self, None, {}, 0, None)  # CONNACK accepted
+
+    def loop(self, timeout=1.0):
+        return 0
+
     def publish(self, topic, payload, qos=0, retain=False):
         self.published.append((topic, json.loads(payload), qos, retain))
-        return type("Info", (), {"rc": 0})()
+        return type("Info", (), {"rc": 0, "is_published": lambda self: True})()  # PUBACK at once
 
 
-def test_mqtt_publishes_alarm_json_with_injected_client(monkeypatch):
+def test_mqtt_publishes_alarm_json_with_injected_client(monkeypatch, tmp_path):
     monkeypatch.setenv("DCAM_MQTT_PASSWORD", "s3cret")
     client = FakeMqttClient()
     cfg = parse(["--mqtt-host", "broker.local", "--mqtt-topic", "line3/cam1/alarm", "--mqtt-qos", "2",
-                 "--mqtt-retain", "--mqtt-username", "edge"])
+                 "--mqtt-retain", "--mqtt-username", "edge", "--mqtt-spool-dir", str(tmp_path / "outbox")])
     sink = MqttSink.from_config(cfg, client_factory=lambda: client).start()
     sink.handle(make_event(1, score=0.8))
     sink.handle(make_event(2, None))
     sink.handle(make_event(3, "clear"))
+    assert wait_until(lambda: sink.stats()["delivered"] == 1, 5)
     sink.close(5)
-    assert len(client.published) == 1
+    assert len(client.published) == 1 and sink.stats()["backlog"] == 0
     topic, payload, qos, retain = client.published[0]
     assert (topic, qos, retain) == ("line3/cam1/alarm", 2, True)
     assert payload["frame"] == 1 and payload["score"] == pytest.approx(0.8) and payload["id"] == alarm_id(make_event(1, score=0.8))
     names = [c[0] for c in client.calls]
     assert ("username_pw_set", ("edge", "s3cret"), {}) in client.calls
-    assert ("connect_async", ("broker.local", 1883, 60), {}) in client.calls
-    assert names.index("loop_start") < names.index("disconnect") < names.index("loop_stop")
+    assert ("connect", ("broker.local", 1883, 60), {}) in client.calls
+    assert names.index("username_pw_set") < names.index("connect") < names.index("disconnect")
 
 
 def test_mqtt_without_paho_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "paho.mqtt.client", None)   # import now raises ImportError
     with pytest.raises(SinkConfigError, match=r"pip install 'dcam-edge\[mqtt\]'"):
-        build_sinks(SinkConfig(mqtt_host="127.0.0.1"))
+        build_sinks(SinkConfig(mqtt_host="127.0.0.1", mqtt_spool_dir="/nonexistent/never-created"))
 
 
-def test_mqtt_real_client_without_broker_does_not_block():
+def test_mqtt_real_client_without_broker_does_not_block_and_keeps_the_alarm(tmp_path):
     pytest.importorskip("paho.mqtt.client")
-    sinks = build_sinks(SinkConfig(mqtt_host="127.0.0.1", mqtt_port=free_port()))  # nothing listens
+    sinks = build_sinks(SinkConfig(mqtt_host="127.0.0.1", mqtt_port=free_port(),  # nothing listens
+                                   mqtt_spool_dir=str(tmp_path / "outbox"), mqtt_backoff=0.05, mqtt_backoff_max=0.1))
+    t0 = time.perf_counter()
     sinks[0].handle(make_event(1))
-    close_sinks(sinks, 5)
-    assert sinks[0].stats()["failed"] == 0   # queued by paho (QoS 1) rather than an error
+    assert time.perf_counter() - t0 < 0.5
+    assert wait_until(lambda: sinks[0].stats()["failed"] >= 1, 10)
+    close_sinks(sinks, 2)
+    stats = sinks[0].stats()
+    assert (stats["queued"], stats["delivered"], stats["handled"], stats["backlog"]) == (1, 0, 0, 1)
+    assert [p["frame"] for p in outbox(tmp_path / "outbox", "mqtt")] == [1]  # in the outbox, not in memory
 
 
 # ---- GPIO (gpiozero MockFactory) ------------------------------------------------------------------------

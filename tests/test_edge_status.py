@@ -121,7 +121,8 @@ def test_metrics_endpoint_matches_fed_runtime_metrics(fed_metrics):
         ref = srt[int(math.floor(pos))] + (srt[int(math.ceil(pos))] - srt[int(math.floor(pos))]) * (pos - math.floor(pos))
         assert value(samples, "latency_seconds", quantile=str(q)) == pytest.approx(ref / 1000, rel=1e-9)
     assert value(samples, "latency_max_seconds") == pytest.approx(window.max() / 1000)
-    assert value(samples, "fps") == pytest.approx(m.fps(), rel=1e-9) and value(samples, "fps") > 0
+    # fps is measured up to "now" (it decays while no frames come), so a later reading is never higher.
+    assert value(samples, "fps") > 0 and value(samples, "fps") >= m.fps()
     assert value(samples, "alarm_active") == 1
     assert value(samples, "last_score") == pytest.approx(0.69)
     assert value(samples, "threshold") == pytest.approx(0.42)

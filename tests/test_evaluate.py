@@ -228,7 +228,7 @@ def test_cli_on_tiny_run_writes_table_json_and_figures(tiny_run, synthetic_root,
     assert list(result["categories"]) == [first]
     assert (result["method"], result["backbone"]) == ("dcam", "efficientnet_lite0")
     row = result["categories"][first]
-    assert set(row) == set(evaluate.RESULT_KEYS) and set(result["mean"]) == set(evaluate.RESULT_KEYS)
+    assert set(row) == {*evaluate.RESULT_KEYS, "defects"} and set(result["mean"]) == set(evaluate.RESULT_KEYS)
     # Independent check of the wiring: the run's model scored sample by sample, AUROC by sklearn.
     model, cfg = load_run(tiny_run, "cpu")
     samples = list_test_samples(synthetic_root, [first])
@@ -254,3 +254,38 @@ def test_evaluate_run_defaults_to_the_runs_categories_and_blur_override(tiny_run
     assert blurred["blur_sigma"] == 4.0
     assert any(blurred["categories"][c]["pixel_auroc"] != plain["categories"][c]["pixel_auroc"]
                for c in plain["categories"])
+
+
+def test_evaluate_model_reports_auroc_per_defect_type_and_every_images_score(dataset, tmp_path):
+    result = evaluate.evaluate_model(BrightnessModel(), SPEC, dataset, ["widget"], batch_size=4, device="cpu",
+                                     progress=False)
+    labels, scores, _, _ = expected_arrays(WIDGET_TEST)
+    keys = sorted(WIDGET_TEST)
+    defects = np.array([d for d, _ in keys])
+    per_defect = result["categories"]["widget"]["defects"]
+    assert set(per_defect) == {"scratch", "dent"}
+    for defect in ("scratch", "dent"):  # each defect type against the normal test images, by sklearn
+        pick = (defects == "good") | (defects == defect)
+        assert per_defect[defect]["image_auroc"] == pytest.approx(roc_auc_score(labels[pick], scores[pick]))
+        assert per_defect[defect]["n_images"] == int((defects == defect).sum())
+    images = result["images"]
+    assert [(Path(r["path"]).parent.name, Path(r["path"]).stem) for r in images] == keys
+    np.testing.assert_allclose([r["score"] for r in images], scores, atol=1e-6)
+    assert [r["label"] for r in images] == labels.tolist()
+    csv_path = evaluate.write_scores_csv(result, tmp_path / "scores.csv")
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "path,category,defect,label,score" and len(rows) == 1 + len(keys)
+    assert "dent" in evaluate.format_table(result)
+
+
+def test_a_category_without_masks_gets_image_metrics_and_a_notice(dataset, capsys):
+    import shutil
+
+    shutil.rmtree(dataset / "widget" / "ground_truth")
+    result = evaluate.evaluate_model(BrightnessModel(), SPEC, dataset, ["widget", "gadget"], batch_size=4,
+                                     device="cpu", progress=False)
+    w = result["categories"]["widget"]
+    assert w["image_auroc"] == pytest.approx(7.5 / 9)  # as with masks
+    assert math.isnan(w["pixel_auroc"]) and math.isnan(w["aupro"])
+    assert result["mean"]["pixel_auroc"] == pytest.approx(1.0)  # only gadget has masks
+    assert "widget: no ground_truth/ masks" in capsys.readouterr().err

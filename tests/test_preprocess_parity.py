@@ -18,9 +18,14 @@ SPEC = PreprocessSpec.for_normalization("half", 64)
 
 
 def _independent(path: Path, spec: PreprocessSpec) -> np.ndarray:
-    """The documented recipe, written out: BGR→RGB, bilinear resize, /255, (x − mean)/std, HWC→CHW."""
-    rgb = cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1]
-    rgb = cv2.resize(np.ascontiguousarray(rgb), (spec.image_size, spec.image_size), interpolation=cv2.INTER_LINEAR)
+    """The documented recipe, written out: BGR→RGB, resize (area-average a shrinking axis, bilinear a growing one),
+    /255, (x − mean)/std, HWC→CHW."""
+    rgb = np.ascontiguousarray(cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1])
+    s = spec.image_size
+    if spec.resize == "area":
+        h, w = rgb.shape[:2]
+        rgb = cv2.resize(rgb, (min(w, s), min(h, s)), interpolation=cv2.INTER_AREA) if max(h, w) > s else rgb
+    rgb = cv2.resize(rgb, (s, s), interpolation=cv2.INTER_LINEAR) if rgb.shape[:2] != (s, s) else rgb
     x = (rgb.astype(np.float32) / 255.0 - np.float32(spec.mean)) / np.float32(spec.std)
     return x.transpose(2, 0, 1)
 
@@ -68,3 +73,30 @@ def test_grey_frames_and_bad_files(tmp_path):
     cv2.imwrite(str(mask), np.zeros((8, 8), np.uint8))
     with pytest.raises(ImageReadError, match="m.png: mask is 8x8 but its image is 16x16"):
         load_mask(mask, (16, 16), 64)
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (256, 40), (40, 256), (20, 30), (64, 64)])
+def test_resize_antialiases_a_shrinking_axis_and_keeps_old_manifests_bilinear(shape) -> None:
+    from edge.preprocess import resize_rgb
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (*shape, 3)).astype(np.uint8)
+    out = resize_rgb(rgb, 64)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    if shape[0] == 256 and shape[1] == 256:  # 4× reduction: each output pixel is the mean of its 4×4 block
+        blocks = rgb.reshape(64, 4, 64, 4, 3).mean(axis=(1, 3))
+        assert np.abs(out.astype(float) - blocks).max() <= 0.5 + 1e-9
+    assert np.array_equal(resize_rgb(rgb, 64, "linear"), cv2.resize(rgb, (64, 64), interpolation=cv2.INTER_LINEAR)
+                          if shape != (64, 64) else rgb)
+    old = PreprocessSpec.from_dict({"image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "resize": "cv2.INTER_LINEAR"})
+    assert old.resize == "linear"
+    assert PreprocessSpec.from_dict(PreprocessSpec(64).to_dict()).resize == "area"
+
+
+def test_every_consumer_agrees_for_a_bilinear_spec_too(synthetic_root, image_files) -> None:
+    spec = PreprocessSpec.for_normalization("half", 64, resize="linear")
+    for path in image_files:
+        reference = load_image(path, spec)
+        np.testing.assert_allclose(reference, _independent(path, spec), atol=1e-6)
+        image_set = load_image_set([path], ["c"], [0], spec.image_size, progress=False, resize="linear")
+        np.testing.assert_array_equal(image_set.arrays(spec)[0], reference)

@@ -180,7 +180,7 @@ def test_fmm_is_training_only_and_absent_from_inference() -> None:
 def test_rd_family_blurs_with_sigma_4_unless_set(method: str) -> None:
     assert ModelConfig(method=method).blur_sigma == 4.0
     assert ModelConfig(method=method, blur_sigma=0.0).blur_sigma == 0.0
-    assert ModelConfig(method="dcam").blur_sigma == 0.0
+    assert ModelConfig(method="dcam", preset="paper").blur_sigma == 0.0
 
 
 @pytest.mark.parametrize("field, value, flag", [("dskd_global_loss", "kl", "--dskd-global-loss"),

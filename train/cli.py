@@ -57,7 +57,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, skip: set[str]) -> N
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(base) is tuple:
-            kwargs.update(nargs=len(typing.get_args(base)), type=typing.get_args(base)[0])
+            items = typing.get_args(base)
+            kwargs.update(nargs="+" if Ellipsis in items else len(items), type=items[0])
         else:
             kwargs["type"] = base
         parser.add_argument(_flag(field.name), **kwargs)

@@ -5,12 +5,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-METHODS = ("stfpm", "dcam", "rd", "dskd", "mrkd")
+METHODS = ("stfpm", "dcam", "rd", "dskd", "mrkd", "knn")
+CORESETS = ("greedy", "random")
+LR_SCHEDULES = ("constant", "cosine")
+REVERSE_DISTILLATION_METHODS = ("rd", "dskd", "mrkd")
 RD_LOSS_MODES = ("pixel", "flat")  # RD Eq. 2 per position | the official RD4AD code's flattened maps
 STUDENT_LOSSES = ("pi", "ca")  # DSKD Table 5: per-pixel cosine | contextual affinity
 ATTENTIONS = ("none", "channel", "spatial", "both")
 
-# Method presets fill every field left as None (DCAM paper Table 6 best row; STFPM = Table 1 baseline).
+PRESETS = ("default", "paper")
+
+# Paper presets fill every field left as None (DCAM paper Table 6 best row; STFPM = Table 1 baseline).
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "stfpm": dict(attention="none", loss_mse=1.0, loss_channel_cosine=0.0, loss_spatial_cosine=0.0,
                   loss_channel_kl=0.0, loss_spatial_kl=0.0),
@@ -20,7 +25,23 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "rd": dict(blur_sigma=4.0),
     "dskd": dict(blur_sigma=4.0),
     "mrkd": dict(blur_sigma=4.0),
+    "knn": dict(blur_sigma=4.0, levels=(1, 2)),  # PatchCore: strides 8 + 16, map smoothed with σ = 4
 }
+# The "default" preset: the paper's values, overridden where real-image measurements (bench-quality, README
+# "Measured quality") found better ones at the 20-epoch CPU budget. `--preset paper` gives the paper exactly.
+MEASURED_METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    method: dict(student_bn_momentum=0.1, blur_sigma=4.0, levels=(1, 2)) for method in ("stfpm", "dcam")
+}
+
+
+def method_preset(method: str, preset: str) -> dict[str, Any]:
+    """The model fields a method's preset fills (paper values, plus the measured overrides for "default")."""
+    if preset not in PRESETS:
+        raise ValueError(f"--preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
+    values = dict(METHOD_PRESETS.get(method, {}))
+    if preset == "default":
+        values.update(MEASURED_METHOD_PRESETS.get(method, {}))
+    return values
 
 
 @dataclass
@@ -28,7 +49,10 @@ class ModelConfig:
     """What to build. Loss weights / attention left as None take the method's preset."""
 
     method: str = "dcam"
+    preset: str = "default"  # "default": the best measured recipe; "paper": the method's paper exactly
     backbone: str = "resnet18"
+    # Teacher feature levels that are distilled and scored (0 = stride 4, 1 = stride 8, 2 = stride 16).
+    levels: tuple[int, ...] | None = None
     pretrained: bool = True
     teacher_weights: str | None = None
     # DCAM (paper §3.1): training-only CBAM-style attention on the student's three feature maps.
@@ -36,6 +60,9 @@ class ModelConfig:
     attention_reduction: int = 16  # CBAM's MLP reduction ratio r
     attention_kernel: int = 7  # spatial attention conv, paper: 7×7
     attention_at_inference: bool = False  # the paper drops it; keep it to measure that choice
+    # BatchNorm momentum of a random-init student (None = the backbone's own: Lite0 keeps TF's 0.01, whose running
+    # statistics lag far behind a student that changes fast in a short training; measured: see MEASURED_METHOD_PRESETS).
+    student_bn_momentum: float | None = None
     # Feature-matching loss weights (paper §3.2–3.3 and STFPM's L2-normalised MSE).
     loss_channel_cosine: float | None = None
     loss_spatial_cosine: float | None = None
@@ -64,15 +91,27 @@ class ModelConfig:
     mrkd_fmm_weight: float = 1.0  # weight of the FMM term next to the direct decoder term
     mrkd_scconv: bool = True
     mrkd_simam: bool = True
+    # Memory bank (knn, PatchCore): p×p local averaging, bank entries, how they are selected.
+    knn_neighbourhood: int = 3
+    knn_bank_size: int = 16384
+    knn_coreset: str = "greedy"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"--method: unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
-        for key, value in METHOD_PRESETS.get(self.method, {}).items():
+        for key, value in method_preset(self.method, self.preset).items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
         if self.blur_sigma is None:
             self.blur_sigma = 0.0
+        if self.levels is None:
+            self.levels = (0, 1, 2)
+        self.levels = tuple(int(i) for i in self.levels)  # JSON configs give a list
+        if not self.levels or sorted(set(self.levels)) != list(self.levels) or not set(self.levels) <= {0, 1, 2}:
+            raise ValueError(f"--levels: expected increasing distinct teacher levels from 0 (stride 4), 1 (stride 8), "
+                             f"2 (stride 16), got {list(self.levels)}")
+        if self.method in REVERSE_DISTILLATION_METHODS and self.levels != (0, 1, 2):
+            raise ValueError(f"--levels: {self.method} reconstructs all three teacher levels; expected 0 1 2")
         self._check_reverse_distillation_fields()
         if self.attention is None:
             self.attention = "none"
@@ -87,6 +126,8 @@ class ModelConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: a loss weight must be >= 0")
         if self.blur_sigma < 0:
             raise ValueError("--blur-sigma must be >= 0")
+        if self.student_bn_momentum is not None and not 0 < self.student_bn_momentum <= 1:
+            raise ValueError(f"--student-bn-momentum: expected a value in (0, 1], got {self.student_bn_momentum}")
 
     def _check_reverse_distillation_fields(self) -> None:
         checks = [
@@ -102,6 +143,11 @@ class ModelConfig:
              f"--dskd-global-loss: expected one of {', '.join(STUDENT_LOSSES)}, got {self.dskd_global_loss!r}"),
             (0.0 <= self.mrkd_mask_rate < 1.0, f"--mrkd-mask-rate: expected a value in [0, 1), got {self.mrkd_mask_rate}"),
             (self.mrkd_fmm_weight >= 0, f"--mrkd-fmm-weight: expected >= 0, got {self.mrkd_fmm_weight}"),
+            (self.knn_neighbourhood >= 1 and self.knn_neighbourhood % 2 == 1,
+             f"--knn-neighbourhood: expected an odd size >= 1, got {self.knn_neighbourhood}"),
+            (self.knn_bank_size >= 1, f"--knn-bank-size: expected >= 1, got {self.knn_bank_size}"),
+            (self.knn_coreset in CORESETS,
+             f"--knn-coreset: expected one of {', '.join(CORESETS)}, got {self.knn_coreset!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -118,7 +164,20 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "dskd": dict(optimizer="adam", lr=0.005, epochs=200, batch_size=16),
     # Masked RD §4.2: Adam lr 1e-3 (its L2 regularisation has no stated coefficient: none here).
     "mrkd": dict(optimizer="adam", lr=0.001, epochs=200, batch_size=16),
+    # knn is fitted in one pass, not trained: epochs / optimizer are unused.
+    "knn": dict(optimizer="adam", lr=0.001, epochs=1, batch_size=16),
 }
+MEASURED_TRAIN_PRESETS: dict[str, dict[str, Any]] = {}
+
+
+def train_preset(method: str, preset: str) -> dict[str, Any]:
+    """Optimiser / schedule preset of a method (paper values, plus the measured overrides for "default")."""
+    values = dict(lr_schedule="constant", **TRAIN_PRESETS.get(method, TRAIN_PRESETS["dcam"]))
+    if preset == "default":
+        values.update(MEASURED_TRAIN_PRESETS.get(method, {}))
+    return values
+
+
 # Learning rate when only --optimizer is overridden: that optimizer's paper default (DCAM for SGD, RD for Adam).
 TRAIN_PRESETS_BY_OPTIMIZER = {p["optimizer"]: p["lr"] for p in (TRAIN_PRESETS["dcam"], TRAIN_PRESETS["rd"])}
 
@@ -136,10 +195,14 @@ class TrainConfig:
     # None = the method's paper default (TRAIN_PRESETS): SGD lr 0.1 for stfpm/dcam, Adam lr 0.005 for the RD family.
     optimizer: str | None = None
     lr: float | None = None
+    # "constant" (the papers) or "cosine": lr·½(1 + cos(π·step/total steps)), set per step (resumes exactly).
+    lr_schedule: str | None = None
     momentum: float = 0.9
     weight_decay: float = 1e-4
     adam_betas: tuple[float, float] = (0.5, 0.999)
     image_size: int = 256
+    # Downscaling: "area" antialiases (cv2.INTER_AREA), "linear" is plain bilinear (runs saved before this field).
+    resize: str = "area"
     val_fraction: float = 0.2
     seed: int = 0
     device: str = "auto"
@@ -156,8 +219,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
-        preset = TRAIN_PRESETS.get(self.model.method, TRAIN_PRESETS["dcam"])
-        for key in ("epochs", "batch_size"):
+        preset = train_preset(self.model.method, self.model.preset)
+        for key in ("epochs", "batch_size", "lr_schedule"):
             if getattr(self, key) is None:
                 setattr(self, key, preset[key])
         if self.optimizer is None:
@@ -168,12 +231,16 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(self, name)}")
+        if self.resize not in ("area", "linear"):
+            raise ValueError(f"--resize: expected 'area' or 'linear', got {self.resize!r}")
         if self.image_size % 32:
             raise ValueError(f"--image-size: expected a multiple of 32, got {self.image_size}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction: expected a value in (0, 1), got {self.val_fraction}")
         if self.lr <= 0:
             raise ValueError(f"--lr: expected a positive learning rate, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr-schedule: expected one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"--optimizer: expected 'sgd' or 'adam', got {self.optimizer!r}")
 
@@ -183,6 +250,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
-        model = ModelConfig(**d.pop("model", {}))
+        model_fields = dict(d.pop("model", {}))
+        # Runs saved before presets existed were trained with the papers' recipe: fields they lack keep its values.
+        model_fields.setdefault("preset", "paper")
+        d.setdefault("lr_schedule", "constant")
+        d.setdefault("resize", "linear")
+        model = ModelConfig(**model_fields)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(model=model, **{k: v for k, v in d.items() if k in known})

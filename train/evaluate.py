@@ -12,7 +12,6 @@ Image decoding, resizing, normalisation and metric computation are NOT included.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -28,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from edge.jsonsafe import write_json as write_strict_json
 from edge.metrics import MetricWarning, aupro, f1_max, image_auroc, pixel_auroc
 from edge.preprocess import PreprocessSpec
 from train.device import resolve_device
@@ -51,6 +51,7 @@ class EvalConfig:
     categories: str | None = None  # None: the categories the run was trained on
     json: str | None = None
     visualize: str | None = None
+    scores: str | None = None  # per-image scores as CSV
     batch_size: int = 8
     device: str = "auto"
     blur_sigma: float | None = None  # None: the run's own blur σ
@@ -214,13 +215,24 @@ def evaluate_model(inference_model: nn.Module, spec: PreprocessSpec, data: str |
     model = inference_model.to(dev).eval()
     test_samples = {cat: list_test_samples(data, [cat]) for cat in categories}  # layout errors before any work
     per_category: dict[str, dict[str, Any]] = {}
+    images: list[dict[str, Any]] = []
     for cat in categories:
         samples = test_samples[cat]
-        scored = _score(model, samples, spec, batch_size, dev, with_masks=True, desc=f"{cat}", progress=progress)
+        with_masks = has_masks(samples)
+        if not with_masks:
+            print(f"note: {cat}: no ground_truth/ masks; image metrics only (pixel AUROC and AUPRO n/a)",
+                  file=sys.stderr)
+        scored = _score(model, samples, spec, batch_size, dev, with_masks=with_masks, desc=f"{cat}",
+                        progress=progress)
         row = _category_row(cat, scored.labels, scored.scores, scored.masks, scored.maps, AUPRO_FPR_LIMIT)
         row["ms_per_image"] = 1000.0 * scored.forward_s / max(len(samples), 1)
         per_category[cat] = {k: row[k] for k in RESULT_KEYS}
-        if visualize_dir is not None:
+        per_category[cat]["defects"] = defect_aurocs(samples, scored.labels, scored.scores)
+        images.extend({"path": str(s.path), "category": cat, "defect": s.defect, "label": int(label),
+                       "score": float(score)} for s, label, score in zip(samples, scored.labels, scored.scores))
+        if visualize_dir is not None and scored.masks is None:
+            print(f"note: {cat}: no masks, no figures", file=sys.stderr)
+        elif visualize_dir is not None:
             try:
                 _, val = split_train_val(list_train_samples(data, [cat]), val_fraction, seed)
             except MVTecLayoutError:
@@ -232,7 +244,39 @@ def evaluate_model(inference_model: nn.Module, spec: PreprocessSpec, data: str |
                 normal_maps = scored.maps[scored.labels == 0] if (scored.labels == 0).any() else scored.maps
             visualize_category(visualize_dir, cat, samples, scored.maps, scored.scores, scored.masks, spec,
                                heatmap_range(normal_maps), AUPRO_FPR_LIMIT)
-    return {"categories": per_category, "mean": summarize(per_category)}
+    return {"categories": per_category, "mean": summarize(per_category), "images": images}
+
+
+def has_masks(samples: Sequence) -> bool:
+    """Whether every anomalous sample has a ground-truth mask (data sets with image-level labels have none)."""
+    return all(s.mask_path is not None for s in samples if s.label == 1)
+
+
+def defect_aurocs(samples: Sequence, labels: np.ndarray, scores: np.ndarray) -> dict[str, dict[str, float]]:
+    """Image AUROC of each defect type against the category's normal test images: which defects a model misses."""
+    defects = np.asarray([s.defect for s in samples], dtype=object)
+    normal = labels == 0
+    result: dict[str, dict[str, float]] = {}
+    for defect in dict.fromkeys(defects[labels == 1].tolist()):
+        pick = normal | (defects == defect)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MetricWarning)  # no normal test image: nan, reported as n/a
+            auroc = image_auroc(labels[pick], scores[pick])
+        result[defect] = {"image_auroc": auroc, "n_images": int((defects == defect).sum())}
+    return result
+
+
+def write_scores_csv(result: Mapping[str, Any], path: str | Path) -> Path:
+    """One row per test image: path, category, defect, label, score (sorted as evaluated)."""
+    import csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "category", "defect", "label", "score"])
+        writer.writeheader()
+        writer.writerows(result.get("images", []))
+    return path
 
 
 def _set_blur_sigma(model: nn.Module, sigma: float) -> None:
@@ -277,25 +321,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path, categories: str | Sequen
     return result
 
 
-def _json_safe(value: Any) -> Any:
-    """nan/inf are not JSON: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
-
-
 def write_json(result: Mapping[str, Any], path: str | Path) -> Path:
     """Write an evaluation result as strict JSON (nan → null)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
-    return path
+    return write_strict_json(path, result)
 
 
 def format_table(result: Mapping[str, Any]) -> str:
@@ -312,6 +340,12 @@ def format_table(result: Mapping[str, Any]) -> str:
         lines.append(f"{name:<16}{int(r['n_images']):>7}{int(r['n_anomalous']):>6}{fmt(r['image_auroc']):>11}"
                      f"{fmt(r['pixel_auroc']):>10}{fmt(r['aupro']):>8}{fmt(r['image_f1_max']):>8}"
                      f"{(f'{ms:9.2f}' if math.isfinite(ms) else '      n/a')}")
+    defect_rows = [(cat, defect, r) for cat, row in result["categories"].items()
+                   for defect, r in row.get("defects", {}).items()]
+    if defect_rows:
+        lines += ["", f"{'category':<16}{'defect':<20}{'images':>7}{'img AUROC':>11}"]
+        lines += [f"{cat:<16}{defect:<20}{int(r['n_images']):>7}{fmt(r['image_auroc']):>11}"
+                  for cat, defect, r in defect_rows]
     return "\n".join(lines)
 
 
@@ -324,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--categories", default=d.categories,
                    help="'all' or comma-separated names (default: the run's categories)")
     p.add_argument("--json", default=d.json, metavar="OUT.json", help="write the results as JSON")
+    p.add_argument("--scores", default=d.scores, metavar="OUT.csv",
+                   help="write every test image's score (path, category, defect, label, score) as CSV")
     p.add_argument("--visualize", default=d.visualize, metavar="DIR",
                    help="write per-image figures and per-category ROC/PRO curves to DIR")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -354,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(result))
     if cfg.json:
         print(f"wrote {write_json(result, cfg.json)}")
+    if cfg.scores:
+        print(f"wrote {write_scores_csv(result, cfg.scores)}")
     if cfg.visualize:
         print(f"figures in {cfg.visualize}")
     return 0

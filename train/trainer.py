@@ -59,6 +59,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def scheduled_lr(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of optimisation step `step` (0-based) of `total_steps` under cfg.lr_schedule."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    return cfg.lr
+
+
 def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas)
@@ -123,7 +130,8 @@ class Trainer:
                     convert_batchnorm(child, self.device.type)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(cfg, self.model.trainable_parameters())
+        self.optimizer = (build_optimizer(cfg, self.model.trainable_parameters())
+                          if self.model.needs_gradient_training else None)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.train_sampler = GlobalBatchSampler(len(self.data.train), cfg.batch_size, cfg.seed, self.ctx.rank,
                                                 self.ctx.world_size, shuffle=True)
@@ -146,7 +154,8 @@ class Trainer:
         state = load_checkpoint(last, map_location=self.device)
         # last.pt holds the trainable state only; the teacher comes from its pretrained weights.
         self.model.load_state_dict(state["model"], strict=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = int(state["epoch"]) + 1
@@ -176,7 +185,10 @@ class Trainer:
         bar = tqdm(self.train_loader, total=min(limit, len(self.train_loader)), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
                    disable=not self.ctx.is_main, leave=False, dynamic_ncols=True)
         t0 = time.perf_counter()
+        steps_per_epoch = min(limit, len(self.train_loader))
         for batch in bar:
+            for group in self.optimizer.param_groups:
+                group["lr"] = scheduled_lr(self.cfg, epoch * steps_per_epoch + steps, self.cfg.epochs * steps_per_epoch)
             images = self._images(batch)
             with self._autocast():
                 loss, parts = self.step_model(images)
@@ -241,7 +253,8 @@ class Trainer:
                            "config": json.dumps(self.cfg.to_dict())}, self.out / BEST_CHECKPOINT)
 
     def _save_last(self, epoch: int) -> None:
-        atomic_torch_save({"model": self._trainable_state(), "optimizer": self.optimizer.state_dict(),
+        optimizer = self.optimizer.state_dict() if self.optimizer is not None else {}
+        atomic_torch_save({"model": self._trainable_state(), "optimizer": optimizer,
                            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
                            "epoch": epoch, "best_val_loss": self.best_val, "history": json.dumps(self.history)},
                           self.out / LAST_CHECKPOINT)
@@ -255,6 +268,26 @@ class Trainer:
             writer.writeheader()
             writer.writerows(self.history)
         tmp.replace(self.out / "history.csv")
+
+    @torch.no_grad()
+    def _fit_training_statistics(self) -> None:
+        """Every process sees all training normals in a fixed order, so the statistics agree across ranks."""
+        self.model.eval()
+        loader = DataLoader(self.data.train, batch_size=self.cfg.batch_size, shuffle=False, num_workers=0)
+        batches = (self._images(batch) for batch in tqdm(loader, desc="training statistics", leave=False,
+                                                          disable=not self.ctx.is_main, dynamic_ncols=True))
+        self.model.fit_training_statistics(batches)
+
+    def _fit_without_gradients(self) -> None:
+        """Methods fitted in one pass (memory bank): one "epoch", validated and checkpointed like the others."""
+        t0 = time.perf_counter()
+        val_loss = self.validation_loss()
+        self.history = [{"epoch": 1, "val_loss": val_loss,
+                         "seconds": time.perf_counter() - t0 + self._statistics_seconds}]
+        self.best_val = val_loss
+        self._save_best(0, val_loss)
+        self._save_last(0)
+        self._write_history()
 
     # ---- main --------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -270,6 +303,12 @@ class Trainer:
                          self.cfg.model.method, self.cfg.model.backbone, len(self.data.train), len(self.data.val),
                          ",".join(self.data.categories), self.device, self.ctx.world_size)
             started = time.perf_counter()
+            self._fit_training_statistics()
+            self._statistics_seconds = time.perf_counter() - started
+            if not self.model.needs_gradient_training:
+                if self.ctx.is_main:
+                    self._fit_without_gradients()
+                return self.out
             epochs = tqdm(range(self.start_epoch, self.cfg.epochs), initial=self.start_epoch, total=self.cfg.epochs,
                           desc="epochs", disable=not self.ctx.is_main, dynamic_ncols=True)
             for epoch in epochs:

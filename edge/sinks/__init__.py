@@ -1,4 +1,7 @@
-"""Alarm sinks of the edge runtime: log/JSONL, snapshots, HTTP webhook (+ disk spool), MQTT, GPIO, command.
+"""Alarm sinks of the edge runtime: log/JSONL, snapshots, HTTP webhook, MQTT, GPIO, command.
+
+The remote sinks (webhook, MQTT) share one durable outbox (SQLite, edge.sinks.outbox): an alarm is
+removed from it only once the receiver confirmed it; delivery is at least once (dedupe on ``id``).
 
 The frame loop calls ``sink.handle(event, frame_bgr, overlay_bgr)`` for every frame; each sink
 filters the events it acts on and does its work on its own thread, so ``handle()`` returns at
@@ -44,7 +47,7 @@ def build_sinks(config: SinkConfig, metrics: Any = None) -> list[Sink]:
 
 
 def close_sinks(sinks: list[Sink], timeout: float = 5.0) -> None:
-    """Close all sinks in parallel within `timeout` seconds (queued alarms are finished or spooled first)."""
+    """Close all sinks in parallel within `timeout` seconds (queued alarms are finished or kept in the outbox)."""
     deadline = time.monotonic() + timeout
     # In parallel: a webhook delivering its backlog must not eat the time the snapshot sink needs.
     closers = [threading.Thread(target=sink.close, args=(timeout,), name=f"close-{sink.name}", daemon=True)

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import queue
-import re
 import threading
 import time
 import uuid
@@ -21,21 +20,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edge.redact import redact_credentials
+
 log = logging.getLogger("edge.sinks")
 
 _STOP = object()
+_ERROR_COUNTERS = frozenset({"dropped", "failed"})  # these also bump RuntimeMetrics.sink_errors
 # Alarm ids are uuid5(process namespace, event content): identical for every sink of one process
 # (so a webhook, MQTT and log line of one alarm can be joined) and never reused by another process.
 _PROCESS_NAMESPACE = uuid.uuid4()
 _ID_KEYS = ("time", "frame", "event", "path", "category", "model", "score")
-
-
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
-
-
-def redact_credentials(text: str) -> str:
-    """rtsp://user:pass@host/… → rtsp://***@host/… (camera passwords must not reach logs, webhooks, MQTT)."""
-    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
 def alarm_id(event: dict) -> str:
@@ -84,6 +78,8 @@ class Sink:
     kind: ClassVar[str] = "sink"
     # Only sinks that write images get (copies of) the frames; the others get None.
     needs_images: ClassVar[bool] = False
+    # Counter bumped when process() returns: "handled" (done); remote sinks use "queued" (in the outbox).
+    processed_counter: ClassVar[str] = "handled"
 
     def __init__(self, *, queue_size: int = 256, on_clear: bool = False, metrics: Any = None) -> None:
         self.name = self.kind
@@ -171,8 +167,8 @@ class Sink:
 
     def _count(self, name: str) -> None:
         with self._counts_lock:
-            self._counts[name] += 1
-        if name != "handled" and self._metrics is not None:
+            self._counts[name] = self._counts.get(name, 0) + 1
+        if name in _ERROR_COUNTERS and self._metrics is not None:
             self._metrics.record_sink_error()
 
     # ---- worker --------------------------------------------------------------------------------
@@ -183,7 +179,7 @@ class Sink:
                 return
             try:
                 self.process(*item)
-                self._count("handled")
+                self._count(self.processed_counter)
             except Exception as exc:
                 self._count("failed")
                 self._warn(f"fail:{type(exc).__name__}", f"sink {self.name}: {type(exc).__name__}: {exc}",

@@ -61,10 +61,12 @@ class SinkConfig:
     webhook_timeout: float = _opt(5.0, "seconds per HTTP request")
     webhook_backoff: float = _opt(1.0, "seconds before the first retry; doubles per failed attempt")
     webhook_backoff_max: float = _opt(300.0, "cap of the retry delay in seconds (retries never stop)")
-    webhook_spool_dir: str | None = _opt(None, "undelivered alarms are kept here (one fsync'd file each) and "
+    webhook_spool_dir: str | None = _opt(None, "directory of the durable outbox (outbox.sqlite3, shared with MQTT): "
+                                               "every alarm is committed there and removed only after a 2xx, "
                                                "re-sent in order, also after a restart; required with --webhook-url",
                                          metavar="DIR")
-    webhook_spool_max: int = _opt(10000, "most alarms kept in the spool; beyond it the oldest are discarded")
+    webhook_spool_max: int = _opt(10000, "most undelivered webhook alarms kept in the outbox; beyond it the oldest "
+                                         "are discarded")
     webhook_headers: tuple[str, ...] = _opt((), "extra HTTP header 'Name: value' (repeatable)",
                                             flag="--webhook-header", metavar="'NAME: VALUE'")
     # --- MQTT -----------------------------------------------------------------------------------
@@ -77,8 +79,23 @@ class SinkConfig:
     mqtt_username: str | None = _opt(None, "MQTT user name")
     mqtt_password: str | None = _opt(None, f"MQTT password (TOML or ${MQTT_PASSWORD_ENV} only: not a flag, "
                                            "argv is world-readable)", cli=False)
-    mqtt_tls: bool = _opt(False, "connect to the broker with TLS (system CA certificates)")
+    mqtt_tls: bool = _opt(False, "connect to the broker with TLS (system CA certificates unless --mqtt-ca-file)")
+    mqtt_ca_file: str | None = _opt(None, "PEM file of the CA certificate(s) the broker's certificate must chain "
+                                          "to (implies TLS)", metavar="FILE")
+    mqtt_certfile: str | None = _opt(None, "PEM client certificate for brokers that require one (implies TLS)",
+                                     metavar="FILE")
+    mqtt_keyfile: str | None = _opt(None, "PEM private key of --mqtt-certfile (if not inside that file)",
+                                    metavar="FILE")
     mqtt_keepalive: int = _opt(60, "MQTT keepalive in seconds")
+    mqtt_timeout: float = _opt(10.0, "seconds to wait for the broker: TCP/TLS connect, CONNACK, PUBACK")
+    mqtt_backoff: float = _opt(1.0, "seconds before the first reconnect/retry; doubles per failed attempt")
+    mqtt_backoff_max: float = _opt(60.0, "cap of the MQTT retry delay in seconds (retries never stop)")
+    mqtt_spool_dir: str | None = _opt(None, "directory of the durable outbox (outbox.sqlite3): every alarm is "
+                                            "committed there and removed only after the broker's PUBACK, also "
+                                            "after a restart (default: --webhook-spool-dir; required otherwise)",
+                                      metavar="DIR")
+    mqtt_spool_max: int = _opt(10000, "most undelivered MQTT alarms kept in the outbox; beyond it the oldest "
+                                      "are discarded")
     # --- GPIO -----------------------------------------------------------------------------------
     gpio_pin: int | None = _opt(None, "drive this GPIO output (BCM number) on alarm (Raspberry Pi, "
                                       "needs dcam-edge[gpio])", metavar="BCM")
@@ -104,6 +121,10 @@ class SinkConfig:
         switches = {"log": self.log_path, "snapshot": self.snapshot_dir, "webhook": self.webhook_url,
                     "mqtt": self.mqtt_host, "gpio": self.gpio_pin, "command": self.command or None}
         return [name for name, value in switches.items() if value is not None]
+
+    def mqtt_spool_dir_resolved(self) -> str | None:
+        """mqtt_spool_dir, else webhook_spool_dir (one outbox database for both)."""
+        return self.mqtt_spool_dir or self.webhook_spool_dir or None
 
     def mqtt_password_resolved(self) -> str | None:
         """mqtt_password, else the DCAM_MQTT_PASSWORD environment variable (systemd EnvironmentFile)."""
@@ -140,6 +161,21 @@ class SinkConfig:
                "a non-empty topic without wildcards")
         _check(self, "mqtt_qos", self.mqtt_qos in (0, 1, 2), "0, 1 or 2")
         _check(self, "mqtt_keepalive", self.mqtt_keepalive >= 1, "seconds >= 1")
+        _check(self, "mqtt_timeout", self.mqtt_timeout > 0, "seconds > 0")
+        _check(self, "mqtt_backoff", self.mqtt_backoff > 0, "seconds > 0")
+        _check(self, "mqtt_backoff_max", self.mqtt_backoff_max >= self.mqtt_backoff,
+               f"seconds >= mqtt_backoff ({self.mqtt_backoff})")
+        _check(self, "mqtt_spool_max", self.mqtt_spool_max >= 1, "an integer >= 1")
+        for name in ("mqtt_ca_file", "mqtt_certfile", "mqtt_keyfile"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(self, name, value.strip() != "", "a file path")
+        if self.mqtt_keyfile is not None and self.mqtt_certfile is None:
+            raise SinkConfigError(f"{_where('mqtt_keyfile')}: needs {_where('mqtt_certfile')} (the certificate "
+                                  "the key belongs to)")
+        if self.mqtt_host is not None and not self.mqtt_spool_dir_resolved():
+            raise SinkConfigError(f"{_where('mqtt_spool_dir')}: required when mqtt_host is set (undelivered alarms "
+                                  "are kept there; or set webhook_spool_dir to share its outbox)")
         if self.gpio_pin is not None:
             _check(self, "gpio_pin", self.gpio_pin >= 0, "a BCM pin number >= 0")
         _check(self, "gpio_mode", self.gpio_mode in ("pulse", "hold"), "'pulse' or 'hold'")

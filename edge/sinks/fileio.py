@@ -1,4 +1,4 @@
-"""Crash-safe file writes shared by the snapshot and spool sinks."""
+"""Crash-safe file writes of the snapshot sink (and the outbox's import of the old file spool)."""
 from __future__ import annotations
 
 import os

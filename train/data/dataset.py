@@ -49,7 +49,7 @@ class ImageDataset(Dataset):
             mask = (load_mask(s.mask_path, rgb.shape[:2], size) if s.mask_path is not None
                     else np.zeros((size, size), np.uint8))
         # Resizing is idempotent in preprocess_rgb, so caching the resized image changes nothing downstream.
-        return resize_rgb(rgb, self.spec.image_size), mask
+        return resize_rgb(rgb, self.spec.image_size, self.spec.resize), mask
 
     def _entry(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         if not self.cache:

@@ -162,6 +162,8 @@ def list_test_samples(root: str | Path, categories: str | Sequence[str]) -> list
     """All <root>/<cat>/test/<defect> images; anomalous ones get their ground-truth mask, checked eagerly.
 
     Each mask must exist at ground_truth/<defect>/<name>_mask.png and have its image's height and width.
+    A category without a ground_truth/ directory has image-level labels only: its anomalous samples get
+    mask_path None (image metrics only; pixel metrics are reported as undefined).
     """
     root = Path(root)
     samples: list[Sample] = []
@@ -173,6 +175,9 @@ def list_test_samples(root: str | Path, categories: str | Sequence[str]) -> list
             for img in _list_images(ddir):
                 if ddir.name == GOOD:
                     cat_samples.append(Sample(path=img, category=cat, label=0, defect=GOOD))
+                    continue
+                if not (root / cat / "ground_truth").is_dir():
+                    cat_samples.append(Sample(path=img, category=cat, label=1, defect=ddir.name))
                     continue
                 mask = root / cat / "ground_truth" / ddir.name / f"{img.stem}{MASK_SUFFIX}"
                 if not mask.is_file():

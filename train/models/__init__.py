@@ -27,9 +27,14 @@ def _mrkd(cfg: ModelConfig) -> DistillationModel:
     return MaskedReverseDistillationModel(cfg)
 
 
-# Reverse-distillation methods register here too ("rd", "dskd", "mrkd").
+def _knn(cfg: ModelConfig) -> DistillationModel:
+    from .memory_bank import MemoryBankModel
+    return MemoryBankModel(cfg)
+
+
 BUILDERS: dict[str, Callable[[ModelConfig], DistillationModel]] = {"stfpm": _stfpm, "dcam": _stfpm,
-                                                                   "rd": _rd, "dskd": _dskd, "mrkd": _mrkd}
+                                                                   "rd": _rd, "dskd": _dskd, "mrkd": _mrkd,
+                                                                   "knn": _knn}
 
 
 def build_model(cfg: ModelConfig) -> DistillationModel:

@@ -14,6 +14,8 @@ class DistillationModel(nn.Module):
     """
 
     teacher: nn.Module
+    # False for methods fitted in one pass over the normals (the memory bank): the trainer then skips the epochs.
+    needs_gradient_training: bool = True
 
     def freeze_teacher(self) -> None:
         for p in self.teacher.parameters():
@@ -39,6 +41,10 @@ class DistillationModel(nn.Module):
     def inference_model(self) -> nn.Module:
         """Attention-/mask-free graph: forward(x) → (anomaly_map B×1×H×W, score B). Shares weights with self."""
         raise NotImplementedError
+
+    def fit_training_statistics(self, normal_batches: Iterable[torch.Tensor]) -> None:
+        """Before training: statistics of the training normals the model needs (teacher feature mean/std,
+        the memory bank). Deterministic for a given data split, so a resumed run recomputes them. Default: none."""
 
     def calibrate(self, normal_batches: Iterable[torch.Tensor]) -> None:
         """Collect statistics on normal images that inference needs (e.g. DSKD's μ, σ). Default: none."""

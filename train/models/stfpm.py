@@ -18,20 +18,26 @@ from .head import DistanceHead, pyramid_cosine_head
 from .loss import FeatureMatchingLoss
 
 
+def select_levels(features: list[torch.Tensor], levels: tuple[int, ...]) -> list[torch.Tensor]:
+    """The distilled levels of a backbone's three maps (0 = stride 4, 1 = stride 8, 2 = stride 16)."""
+    return features if len(levels) == len(features) else [features[i] for i in levels]
+
+
 class FeaturePyramidInference(nn.Module):
     """Teacher + student (+ optional attention) + distance head as one module: x → (anomaly_map, score)."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, head: DistanceHead,
-                 attention: nn.Module | None = None) -> None:
+                 attention: nn.Module | None = None, levels: tuple[int, ...] = (0, 1, 2)) -> None:
         super().__init__()
         self.teacher = teacher
         self.student = student
         self.attention = attention
         self.head = head
+        self.levels = tuple(levels)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        teacher_features = self.teacher(images)
-        student_features = self.student(images)
+        teacher_features = select_levels(self.teacher(images), self.levels)
+        student_features = select_levels(self.student(images), self.levels)
         if self.attention is not None:
             student_features = self.attention(student_features)
         return pyramid_cosine_head(self.head, teacher_features, student_features, images.shape[-2:])
@@ -45,8 +51,13 @@ class STFPMModel(DistillationModel):
         self.cfg = cfg
         self.teacher = build_backbone(cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.teacher_weights)
         self.student = build_backbone(cfg.backbone, pretrained=False)
+        if cfg.student_bn_momentum is not None:
+            for module in self.student.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.momentum = cfg.student_bn_momentum
         self.freeze_teacher()
-        self.attention = (DistributedAttention(self.teacher.channels, cfg.attention, cfg.attention_reduction,
+        self.attention = (DistributedAttention([self.teacher.channels[i] for i in cfg.levels], cfg.attention,
+                                               cfg.attention_reduction,
                                                cfg.attention_kernel)
                           if cfg.attention != "none" else None)
         self.loss = FeatureMatchingLoss(cfg.loss_channel_cosine, cfg.loss_spatial_cosine, cfg.loss_channel_kl,
@@ -56,8 +67,8 @@ class STFPMModel(DistillationModel):
     def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher features (no grad) and the student's features refined by DCAM (training view)."""
         with torch.no_grad():
-            teacher_features = self.teacher(images)
-        student_features = self.student(images)
+            teacher_features = select_levels(self.teacher(images), self.cfg.levels)
+        student_features = select_levels(self.student(images), self.cfg.levels)
         if self.attention is not None:
             student_features = self.attention(student_features)
         return teacher_features, student_features
@@ -68,4 +79,4 @@ class STFPMModel(DistillationModel):
 
     def inference_model(self) -> nn.Module:
         attention = self.attention if self.cfg.attention_at_inference else None
-        return FeaturePyramidInference(self.teacher, self.student, self.head, attention)
+        return FeaturePyramidInference(self.teacher, self.student, self.head, attention, self.cfg.levels)

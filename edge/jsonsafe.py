@@ -1,0 +1,30 @@
+"""Strict JSON for every file the project writes (manifests, evaluations, reports, frame logs)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf → None, numpy scalars/arrays → Python numbers/lists, tuples → lists, keys → str."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()  # numpy scalar → number, array → (nested) list
+        if isinstance(value, list):
+            return json_safe(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str | Path, value: Any, indent: int = 2) -> Path:
+    """Write value as strict JSON (never NaN/Infinity), creating the parent directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json_safe(value), indent=indent, allow_nan=False) + "\n")
+    return path

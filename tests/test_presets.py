@@ -1,0 +1,79 @@
+"""Method presets ("default" = best measured recipe, "paper" = the papers exactly), the lr schedule, old runs."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from train.config import (METHOD_PRESETS, METHODS, TRAIN_PRESETS, ModelConfig, TrainConfig, method_preset,
+                          train_preset)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_paper_preset_is_the_papers_table(method: str) -> None:
+    cfg = TrainConfig(data="x", model=ModelConfig(method=method, preset="paper"))
+    for key, value in METHOD_PRESETS[method].items():
+        assert getattr(cfg.model, key) == value, key
+    paper = TRAIN_PRESETS[method]
+    assert (cfg.optimizer, cfg.lr, cfg.epochs, cfg.batch_size, cfg.lr_schedule) == \
+        (paper["optimizer"], paper["lr"], paper["epochs"], paper["batch_size"], "constant")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_default_preset_fills_what_the_user_left_open_and_keeps_what_was_set(method: str) -> None:
+    cfg = TrainConfig(data="x", model=ModelConfig(method=method))
+    for key, value in method_preset(method, "default").items():
+        assert getattr(cfg.model, key) == (tuple(value) if isinstance(value, list) else value), key
+    assert cfg.lr_schedule == train_preset(method, "default")["lr_schedule"]
+    explicit = TrainConfig(data="x", lr=0.0123, lr_schedule="constant", model=ModelConfig(method=method, blur_sigma=1.5))
+    assert (explicit.lr, explicit.lr_schedule, explicit.model.blur_sigma) == (0.0123, "constant", 1.5)
+
+
+def test_unknown_preset_is_a_one_line_error() -> None:
+    with pytest.raises(ValueError, match="--preset"):
+        ModelConfig(preset="fast")
+    with pytest.raises(ValueError, match="--lr-schedule"):
+        TrainConfig(data="x", lr_schedule="step")
+
+
+def test_a_run_saved_before_presets_loads_with_the_papers_values(tmp_path) -> None:
+    from train.runs import load_config
+
+    saved = TrainConfig(data="x", model=ModelConfig(method="dcam", preset="paper")).to_dict()
+    for key in ("preset", "levels"):
+        del saved["model"][key]
+    del saved["lr_schedule"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    cfg = load_config(tmp_path)
+    assert (cfg.model.preset, cfg.model.levels, cfg.lr_schedule) == ("paper", (0, 1, 2), "constant")
+    assert cfg.model.blur_sigma == METHOD_PRESETS["dcam"].get("blur_sigma", 0.0)
+
+
+def test_cosine_schedule_goes_from_lr_to_zero_by_the_last_step() -> None:
+    from train.trainer import scheduled_lr
+
+    cfg = TrainConfig(data="x", lr=0.2, lr_schedule="cosine")
+    total = 40
+    lrs = [scheduled_lr(cfg, step, total) for step in range(total + 1)]
+    assert lrs[0] == pytest.approx(0.2) and lrs[total // 2] == pytest.approx(0.1) and lrs[total] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[10] == pytest.approx(0.1 * (1 + math.cos(math.pi / 4)))
+    assert scheduled_lr(TrainConfig(data="x", lr=0.2, lr_schedule="constant"), 39, total) == 0.2
+
+
+def test_cosine_schedule_resumes_exactly(synthetic_root, tmp_path) -> None:
+    """Interrupted after epoch 1 and resumed: the learning rates per epoch equal an uninterrupted run's."""
+    from tests.conftest import tiny_train_config
+    from train.trainer import train
+
+    def history(out, **overrides):
+        train(tiny_train_config(synthetic_root, out, epochs=3, lr_schedule="cosine", max_steps_per_epoch=2,
+                                **overrides))
+        return [row["lr"] for row in json.loads((out / "history.json").read_text())]
+
+    full = history(tmp_path / "full")
+    assert len(history(tmp_path / "split", time_budget_s=1e-9)) == 1  # stops after its first epoch
+    resumed = history(tmp_path / "split")
+    assert resumed == pytest.approx(full)
+    assert full[0] > full[1] > full[2]
