@@ -162,8 +162,8 @@ def build(out: str | Path, categories: list[str] | None = None, size: int = 320,
     if unknown:
         raise PhotoSetError(f"--categories: unknown {', '.join(unknown)}; expected {', '.join(CATEGORIES)}")
     photos = {name: load_photo(CATEGORIES[name]) for name in CATEGORIES}
-    for index, name in enumerate(names):
-        rng = np.random.default_rng([seed, index])
+    for name in names:
+        rng = np.random.default_rng([seed, list(CATEGORIES).index(name)])  # a subset holds the full set's images
         source, photo = CATEGORIES[name], photos[name]
         others = [p for n, p in photos.items() if n != name]
         for i in range(n_train):

@@ -154,10 +154,11 @@ def load_export_data(cfg: Any, categories: Sequence[str], image_size: int, calib
         warnings.warn(f"int8 calibration uses {len(calib_items)} normal images (< {RECOMMENDED_CALIB_SAMPLES} "
                       f"recommended); activation ranges may be unrepresentative", CalibrationWarning, stacklevel=2)
     sources["calibration_images"] = len(calib_items)
+    resize = getattr(cfg, "resize", "area")  # the run's resize policy (runs saved before it: "linear")
     calibration = load_image_set([p for p, _ in calib_items], [c for _, c in calib_items], [0] * len(calib_items),
-                                 image_size, desc="calibration images", progress=progress, resize=cfg.resize)
+                                 image_size, desc="calibration images", progress=progress, resize=resize)
     validation = load_image_set([p for p, _ in val_items], [c for _, c in val_items], [0] * len(val_items),
-                                image_size, desc="validation normals", progress=progress, resize=cfg.resize)
+                                image_size, desc="validation normals", progress=progress, resize=resize)
     test = None
     if have_dataset and all((Path(cfg.data) / c / "test").is_dir() for c in categories):
         try:
@@ -168,7 +169,7 @@ def load_export_data(cfg: Any, categories: Sequence[str], image_size: int, calib
                               image_size, desc="test images",
                               mask_paths=([s.mask_path for s in samples]  # image-level labels only: no pixel metrics
                                           if all(s.mask_path for s in samples if s.label) else None),
-                              progress=progress, resize=cfg.resize)
+                              progress=progress, resize=resize)
         sources["test"] = f"{cfg.data}: test split ({len(samples)} images)"
     else:
         sources["test"] = None

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .calibration_data import CalibrationWarning, ExportData, load_export_data
-from .config import FORMATS, AccuracyGuardError, ExportConfig, model_filename, require
+from .config import FORMATS, AccuracyGuardError, ExportConfig, ExportError, model_filename, require
 from .graph import FusedGraph, load_fused_graph
 from .guard import (PARITY_ATOL, Outputs, file_accuracy, guard_violations, load_file_engine, score_outputs,
                     split_metrics)
@@ -155,6 +155,10 @@ class _Exporter:
         return ExportedFile(fmt, precision, path, manifest, accuracy, violations, float(threshold["global"]), size)
 
 
+# Methods whose graph has no int8 path yet, and why (the one-line reason users see).
+FP32_ONLY_METHODS = {"knn": "the int8 quantisers do not yet keep its nearest-bank distance product in fp32"}
+
+
 def run_export(cfg: ExportConfig) -> ExportResult:
     """Write every requested file with its manifest; AccuracyGuardError (carrying ``.result``) when a file
     fails the guard and ``cfg.allow_accuracy_drop`` is False."""
@@ -165,6 +169,15 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     with tqdm(total=3 + len(plan), desc="dcam-export", unit="step", file=sys.stderr, disable=not cfg.progress) as bar:
         bar.set_postfix_str("fusing the inference graph")
         graph, train_cfg = load_fused_graph(cfg.run, seed=cfg.seed)
+        if train_cfg.model.method in FP32_ONLY_METHODS and any(p == "int8" for _, p in plan):
+            plan = [(fmt, p) for fmt, p in plan if p != "int8"]
+            if not plan:
+                raise ExportError(f"--precisions int8: {train_cfg.model.method} exports fp32 only "
+                                  f"({FP32_ONLY_METHODS[train_cfg.model.method]})")
+            message = f"{train_cfg.model.method}: int8 skipped, fp32 only ({FP32_ONLY_METHODS[train_cfg.model.method]})"
+            result.warnings.append(message)
+            tqdm.write(f"warning: {message}", file=sys.stderr)
+            bar.total = 3 + len(plan)
         bar.update()
         bar.set_postfix_str("loading images")
         with warnings.catch_warnings(record=True) as caught:
@@ -172,7 +185,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
             data = load_export_data(train_cfg, graph.info["categories"], graph.image_size, cfg.calib_data,
                                     cfg.calib_samples if "int8" in cfg.precisions else 1, cfg.seed, cfg.progress)
         for w in caught:
-            if "int8" in cfg.precisions and issubclass(w.category, CalibrationWarning):
+            if any(p == "int8" for _, p in plan) and issubclass(w.category, CalibrationWarning):
                 result.warnings.append(str(w.message))
                 tqdm.write(f"warning: {w.message}", file=sys.stderr)
         bar.update()

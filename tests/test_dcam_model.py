@@ -217,3 +217,36 @@ def test_bad_option_values_are_one_line_errors():
         ModelConfig(attention="everywhere")
     with pytest.raises(ValueError, match="--image-size"):
         TrainConfig(data="x", image_size=100)
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
+def test_forward_from_a_level_equals_the_full_forward(backbone):
+    from train.backbones import build_backbone
+
+    net = build_backbone(backbone, pretrained=False).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = net(x)
+        for level in (0, 1):
+            rest = net.forward_from(full[level], level)
+            assert len(rest) == 2 - level
+            for a, b in zip(full[level + 1:], rest):
+                torch.testing.assert_close(a, b)
+
+
+def test_student_sharing_the_teachers_first_level_learns_only_the_later_levels():
+    from train.models import build_model
+
+    model = build_model(ModelConfig(method="dcam", backbone="efficientnet_lite0", pretrained=False, levels=(1, 2),
+                                    student_shared_levels=1))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    loss, _ = model.compute_loss(x)
+    loss.backward()
+    assert model.student._blocks[3]._project_conv.weight.grad is not None  # its own stride-8 stage learns
+    assert model.student._conv_stem.weight.grad is None  # the shared stride-4 stage is the teacher's
+    assert all(p.grad is None for p in model.teacher.parameters())
+    with torch.no_grad():
+        amap, score = model.inference_model()(x)
+    assert amap.shape == (2, 1, 64, 64) and torch.isfinite(score).all()
+    with pytest.raises(ValueError, match="--student-shared-levels"):
+        ModelConfig(method="dcam", levels=(0, 1, 2), student_shared_levels=1)

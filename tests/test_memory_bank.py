@@ -72,10 +72,12 @@ def test_knn_fits_without_gradients_evaluates_and_exports(synthetic_root, tmp_pa
     result = evaluate_run(run, synthetic_root, device="cpu", progress=False)
     assert result["method"] == "knn" and result["mean"]["image_auroc"] > 0.5
     out = tmp_path / "export"
-    assert export_main(["--run", str(run), "--out", str(out), "--formats", "onnx", "--precisions", "fp32",
-                        "--no-progress"]) == 0
+    assert export_main(["--run", str(run), "--out", str(out), "--formats", "onnx", "--no-progress"]) == 0
     manifest = json.loads((out / "dcam.json").read_text())
-    assert manifest["files"]["dcam.onnx"]["accuracy"]["guard"]["passed"]
+    assert manifest["files"]["dcam.onnx"]["accuracy"]["guard"]["passed"]  # fp32 parity, distances ~10–100
+    assert not (out / "dcam.int8.onnx").exists()  # int8 is skipped with a warning, fp32 written
+    assert export_main(["--run", str(run), "--out", str(out), "--formats", "onnx", "--precisions", "int8",
+                        "--no-progress"]) == 2
 
 
 def test_knn_rejects_bad_levels() -> None:

@@ -77,3 +77,20 @@ def test_cosine_schedule_resumes_exactly(synthetic_root, tmp_path) -> None:
     resumed = history(tmp_path / "split")
     assert resumed == pytest.approx(full)
     assert full[0] > full[1] > full[2]
+
+
+def test_default_dcam_student_batchnorm_follows_its_fast_changing_weights() -> None:
+    """Lite0's BatchNorm momentum 0.01 is TF's, for pretrained weights; the random-init student gets 0.1 by default."""
+    from torch import nn
+
+    from train.models import build_model
+
+    def momenta(preset: str) -> tuple[set[float], set[float]]:
+        model = build_model(ModelConfig(method="dcam", backbone="efficientnet_lite0", pretrained=False, preset=preset))
+        of = (lambda part: {m.momentum for m in part.modules() if isinstance(m, nn.BatchNorm2d)})
+        return of(model.student), of(model.teacher)
+
+    assert momenta("default") == ({0.1}, {0.01})
+    assert momenta("paper") == ({0.01}, {0.01})
+    with pytest.raises(ValueError, match="--student-bn-momentum"):
+        ModelConfig(student_bn_momentum=0.0)

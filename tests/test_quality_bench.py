@@ -94,5 +94,5 @@ def test_quality_bench_reports_a_failed_training_in_one_line(synthetic_root, tmp
     configs.write_text('[[config]]\nname = "bad"\nargs = ["--method", "nope"]\n')
     assert main(["--data", str(synthetic_root), "--configs", str(configs), "--epochs", "1", "--out",
                  str(tmp_path / "q")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "failed" in err[0] and "train.log" in err[0]
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "failed" in errors[0] and "train.log" in errors[0]

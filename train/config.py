@@ -63,6 +63,9 @@ class ModelConfig:
     # BatchNorm momentum of a random-init student (None = the backbone's own: Lite0 keeps TF's 0.01, whose running
     # statistics lag far behind a student that changes fast in a short training; measured: see MEASURED_METHOD_PRESETS).
     student_bn_momentum: float | None = None
+    # Teacher levels the student shares (frozen) instead of computing them: 0 = a whole student (the papers);
+    # 1 = the student maps the teacher's stride-4 features to strides 8 and 16 (fewer layers to learn).
+    student_shared_levels: int | None = None
     # Feature-matching loss weights (paper §3.2–3.3 and STFPM's L2-normalised MSE).
     loss_channel_cosine: float | None = None
     loss_spatial_cosine: float | None = None
@@ -126,6 +129,11 @@ class ModelConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: a loss weight must be >= 0")
         if self.blur_sigma < 0:
             raise ValueError("--blur-sigma must be >= 0")
+        if self.student_shared_levels is None:
+            self.student_shared_levels = 0
+        if not 0 <= self.student_shared_levels <= 2 or min(self.levels) < self.student_shared_levels:
+            raise ValueError(f"--student-shared-levels: expected 0 .. {min(self.levels)} (a shared level is not "
+                             f"distilled; --levels {' '.join(map(str, self.levels))}), got {self.student_shared_levels}")
         if self.student_bn_momentum is not None and not 0 < self.student_bn_momentum <= 1:
             raise ValueError(f"--student-bn-momentum: expected a value in (0, 1], got {self.student_bn_momentum}")
 

@@ -42,5 +42,10 @@ class FeatureExtractor(nn.Module):
         """Normalised B×3×H×W input → [B×C1×H/4×W/4, B×C2×H/8×W/8, B×C3×H/16×W/16]."""
         raise NotImplementedError
 
+    def forward_from(self, feature: Tensor, level: int) -> list[Tensor]:  # pragma: no cover - abstract
+        """The maps of levels level+1 … 2 computed from the map of ``level`` (a student that shares the
+        teacher's first levels starts here)."""
+        raise NotImplementedError
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, channels={self._channels}, normalization={self.normalization!r}"

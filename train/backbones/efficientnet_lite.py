@@ -193,3 +193,11 @@ class EfficientNetLiteFeatures(FeatureExtractor):
             if i in self.taps:
                 feats.append(x)
         return feats
+
+    def forward_from(self, feature: Tensor, level: int) -> list[Tensor]:
+        feats: list[Tensor] = []
+        for i in range(self.taps[level] + 1, len(self._blocks)):
+            feature = self._blocks[i](feature)
+            if i in self.taps:
+                feats.append(feature)
+        return feats

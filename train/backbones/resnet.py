@@ -166,3 +166,11 @@ class ResNetFeatures(FeatureExtractor):
         f1 = self.layer1(x)
         f2 = self.layer2(f1)
         return [f1, f2, self.layer3(f2)]
+
+    def forward_from(self, feature: Tensor, level: int) -> list[Tensor]:
+        stages = (self.layer2, self.layer3)[level:]
+        maps = []
+        for stage in stages:
+            feature = stage(feature)
+            maps.append(feature)
+        return maps

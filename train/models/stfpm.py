@@ -23,21 +23,35 @@ def select_levels(features: list[torch.Tensor], levels: tuple[int, ...]) -> list
     return features if len(levels) == len(features) else [features[i] for i in levels]
 
 
+def student_pyramid(student: nn.Module, images: torch.Tensor, teacher_features: list[torch.Tensor],
+                    shared_levels: int) -> list[torch.Tensor]:
+    """The student's three maps; with shared levels the first ones are the teacher's and the student continues
+    from the last shared map (backbones' forward_from)."""
+    if shared_levels == 0:
+        return student(images)
+    shared = teacher_features[:shared_levels]
+    return [*shared, *student.forward_from(shared[-1], shared_levels - 1)]
+
+
 class FeaturePyramidInference(nn.Module):
     """Teacher + student (+ optional attention) + distance head as one module: x → (anomaly_map, score)."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, head: DistanceHead,
-                 attention: nn.Module | None = None, levels: tuple[int, ...] = (0, 1, 2)) -> None:
+                 attention: nn.Module | None = None, levels: tuple[int, ...] = (0, 1, 2),
+                 shared_levels: int = 0) -> None:
         super().__init__()
         self.teacher = teacher
         self.student = student
         self.attention = attention
         self.head = head
         self.levels = tuple(levels)
+        self.shared_levels = shared_levels
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        teacher_features = select_levels(self.teacher(images), self.levels)
-        student_features = select_levels(self.student(images), self.levels)
+        all_teacher = self.teacher(images)
+        teacher_features = select_levels(all_teacher, self.levels)
+        student_features = select_levels(student_pyramid(self.student, images, all_teacher, self.shared_levels),
+                                         self.levels)
         if self.attention is not None:
             student_features = self.attention(student_features)
         return pyramid_cosine_head(self.head, teacher_features, student_features, images.shape[-2:])
@@ -67,8 +81,10 @@ class STFPMModel(DistillationModel):
     def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher features (no grad) and the student's features refined by DCAM (training view)."""
         with torch.no_grad():
-            teacher_features = select_levels(self.teacher(images), self.cfg.levels)
-        student_features = select_levels(self.student(images), self.cfg.levels)
+            all_teacher = self.teacher(images)
+        teacher_features = select_levels(all_teacher, self.cfg.levels)
+        student_features = select_levels(student_pyramid(self.student, images, all_teacher,
+                                                         self.cfg.student_shared_levels), self.cfg.levels)
         if self.attention is not None:
             student_features = self.attention(student_features)
         return teacher_features, student_features
@@ -79,4 +95,5 @@ class STFPMModel(DistillationModel):
 
     def inference_model(self) -> nn.Module:
         attention = self.attention if self.cfg.attention_at_inference else None
-        return FeaturePyramidInference(self.teacher, self.student, self.head, attention, self.cfg.levels)
+        return FeaturePyramidInference(self.teacher, self.student, self.head, attention, self.cfg.levels,
+                                       self.cfg.student_shared_levels)
