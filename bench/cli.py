@@ -4,6 +4,11 @@ PyTorch and the machine's measured GEMM peak.
     bench-latency --models DIR [--threads 1,2] [--runs 200] [--warmup 20] [--data DIR]
                   [--json OUT.json] [--markdown OUT.md]
     bench-latency --model dcam.onnx dcam.int8.xml ... [--run RUN_DIR]
+    bench-latency --model dcam.onnx dcam.int8.onnx --device cpu,cuda,tensorrt   # one row per file × device
+
+Devices (``--device``, edge.devices): every file runs on each listed device its engine supports
+(cpu; cuda/tensorrt for .onnx; gpu/npu for .xml; auto = what edge-run --device auto would pick);
+a device this machine lacks becomes a failed row saying what to install.
 
 Runs on the edge install (numpy, OpenCV, one engine; no torch). When torch is importable the same
 run also times the paper-style eager pipeline (``bench.eager``) per architecture and thread count,
@@ -30,11 +35,12 @@ from typing import Any
 from tqdm import tqdm
 
 from bench import report
-from bench.files import (ENGINE_FOR_FORMAT, BenchError, ModelFile, dataset_samples, describe_file,
+from bench.files import (ENGINE_FOR_FORMAT, BenchError, ModelFile, dataset_samples, describe_file, file_devices,
                          read_run_architecture, resolve_models, synthetic_frame)
 from bench.gemm import ENGINE_GEMM
 from bench.rows import build_rows
 from bench.runner import Job, run_group, run_once
+from edge.devices import DEVICE_CHOICES, DeviceError, parse_devices
 
 Arch = tuple[str, str, int]  # (method, backbone, image size): what an eager baseline is built from
 
@@ -57,12 +63,16 @@ class BenchConfig:
     gemm_sizes: tuple[int, ...] = (512, 1024)  # M = K = N of the peak micro-benchmark (best counts); () skips
     gemm_runs: int = 10
     frame_size: int = 1024  # side of the generated frame used for E2E without --data (MVTec images are ~1024²)
+    devices: tuple[str, ...] = ("cpu",)  # edge.devices names; each file runs on those its engine supports
+    trt_cache_dir: str | None = None  # TensorRT engine cache (default: edge.devices.default_trt_cache_dir())
     json: str | None = None
     markdown: str | None = None
 
     def __post_init__(self) -> None:
         if bool(self.model) == bool(self.models):
             raise BenchError("give either --model FILE [FILE ...] or --models DIR")
+        if not self.devices or any(d not in DEVICE_CHOICES for d in self.devices):
+            raise BenchError(f"--device: expected some of {', '.join(DEVICE_CHOICES)}, got {self.devices}")
         if not self.threads or any(t < 1 for t in self.threads):
             raise BenchError(f"--threads: expected positive thread counts, got {self.threads}")
         if any(n < 1 for n in self.gemm_sizes):
@@ -93,6 +103,7 @@ class Plan:
     gemm: dict[int, Job]
     groups: list[tuple[int, list[Job]]]
     accuracy: list[Job]
+    skipped: list[str] = field(default_factory=list)  # "file: devices" its engine does not support
 
     @property
     def units(self) -> int:
@@ -132,6 +143,16 @@ def plan_jobs(cfg: BenchConfig, files: Sequence[ModelFile], eager_targets: dict[
     for f in files:
         by_arch.setdefault(f.architecture if f.architecture in eager_targets else None, []).append(f)
     plan = Plan({}, [], [])
+    devices = {str(f.path): file_devices(f.format, cfg.devices) for f in files}
+    for f in files:
+        unsupported = [d for d in cfg.devices if d not in devices[str(f.path)]]
+        if unsupported:
+            plan.skipped.append(f"{f.label}: not run on {', '.join(unsupported)} ({ENGINE_FOR_FORMAT[f.format]} "
+                                f"does not support it)")
+
+    def target(f: ModelFile, device: str) -> dict[str, Any]:
+        return {"kind": "file", "path": str(f.path), "device": device, "trt_cache_dir": cfg.trt_cache_dir}
+
     for t in cfg.threads:
         if cfg.gemm_sizes:
             plan.gemm[t] = Job("gemm", {"backends": backends, "sizes": cfg.gemm_sizes, "runs": cfg.gemm_runs},
@@ -139,15 +160,14 @@ def plan_jobs(cfg: BenchConfig, files: Sequence[ModelFile], eager_targets: dict[
         for arch, members in by_arch.items():
             group = [Job("latency", {**latency, "target": eager_targets[arch], "spec": eager_targets[arch]["spec"]},
                          units, ("eager", arch, t))] if arch is not None else []
-            group += [Job("latency", {**latency, "target": {"kind": "file", "path": str(f.path)}, "spec": f.spec},
-                          units, ("file", str(f.path), t)) for f in members]
+            group += [Job("latency", {**latency, "target": target(f, d), "spec": f.spec},
+                          units, ("file", str(f.path), d, t)) for f in members for d in devices[str(f.path)]]
             plan.groups.append((t, group))
     if samples is not None:
         for f in files:
             if f.spec is not None:  # without a manifest the normalisation is unknown: no accuracy
-                plan.accuracy.append(Job("accuracy", {"target": {"kind": "file", "path": str(f.path)},
-                                                      "spec": f.spec, "samples": samples},
-                                         len(samples), ("accuracy", str(f.path))))
+                plan.accuracy += [Job("accuracy", {"target": target(f, d), "spec": f.spec, "samples": samples},
+                                      len(samples), ("accuracy", str(f.path), d)) for d in devices[str(f.path)]]
         for arch, target in eager_targets.items():
             if target.get("run"):  # random weights have no meaningful accuracy
                 plan.accuracy.append(Job("accuracy", {"target": target, "spec": target["spec"], "samples": samples},
@@ -165,11 +185,13 @@ def execute(cfg: BenchConfig, plan: Plan, workdir: Path) -> dict[tuple[Any, ...]
                 results[("gemm", t)] = run_once(plan.gemm[t], t, workdir, bar)
             for threads, group in plan.groups:
                 if threads == t:
-                    names = [Path(str(j.key[1])).name if j.key[0] == "file" else "eager" for j in group]
+                    names = [(Path(str(j.key[1])).name + ("" if j.key[2] == "cpu" else f" on {j.key[2]}"))
+                             if j.key[0] == "file" else "eager" for j in group]
                     bar.set_postfix_str(f"{', '.join(names)}, {t} thr", refresh=True)
                     results.update(run_group(group, t, cfg.runs, cfg.e2e_runs, cfg.rounds, workdir, bar))
         for job in plan.accuracy:
-            what = "eager torch" if isinstance(job.key[1], tuple) else Path(job.key[1]).name
+            what = "eager torch" if isinstance(job.key[1], tuple) else Path(job.key[1]).name + (
+                "" if job.key[2] == "cpu" else f" on {job.key[2]}")
             bar.set_postfix_str(f"accuracy: {what}", refresh=True)
             results[job.key] = run_once(job, accuracy_threads, workdir, bar)
     return results
@@ -217,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", nargs="+", metavar="FILE", help="model files (.onnx, .xml, .tflite)")
     src.add_argument("--models", metavar="DIR", help="bench every .onnx/.xml/.tflite under DIR (recursive)")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default: %(default)s)")
+    p.add_argument("--device", default="cpu",
+                   help=f"comma-separated devices of {', '.join(DEVICE_CHOICES)}: each file runs on those its engine "
+                        "supports (cuda/tensorrt: .onnx; gpu/npu: .xml) (default: %(default)s)")
+    p.add_argument("--trt-cache-dir", metavar="DIR",
+                   help="TensorRT engine cache (default: $STATE_DIRECTORY/trt-cache, else "
+                        "$XDG_CACHE_HOME/dcam-edge/trt-cache); the first run on a model builds its engine (minutes)")
     p.add_argument("--runs", type=int, default=d["runs"].default, help="timed inference runs per file × threads (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=d["warmup"].default, help="untimed runs before timing (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=d["rounds"].default,
@@ -243,6 +271,10 @@ def config_from_args(ns: argparse.Namespace) -> BenchConfig:
     values = {f.name: getattr(ns, f.name) for f in fields(BenchConfig) if hasattr(ns, f.name)}
     values["model"] = ns.model or []
     values["threads"] = parse_ints(ns.threads, "--threads", "1,2,4")
+    try:
+        values["devices"] = parse_devices(ns.device)
+    except DeviceError as e:
+        raise BenchError(str(e)) from None
     values["gemm_sizes"] = () if ns.gemm_sizes.strip() == "0" else parse_ints(ns.gemm_sizes, "--gemm-sizes", "512,1024")
     return BenchConfig(**values)
 
@@ -261,11 +293,17 @@ def bench(cfg: BenchConfig, command: str = "bench-latency") -> tuple[list[dict[s
                   else [str(synthetic_frame(workdir / "frame.jpg", cfg.frame_size))])
         meta["frames"] = (f"{len(frames)} test images of {cfg.data}" if samples
                           else f"one generated {cfg.frame_size}×{cfg.frame_size} JPEG (quality 95)")
-        results = execute(cfg, plan_jobs(cfg, files, eager_targets, frames, samples), workdir)
+        plan = plan_jobs(cfg, files, eager_targets, frames, samples)
+        if not any(j.key[0] == "file" for _, g in plan.groups for j in g):
+            raise BenchError(f"--device {','.join(cfg.devices)}: no model file's engine supports it ("
+                             + "; ".join(plan.skipped) + ")")
+        results = execute(cfg, plan, workdir)
     rows = build_rows(files, results, eager_targets, {"runs": cfg.runs, "warmup": cfg.warmup, "rounds": cfg.rounds},
                       os.cpu_count())
     meta["load_after"] = _load()
-    meta["settings"] = (f"threads {','.join(map(str, cfg.threads))}; {cfg.runs} timed runs per model after "
+    meta["skipped"] = plan.skipped
+    meta["settings"] = (f"devices {','.join(cfg.devices)}; threads {','.join(map(str, cfg.threads))}; "
+                        f"{cfg.runs} timed runs per model after "
                         f"{cfg.warmup} warm-up, interleaved in {cfg.rounds} rounds; {cfg.e2e_runs} end-to-end frames; "
                         + (f"GEMM peak: best of {', '.join(f'{n}³' for n in cfg.gemm_sizes)}, median of {cfg.gemm_runs}"
                            if cfg.gemm_sizes else "no GEMM peak"))
@@ -295,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(cfg.markdown).write_text(markdown + "\n")
     failed = [r for r in rows if r["status"] != "ok"]
     for r in failed:
-        print(f"warning: {r['label']} @ {r['threads']} threads failed: {r['error']}", file=sys.stderr)
+        print(f"warning: {report.where(r)} failed: {r['error']}", file=sys.stderr)
     return 1 if failed else 0
 
 

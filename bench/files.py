@@ -8,10 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from bench.macs import model_gmacs
+from edge.devices import ENGINE_BY_FORMAT, ENGINES
 
-MODEL_EXTENSIONS = {".onnx": "onnx", ".xml": "openvino", ".tflite": "tflite"}
-FORMAT_ORDER = {"onnx": 0, "openvino": 1, "tflite": 2}
-ENGINE_FOR_FORMAT = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}
+# From edge.devices' engine table: ".onnx" → "onnx", format order onnx, openvino, tflite, "onnx" → "onnxruntime".
+MODEL_EXTENSIONS = {suffix: e.format for e in ENGINES for suffix in e.suffixes}
+FORMAT_ORDER = {e.format: i for i, e in enumerate(ENGINES)}
+ENGINE_FOR_FORMAT = {e.format: e.engine for e in ENGINES}
+
+
+def file_devices(fmt: str, devices: Sequence[str]) -> list[str]:
+    """The requested devices the engine of ``fmt`` supports (``auto`` always: it resolves per file)."""
+    support = ENGINE_BY_FORMAT[fmt]
+    return [d for d in devices if d == "auto" or support.target(d) is not None]
 
 
 class BenchError(ValueError):

@@ -149,7 +149,9 @@ def run_benchmark(bench: QualityBenchConfig) -> dict[str, Any]:
         if not d.is_dir():
             raise QualityError(f"--data {d}: data set directory not found")
     out = Path(bench.out)
-    cells = []
+    cells: list[dict[str, Any]] = []
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(bench).items()}
+    report: dict[str, Any] = {"settings": settings, "cells": cells}
     plan = [(c, d, e) for c in configs for d in datasets for e in bench.epochs]
     for config, data, epochs in tqdm(plan, desc="bench-quality", unit="run"):
         scope = categories_of(data) if bench.per_category else ["all"]
@@ -163,13 +165,15 @@ def run_benchmark(bench: QualityBenchConfig) -> dict[str, Any]:
                       "categories": {cat: {**{k: row.get(k) for k in METRICS},
                                            "defects": {d: v["image_auroc"] for d, v in row.get("defects", {}).items()}}
                                      for cat, row in result["categories"].items()}})
-    report = {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(bench).items()},
-              "cells": cells}
+        write_report(report, out)  # after every cell: an interrupted benchmark still leaves its table
+    return report
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "quality.json", report, indent=1)
     (out / "quality.md").write_text(markdown(report))
     plot(report, out / "quality.png")
-    return report
 
 
 def _fmt(value: Any) -> str:

@@ -12,7 +12,7 @@ GUARD_MIN_SPEARMAN = 0.95
 GUARD_TOLERANCE = 1e-11  # as dcam-export: a drop of exactly 1 point (up to float noise) is within the limit
 
 COLUMNS: tuple[tuple[str, str], ...] = (
-    ("Model", "label"), ("Engine", "engine"), ("Prec.", "precision"), ("Thr.", "threads"),
+    ("Model", "label"), ("Engine", "engine"), ("Device", "device"), ("Prec.", "precision"), ("Thr.", "threads"),
     ("Size MB", "size_mb"), ("GMACs", "gmacs"), ("Median ms", "median_ms"), ("p90 ms", "p90_ms"),
     ("p99 ms", "p99_ms"), ("FPS", "fps"), ("E2E ms", "e2e_median_ms"), ("GMAC/s", "gmac_per_s"),
     ("% peak", "peak_fraction"), ("RSS MB", "peak_rss_mb"), ("× eager", "speedup_vs_eager"),
@@ -37,11 +37,18 @@ def _auroc(row: dict[str, Any], key: str) -> str:
     return text
 
 
+def where(row: dict[str, Any]) -> str:
+    """"dcam.onnx @ 2 thr" (+ " on cuda" for a row that ran, or was to run, on another device than the CPU)."""
+    device = row.get("device")
+    return f"{row.get('label')} @ {row.get('threads')} thr" + ("" if device in (None, "cpu") else f" on {device}")
+
+
 def _cell(row: dict[str, Any], key: str) -> str:
-    if row.get("status") != "ok" and key not in ("label", "engine", "precision", "threads", "size_mb", "gmacs"):
+    if row.get("status") != "ok" and key not in ("label", "engine", "device", "precision", "threads", "size_mb",
+                                                 "gmacs"):
         return "failed" if key == "median_ms" else ""
     v = row.get(key)
-    if key in ("label", "engine", "precision"):
+    if key in ("label", "engine", "device", "precision"):
         return str(v) if v is not None else "—"
     if key == "threads":
         return str(v)
@@ -65,7 +72,8 @@ def _cell(row: dict[str, Any], key: str) -> str:
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """The model-zoo table: one line per model file × thread count (eager baseline first in each block)."""
     lines = ["| " + " | ".join(h for h, _ in COLUMNS) + " |",
-             "|" + "|".join("---" if k in ("label", "engine", "precision") else "---:" for _, k in COLUMNS) + "|"]
+             "|" + "|".join("---" if k in ("label", "engine", "device", "precision") else "---:" for _, k in COLUMNS)
+             + "|"]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row, k) for _, k in COLUMNS) + " |")
     return "\n".join(lines)
@@ -124,7 +132,7 @@ def target_summary(rows: Sequence[dict[str, Any]], target: float = INT8_TARGET_S
             verdict += " († contended measurement: not trustworthy)"
         guard = guard_verdict(r)
         exported = r.get("export_guard")
-        out.append(f"- {r['label']} @ {r['threads']} thr: {_num(s)}× — ≥ {target:g}×: {verdict}"
+        out.append(f"- {where(r)}: {_num(s)}× — ≥ {target:g}×: {verdict}"
                    + (f"; accuracy guard on this test split: {guard}" if guard else "")
                    + (f"; dcam-export guard: {_export_verdict(exported)}" if exported else ""))
     return out
@@ -146,8 +154,10 @@ def render(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
              table(rows), ""]
     failed = [r for r in rows if r.get("status") != "ok"]
     if failed:
-        parts += ["**Failed rows**", ""] + [f"- {r['label']} @ {r['threads']} thr: {r.get('error')}" for r in failed]
+        parts += ["**Failed rows**", ""] + [f"- {where(r)}: {r.get('error')}" for r in failed]
         parts.append("")
+    if m.get("skipped"):
+        parts += ["**Not run**", ""] + [f"- {line}" for line in m["skipped"]] + [""]
     notes = list(dict.fromkeys(f"- {r['label']}: {r['notes']}" for r in rows
                                if r.get("notes") and r.get("engine") != "torch-eager"))
     if notes:
@@ -166,6 +176,9 @@ def render(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
             parts.append(f"- {k}: {v}")
         parts.append("")
     parts += ["**Columns**", "",
+              "- Device: where the engine ran (`--device`; cpu, cuda, tensorrt, gpu, npu); JSON rows also list the "
+              "ONNX Runtime providers / OpenVINO execution devices. Accelerator rows have no % peak (the peak is a "
+              "CPU GEMM); their × eager is against eager torch on the CPU.",
               "- Median / p90 / p99 ms: inference only (`Engine.run` on one preprocessed 1×3×S×S tensor), "
               "after the warm-up runs; percentiles by linear interpolation. FPS = 1000 / median.",
               "- E2E ms: median of decode (file → RGB) + resize + normalise + inference, cycling through the frames.",

@@ -1,4 +1,4 @@
-"""Rows of the bench-latency table (the JSON output): one per model file × thread count, plus eager rows."""
+"""Rows of the bench-latency table (the JSON output): one per model file × device × thread count, plus eager rows."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ from bench import cpuload, stats
 from bench.files import ENGINE_FOR_FORMAT, ModelFile
 from bench.gemm import GemmResult, reference_peak
 
-ROW_KEYS = ("model", "label", "format", "engine", "precision", "threads", "status", "error", "size_mb", "gmacs",
+ROW_KEYS = ("model", "label", "format", "engine", "device", "providers", "precision", "threads", "status", "error", "size_mb", "gmacs",
             "gmacs_source", "median_ms", "p90_ms", "p99_ms", "mean_ms", "fps", "e2e_median_ms", "e2e_p90_ms",
             "e2e_fps", "gmac_per_s", "peak_gmac_per_s", "peak_source", "peak_fraction", "peak_rss_mb",
             "speedup_vs_eager", "eager_median_ms", "eager_model", "image_auroc", "pixel_auroc", "image_auroc_delta",
@@ -70,10 +70,12 @@ def build_rows(files: Sequence[ModelFile], results: dict[tuple[Any, ...], dict[s
                eager_targets: dict[tuple[str, str, int], dict[str, Any]], settings: dict[str, Any],
                cores: int | None = None) -> list[dict[str, Any]]:
     """JSON rows (ROW_KEYS) from the worker results: latency statistics, speed-up over the eager row of the
-    same architecture and thread count, achieved vs peak GMAC/s, accuracy and its change vs the fp32 file.
+    same architecture and thread count, achieved vs peak GMAC/s (CPU rows: the peak is a CPU GEMM), accuracy and
+    its change vs the fp32 file on the same device.
 
-    ``results`` keys: ("eager", arch, threads), ("file", path, threads), ("accuracy", path | arch),
-    ("gemm", threads). ``settings`` (runs, warmup, rounds) is copied into every row; ``cores`` (the machine's
+    ``results`` keys: ("eager", arch, threads), ("file", path, device, threads), ("accuracy", path, device),
+    ("accuracy", arch), ("gemm", threads). ``device`` is the requested one; the row's "device" is where it ran
+    (what ``auto`` resolved to). ``settings`` (runs, warmup, rounds) is copied into every row; ``cores`` (the machine's
     logical cores) decides whether other processes' CPU use made a row "contended".
     """
     gemm: list[GemmResult] = [GemmResult(**g) for k, r in results.items() if k[0] == "gemm" and r.get("status") == "ok"
@@ -91,17 +93,24 @@ def build_rows(files: Sequence[ModelFile], results: dict[tuple[Any, ...], dict[s
             row = {"model": _eager_id(arch),
                    "label": f"eager torch ({arch[1]}, {arch[2]}px)", "format": "torch", "engine": "torch-eager",
                    "precision": "fp32", "gmacs": f0.gmacs, "gmacs_source": f0.gmacs_source, "size_mb": None,
-                   "notes": _eager_note(result, eager_targets[arch])}
+                   "device": "cpu", "notes": _eager_note(result, eager_targets[arch])}
             acc = results.get(("accuracy", arch))
         else:
             f = by_path[key[1]]
             row = {"model": str(f.path), "label": f.label, "format": f.format, "engine": ENGINE_FOR_FORMAT[f.format],
                    "precision": f.precision, "size_mb": f.size_mb, "gmacs": f.gmacs, "gmacs_source": f.gmacs_source,
-                   "export_guard": export_guard(f.manifest), "notes": f.manifest_note}
-            acc = results.get(("accuracy", key[1]))
+                   "export_guard": export_guard(f.manifest), "notes": f.manifest_note, "device": key[2],
+                   "_requested": key[2]}
+            acc = results.get(("accuracy", key[1], key[2]))
         row.update(threads=t, status=result.get("status", "failed"), error=result.get("error"), **settings)
         if row["status"] == "ok":
             row["engine"] = result.get("engine", row["engine"])
+            row["device"] = result.get("device", row["device"])
+            row["providers"] = result.get("providers")
+            if result.get("reduced_precision"):
+                note = f"computes in {'/'.join(result['reduced_precision'])}" + (
+                    "" if result.get("guard_covered", True) else ", not covered by the export accuracy guard")
+                row["notes"] = "; ".join(n for n in (row.get("notes"), note) if n)
             row.update(_latency_fields(result))
             row["other_cpu_cores"] = result.get("other_cpu_cores")
             row["contended"] = cpuload.contended(row["other_cpu_cores"], t, cores)
@@ -118,11 +127,13 @@ def build_rows(files: Sequence[ModelFile], results: dict[tuple[Any, ...], dict[s
             row["eager_median_ms"] = eager_ms.get((row["_arch"], row["threads"]))
             row["speedup_vs_eager"] = stats.speedup(row["eager_median_ms"], row["median_ms"])
             row["gmac_per_s"] = stats.gmac_per_s(row.get("gmacs"), row["median_ms"])
-            row["peak_gmac_per_s"], row["peak_source"] = reference_peak(gemm, row["precision"], row["threads"])
-            row["peak_fraction"] = stats.fraction(row["gmac_per_s"], row["peak_gmac_per_s"])
+            if row["device"] == "cpu":  # the peak is a CPU GEMM: meaningless for an accelerator's row
+                row["peak_gmac_per_s"], row["peak_source"] = reference_peak(gemm, row["precision"], row["threads"])
+                row["peak_fraction"] = stats.fraction(row["gmac_per_s"], row["peak_gmac_per_s"])
         if row["format"] != "torch":
             ref = fp32_counterpart(Path(row["model"]), files)
-            ref_row = next((r for r in rows if ref is not None and r["model"] == str(ref.path)), None)
+            ref_row = next((r for r in rows if ref is not None and r["model"] == str(ref.path)
+                            and r.get("_requested") == row.get("_requested")), None)
             if ref_row is not None:
                 row["image_auroc_delta"] = stats.delta(row.get("image_auroc"), ref_row.get("image_auroc"))
                 row["pixel_auroc_delta"] = stats.delta(row.get("pixel_auroc"), ref_row.get("pixel_auroc"))
@@ -131,6 +142,7 @@ def build_rows(files: Sequence[ModelFile], results: dict[tuple[Any, ...], dict[s
     # Per thread count, per architecture: its eager row, then its files (the order the table reads best in).
     file_order = {str(f.path): i for i, f in enumerate(files)}
     arch_order = {a: i for i, a in enumerate(dict.fromkeys(f.architecture for f in files))}
+    device_order = {d: i for i, d in enumerate(dict.fromkeys(k[2] for k in results if k[0] == "file"))}
     rows.sort(key=lambda r: (r["threads"], arch_order.get(r["_arch"], len(arch_order)), r["format"] != "torch",
-                             file_order.get(r["model"], -1)))
+                             file_order.get(r["model"], -1), device_order.get(r.get("_requested"), -1)))
     return [{k: row.get(k) for k in ROW_KEYS} for row in rows]

@@ -85,15 +85,19 @@ def _runner(job: dict[str, Any]) -> tuple[Callable[[Any], Any], dict[str, Any], 
         eager.set_threads(threads)
         t = job["target"]
         pipeline = eager.build_eager(t["method"], t["backbone"], int(t["image_size"]), t.get("run"))
-        return (pipeline, {"engine": "torch-eager", "precision": "fp32", **eager.describe(pipeline)},
+        return (pipeline, {"engine": "torch-eager", "precision": "fp32", "device": "cpu", **eager.describe(pipeline)},
                 PreprocessSpec.from_dict(job["spec"]))
     from edge.engines import load_engine
-    engine = load_engine(job["target"]["path"], threads=threads)
+    target = job["target"]
+    engine = load_engine(target["path"], threads=threads, device=target.get("device", "cpu"),
+                         trt_cache_dir=target.get("trt_cache_dir"))
     info = engine.describe()
     spec = (PreprocessSpec.from_dict(job["spec"]) if job.get("spec")
             else PreprocessSpec(image_size=engine.image_size or PreprocessSpec.image_size))
-    return engine.run, {"engine": engine.name, "precision": engine.precision,
-                        **{k: v for k, v in info.items() if k in ("compiled_precision", "input_layout")}}, spec
+    return engine.run, {"engine": engine.name, "precision": engine.precision, "device": engine.device,
+                        "providers": list(engine.providers),
+                        **{k: v for k, v in info.items() if k in ("compiled_precision", "input_layout",
+                                                                  "reduced_precision", "guard_covered")}}, spec
 
 
 def serve_latency(job: dict[str, Any], commands: Any) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from edge.devices import DeviceError, check_device
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -30,6 +32,20 @@ class ConfigError(ValueError):
 
 def _help(text: str) -> dict[str, Any]:
     return {"help": text}
+
+
+DEVICE_HELP = ("inference device: cpu; cuda or tensorrt (.onnx, ONNX Runtime GPU build); gpu or npu (.xml, "
+               "OpenVINO); auto = the fastest one here that the file's engine and its accuracy guard allow")
+TRT_CACHE_HELP = ("TensorRT engine cache directory, one subdirectory per model file (default: "
+                  "$STATE_DIRECTORY/trt-cache under systemd, i.e. /var/lib/dcam-edge/trt-cache, else "
+                  "$XDG_CACHE_HOME/dcam-edge/trt-cache)")
+
+
+def _check_device(cfg: Any) -> None:
+    try:
+        check_device(cfg.device)
+    except DeviceError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _require_non_negative(cfg: Any, *names: str) -> None:
@@ -84,6 +100,8 @@ class RunConfig:
 
     model: str | None = field(default=None, metadata=_help("exported model (.onnx/.xml/.tflite) with its manifest"))
     threads: int | None = field(default=None, metadata=_help("inference threads (engine default if unset)"))
+    device: str = field(default="cpu", metadata=_help(DEVICE_HELP))
+    trt_cache_dir: str | None = field(default=None, metadata=_help(TRT_CACHE_HELP))
     max_frames: int | None = field(default=None, metadata=_help("stop after N scored frames"))
     duration: float | None = field(default=None, metadata=_help("stop after S seconds"))
     jsonl: str | None = field(default=None, metadata=_help("append one JSON line per frame here (default stdout)"))
@@ -100,6 +118,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _require_non_negative(self, "max_frames", "duration", "overlay_interval", "sink_close_timeout")
+        _check_device(self)
 
 
 @dataclass
@@ -108,6 +127,8 @@ class CalibrateConfig:
 
     model: str | None = field(default=None, metadata=_help("exported model (.onnx/.xml/.tflite) with its manifest"))
     threads: int | None = field(default=None, metadata=_help("inference threads (engine default if unset)"))
+    device: str = field(default="cpu", metadata=_help(DEVICE_HELP))
+    trt_cache_dir: str | None = field(default=None, metadata=_help(TRT_CACHE_HELP))
     frames: int = field(default=300, metadata=_help("number of known-good frames to score"))
     target_fpr: float = field(default=0.001, metadata=_help("false-alarm rate per frame the threshold aims at"))
     category: str | None = field(default=None, metadata=_help(
@@ -118,6 +139,9 @@ class CalibrateConfig:
         "accept a source that ends before --frames if at least N frames arrived (default: refuse)"))
     log_level: str = field(default="INFO", metadata=_help("DEBUG, INFO, WARNING or ERROR (stderr)"))
     source: SourceConfig = field(default_factory=SourceConfig)
+
+    def __post_init__(self) -> None:
+        _check_device(self)
 
 
 def _optional_module(name: str) -> Any:

@@ -1,6 +1,8 @@
 """Inference engines behind one interface: ONNX Runtime, OpenVINO, LiteRT (TFLite).
 
-``load_engine(path)`` picks the engine by extension (.onnx / .xml / .tflite).  Every engine
+``load_engine(path)`` picks the engine by extension (.onnx / .xml / .tflite) and, with ``device``,
+where it runs (cpu by default; cuda / tensorrt / gpu / npu / auto, see ``edge.devices``, the one table
+of which engine runs on which device).  Every engine
 takes the normalised float32 N×3×S×S tensor of ``edge.preprocess`` and returns
 ``(anomaly_map N×1×S×S float32, score N float32)``.  Outputs are found by name
 ("anomaly_map"/"score", from the manifest when given), falling back to shape (the 4-D output
@@ -10,6 +12,7 @@ imported.
 """
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import re
@@ -19,17 +22,40 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from edge.devices import (ENGINE_BY_SUFFIX, DeviceError, DeviceTarget, candidates, default_trt_cache_dir,
+                          guard_covers)
 from edge.signalstack import drop_small_alternate_signal_stack
 
 if TYPE_CHECKING:  # pragma: no cover
     from edge.manifest import Manifest
 
-EXTENSIONS = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "litert"}
+log = logging.getLogger("edge.engines")
+
+EXTENSIONS = {suffix: e.engine for suffix, e in ENGINE_BY_SUFFIX.items()}  # {".onnx": "onnxruntime", ...}
 OV_PRECISION_HINTS = ("f32", "bf16", "f16")
+CPU_TARGETS = {e.engine: e.devices[0] for e in ENGINE_BY_SUFFIX.values()}
 
 
 class EngineError(ValueError):
     """Missing, corrupt or unsupported model file, or a missing engine package."""
+
+
+class DeviceUnavailable(EngineError, DeviceError):
+    """The requested device was offered but did not start (``auto`` then tries the next one)."""
+
+
+DEVICE_START_HINT = ("check that the CUDA, cuDNN and TensorRT libraries this onnxruntime-gpu build needs are "
+                     "installed (ONNX Runtime's own error above names the missing one)")
+
+
+def _tensorrt_options(modes: Sequence[str], cache_dir: Path, precision: str) -> dict[str, Any]:
+    """TensorRT EP options: engine cache on; fp16 only where the guard covers it; int8 for QDQ int8 files."""
+    return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
+            "trt_fp16_enable": "fp16" in modes, "trt_int8_enable": precision == "int8"}
+
+
+# Per-provider session options (providers not named here get none).
+ORT_PROVIDER_OPTIONS = {"TensorrtExecutionProvider": _tensorrt_options}
 
 
 # Location-only lines of OpenVINO's multi-line errors ("Exception from src/inference/src/cpp/core.cpp:84:",
@@ -91,10 +117,14 @@ class Engine(ABC):
 
     name: str = "engine"
 
-    def __init__(self, model_path: Path, precision: str, map_name: str, score_name: str) -> None:
+    def __init__(self, model_path: Path, precision: str, map_name: str, score_name: str,
+                 target: DeviceTarget | None = None) -> None:
         self.model_path = model_path
         self.precision = precision
         self._map_name, self._score_name = map_name, score_name
+        self.target = target or CPU_TARGETS[self.name]
+        self.device = self.target.device  # the --device name it runs on
+        self.providers: list[str] = [self.target.target]  # ORT session providers / OpenVINO execution devices
         self.info: dict[str, Any] = {}
         self._i_map: int | None = None
         self._i_score: int | None = None
@@ -164,7 +194,8 @@ class Engine(ABC):
         return self._run_one(x)
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.name, "model": str(self.model_path), "precision": self.precision,
+        return {"engine": self.name, "device": self.device, "providers": list(self.providers),
+                "model": str(self.model_path), "precision": self.precision,
                 "input_shape": list(self.input_shape), **self.info}
 
 
@@ -172,8 +203,9 @@ class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
 
     def __init__(self, model_path: Path, precision: str, map_name: str, score_name: str,
-                 threads: int | None = None) -> None:
-        super().__init__(model_path, precision, map_name, score_name)
+                 threads: int | None = None, target: DeviceTarget | None = None, modes: Sequence[str] = (),
+                 trt_cache_dir: Path | None = None) -> None:
+        super().__init__(model_path, precision, map_name, score_name, target)
         try:
             import onnxruntime as ort
         except ImportError:
@@ -185,16 +217,41 @@ class OnnxRuntimeEngine(Engine):
         # One graph, one request at a time: no inter-op parallelism to compete for the cores.
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        target = self.target
+        self.info = {}
+        providers: list[Any] = [target.target]
+        if target.fallback:  # nodes the target cannot run go to the next provider, as ONNX Runtime assigns them
+            available = ort.get_available_providers()
+            providers += [p for p in target.fallback if p in available or p == "CPUExecutionProvider"]
+        if target.target in ORT_PROVIDER_OPTIONS:
+            if trt_cache_dir is None:
+                raise EngineError(f"{model_path}: --device {target.device} needs an engine cache directory")
+            providers[0] = (target.target, ORT_PROVIDER_OPTIONS[target.target](modes, trt_cache_dir, precision))
+            self.info["trt_cache_dir"] = str(trt_cache_dir)
+        if "tf32" in target.optional:
+            # NVIDIA tensor cores round fp32 to TF32 by default (Ampere and later, Jetson Orin too); the accuracy
+            # guard measured fp32, so keep fp32 unless it covers tf32. Read by cuBLAS/cuDNN/TensorRT at start-up,
+            # i.e. when this session loads them; a value set by the operator is kept.
+            if "tf32" not in modes:
+                os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
+            self.info["tf32"] = os.environ.get("NVIDIA_TF32_OVERRIDE") != "0"
         try:
-            self._sess = ort.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])
+            self._sess = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/… types
+            if target.device != "cpu":
+                raise DeviceUnavailable(f"{model_path}: cannot load ONNX model on --device {target.device} "
+                                        f"({_first_line(e)})") from None
             raise EngineError(f"{model_path}: cannot load ONNX model ({_first_line(e)})") from None
+        self.providers = list(self._sess.get_providers())
+        if target.target not in self.providers:  # ONNX Runtime falls back to the CPU with only a logged error
+            raise DeviceUnavailable(f"--device {target.device}: ONNX Runtime could not start {target.target} (the "
+                                    f"session got {', '.join(self.providers)}); {DEVICE_START_HINT}")
         inputs = self._sess.get_inputs()
         if len(inputs) != 1:
             raise EngineError(f"{model_path}: expected one input, found {[i.name for i in inputs]}")
         self._input_name = inputs[0].name
         self._input_shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
-        self.info = {"threads": threads, "input_name": self._input_name}
+        self.info = {"threads": threads, "input_name": self._input_name, **self.info}
         self._resolve()
 
     @property
@@ -213,8 +270,9 @@ class OpenVinoEngine(Engine):
     name = "openvino"
 
     def __init__(self, model_path: Path, precision: str, map_name: str, score_name: str,
-                 threads: int | None = None, precision_hint: str = "f32") -> None:
-        super().__init__(model_path, precision, map_name, score_name)
+                 threads: int | None = None, precision_hint: str = "f32", target: DeviceTarget | None = None,
+                 modes: Sequence[str] = ()) -> None:
+        super().__init__(model_path, precision, map_name, score_name, target)
         if precision_hint not in OV_PRECISION_HINTS:
             raise EngineError(f"{model_path}: inference_precision_hint {precision_hint!r}, "
                               f"expected one of {list(OV_PRECISION_HINTS)}")
@@ -225,15 +283,25 @@ class OpenVinoEngine(Engine):
             import openvino as ov
         except ImportError:
             raise EngineError(f"{model_path}: openvino is not installed (pip install openvino)") from None
-        # Pin the precision: on AMX CPUs OpenVINO would otherwise silently run bf16 (score drift).
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision_hint, "PERFORMANCE_HINT": "LATENCY"}
-        if threads:
+        target = self.target
+        config: dict[str, Any] = {}
+        hint: str | None = None
+        if target.precision_hints:
+            # Pin the precision: on AMX CPUs OpenVINO would otherwise silently run bf16 (score drift), on a GPU f16.
+            hint = "f16" if "fp16" in modes else (precision_hint if precision_hint in target.precision_hints
+                                                  else "f32")
+            config["INFERENCE_PRECISION_HINT"] = hint
+        config["PERFORMANCE_HINT"] = "LATENCY"
+        if threads and target.threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
             core = ov.Core()
             model = core.read_model(str(model_path))
-            self._compiled = core.compile_model(model, "CPU", config)
+            self._compiled = core.compile_model(model, target.target, config)
         except Exception as e:
+            if target.device != "cpu":
+                raise DeviceUnavailable(f"{model_path}: cannot compile the OpenVINO model for --device "
+                                        f"{target.device} ({_first_line(e)}); {target.missing}") from None
             raise EngineError(_openvino_load_error(model_path, precision, e)) from None
         drop_small_alternate_signal_stack()  # else SIGTERM can become SIGSEGV on AVX-512/AMX CPUs
         if len(self._compiled.inputs) != 1:
@@ -241,9 +309,17 @@ class OpenVinoEngine(Engine):
         ps = self._compiled.input(0).get_partial_shape()
         self._input_shape = tuple(d.get_length() if d.is_static else None for d in ps)
         self._request = self._compiled.create_infer_request()
-        self.info = {"threads": threads, "inference_precision_hint": precision_hint,
-                     "compiled_precision": self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()}
+        self.providers = self._property("EXECUTION_DEVICES", list) or [target.target]
+        self.info = {"threads": threads if target.threads else None, "inference_precision_hint": hint,
+                     "compiled_precision": self._property("INFERENCE_PRECISION_HINT", lambda p: p.get_type_name())}
         self._resolve()
+
+    def _property(self, name: str, convert: Any) -> Any:
+        """A compiled-model property, None where the device does not report it."""
+        try:
+            return convert(self._compiled.get_property(name))
+        except Exception:
+            return None
 
     @property
     def input_shape(self) -> tuple[int | None, ...]:
@@ -270,8 +346,8 @@ class LiteRtEngine(Engine):
     name = "litert"
 
     def __init__(self, model_path: Path, precision: str, map_name: str, score_name: str,
-                 threads: int | None = None) -> None:
-        super().__init__(model_path, precision, map_name, score_name)
+                 threads: int | None = None, target: DeviceTarget | None = None) -> None:
+        super().__init__(model_path, precision, map_name, score_name, target)
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
@@ -325,14 +401,20 @@ class LiteRtEngine(Engine):
 
 
 def load_engine(model_path: str | Path, threads: int | None = None, manifest: "Manifest | None" = None,
-                precision_hint: str | None = None) -> Engine:
-    """Open a model with the engine its extension names (.onnx / .xml / .tflite).
+                precision_hint: str | None = None, device: str = "cpu",
+                trt_cache_dir: str | Path | None = None) -> Engine:
+    """Open a model with the engine its extension names (.onnx / .xml / .tflite), on ``device``.
 
     Output names and the OpenVINO precision hint come from ``manifest`` when given, else from
     the model's manifest file if it exists (read without hashing; ``load_manifest`` verifies), else
     the defaults ("anomaly_map", "score", "f32").  ``threads`` sets ONNX Runtime intra-op
     threads / OpenVINO INFERENCE_NUM_THREADS / LiteRT num_threads (None: engine default).
-    Raises EngineError naming the file for a missing, corrupt or unsupported model.
+    ``device`` (``edge.devices``): cpu (default), cuda / tensorrt (.onnx), gpu / npu (.xml) or auto
+    (the fastest this machine offers that the manifest's accuracy guard covers; a device that
+    does not start is skipped).  ``trt_cache_dir``: TensorRT engine cache (default
+    ``edge.devices.default_trt_cache_dir()``); each model file gets its own subdirectory named
+    after its sha256, so a replaced model never reuses a stale engine.
+    Raises EngineError (DeviceError for the device) naming the file or option in one line.
     """
     model_path = Path(model_path)
     suffix = model_path.suffix.lower()
@@ -351,12 +433,59 @@ def load_engine(model_path: str | Path, threads: int | None = None, manifest: "M
                 manifest = load_manifest(model_path, verify_sha256=False)
             except ManifestError:
                 manifest = None  # the engine can still run; the runner reports manifest problems
+    support = ENGINE_BY_SUFFIX[suffix]
+    covers = guard_covers(manifest.data if manifest else None)
+    targets = candidates(support, device, covers)  # DeviceError: unsupported / not offered here
     map_name = manifest.output_name("anomaly_map") if manifest else "anomaly_map"
     score_name = manifest.output_name("score") if manifest else "score"
     precision = manifest.precision if manifest else ("int8" if ".int8" in model_path.name else "fp32")
-    if suffix == ".onnx":
-        return OnnxRuntimeEngine(model_path, precision, map_name, score_name, threads)
-    if suffix == ".xml":
+    for i, target in enumerate(targets):
+        try:
+            engine = _open(support.engine, model_path, precision, map_name, score_name, threads, manifest,
+                           precision_hint, target, covers, trt_cache_dir)
+        except DeviceUnavailable as e:
+            if device != "auto" or i == len(targets) - 1:
+                raise
+            log.info("--device auto: %s; trying %s", e, targets[i + 1].device)
+            continue
+        covered = target.covered_by(covers)
+        engine.info.update(reduced_precision=list(target.modes(covers)), guard_covered=covered)
+        if not covered:
+            log.warning("%s on --device %s computes in %s, which this file's export accuracy guard does not cover "
+                        "(it was measured in %s on the CPU): scores may shift; re-calibrate the threshold with "
+                        "edge-calibrate --device %s", model_path.name, target.device, target.computes, precision,
+                        target.device)
+        return engine
+    raise EngineError(f"--device {device}: no device to run {model_path} on")  # pragma: no cover - cpu is last
+
+
+def _open(engine: str, model_path: Path, precision: str, map_name: str, score_name: str, threads: int | None,
+          manifest: "Manifest | None", precision_hint: str | None, target: DeviceTarget, covers: frozenset[str],
+          trt_cache_dir: str | Path | None) -> Engine:
+    modes = target.modes(covers)
+    if engine == "onnxruntime":
+        cache = None
+        if target.target in ORT_PROVIDER_OPTIONS:
+            cache = _model_cache_dir(Path(trt_cache_dir) if trt_cache_dir else default_trt_cache_dir(), model_path,
+                                     manifest)
+        return OnnxRuntimeEngine(model_path, precision, map_name, score_name, threads, target, modes, cache)
+    if engine == "openvino":
         hint = precision_hint or (manifest.inference_precision_hint if manifest else "f32")
-        return OpenVinoEngine(model_path, precision, map_name, score_name, threads, hint)
-    return LiteRtEngine(model_path, precision, map_name, score_name, threads)
+        return OpenVinoEngine(model_path, precision, map_name, score_name, threads, hint, target, modes)
+    return LiteRtEngine(model_path, precision, map_name, score_name, threads, target)
+
+
+def _model_cache_dir(base: Path, model_path: Path, manifest: "Manifest | None") -> Path:
+    """``base/<first 16 hex digits of the model's sha256>``, created; EngineError naming --trt-cache-dir."""
+    sha = str((manifest.data.get("model_sha256") if manifest else None) or "")
+    if len(sha) < 16:
+        from edge.manifest import sha256_file
+        sha = sha256_file(model_path)
+    path = base / sha[:16]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EngineError(f"--trt-cache-dir {base}: cannot create {path} ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise EngineError(f"--trt-cache-dir {base}: {path} is not writable for this user")
+    return path

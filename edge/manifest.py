@@ -23,11 +23,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from edge.devices import ENGINE_BY_SUFFIX
 from edge.jsonsafe import json_safe
 from edge.preprocess import PreprocessSpec
 
 SCHEMA_VERSION = 1
-FORMATS: dict[str, str] = {".onnx": "onnx", ".xml": "openvino", ".tflite": "tflite"}
+FORMATS: dict[str, str] = {suffix: e.format for suffix, e in ENGINE_BY_SUFFIX.items()}  # ".onnx" → "onnx", ...
 PRECISIONS = ("fp32", "int8")
 # Keys shared by every file of one export; all other keys belong to one model file's entry.
 COMMON_KEYS = ("schema_version", "package_version", "input", "outputs", "model")

@@ -50,6 +50,8 @@ class RuntimeMetrics:
         self.source: str | None = None
         self.model: str | None = None
         self.engine: str | None = None
+        self.device: str | None = None  # the --device the engine runs on
+        self.engine_info: dict[str, Any] | None = None  # providers, precision, threads, ...
         self.sink_errors = 0
         self._latest_jpeg: bytes | None = None
         self._latest_jpeg_time: float | None = None
@@ -95,8 +97,14 @@ class RuntimeMetrics:
             self.sink_errors += n
 
     def set_info(self, *, source: str | None = None, model: str | None = None, engine: str | None = None,
-                 threshold: float | None = None) -> None:
+                 threshold: float | None = None, device: str | None = None,
+                 engine_info: dict[str, Any] | None = None) -> None:
+        """Static facts for /status and /metrics; ``engine_info``: Engine.describe() without the file path."""
         with self._lock:
+            if device is not None:
+                self.device = device
+            if engine_info is not None:
+                self.engine_info = dict(engine_info)
             if source is not None:
                 self.source = source
             if model is not None:
@@ -165,5 +173,7 @@ class RuntimeMetrics:
                 "source": self.source,
                 "model": self.model,
                 "engine": self.engine,
+                "device": self.device,
+                "engine_info": dict(self.engine_info) if self.engine_info is not None else None,
                 "latest_jpeg_time": self._latest_jpeg_time,
             }

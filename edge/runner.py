@@ -41,8 +41,10 @@ log = logging.getLogger("edge.runner")
 MAX_EVENTS_IN_SUMMARY = 1000
 
 
-def load_model(model: str | None, threads: int | None) -> tuple[Manifest, Engine]:
-    """Verified manifest + engine; EngineError/ManifestError naming the file on any problem."""
+def load_model(model: str | None, threads: int | None, device: str = "cpu",
+               trt_cache_dir: str | None = None) -> tuple[Manifest, Engine]:
+    """Verified manifest + engine on ``device`` (edge.devices); EngineError/ManifestError/DeviceError naming the
+    file or option on any problem."""
     if not model:
         raise EngineError("--model: required (an exported .onnx, .xml or .tflite file)")
     path = Path(model)
@@ -52,12 +54,17 @@ def load_model(model: str | None, threads: int | None) -> tuple[Manifest, Engine
         raise EngineError(f"{path}: model file not found")
     manifest = load_manifest(path, verify_sha256=True)
     manifest.check_accuracy_guard()
-    engine = load_engine(path, threads=threads, manifest=manifest)
+    engine = load_engine(path, threads=threads, manifest=manifest, device=device, trt_cache_dir=trt_cache_dir)
     spec = manifest.preprocess_spec()
     if engine.image_size is not None and engine.image_size != spec.image_size:
         raise EngineError(f"{path}: graph input is {engine.image_size}px but the manifest says "
                           f"image_size {spec.image_size}")
     return manifest, engine
+
+
+def engine_status(engine: Engine) -> dict[str, Any]:
+    """What /status shows of the engine: name, device, providers, precision and its settings (no file path)."""
+    return {k: v for k, v in engine.describe().items() if k != "model"}
 
 
 def open_source(cfg: SourceConfig, metrics: RuntimeMetrics, stop_event: threading.Event,
@@ -185,7 +192,7 @@ def run(config: RunConfig, *, stop_event: threading.Event | None = None, raw_sou
     stop_event = stop_event or threading.Event()
     metrics = metrics or RuntimeMetrics()
     notifier = notifier or SystemdNotifier()
-    manifest, engine = load_model(config.model, config.threads)
+    manifest, engine = load_model(config.model, config.threads, config.device, config.trt_cache_dir)
     dec = config.decision
     threshold = resolve_threshold(manifest, dec.category, dec.threshold)
     decider = Decider(threshold, dec.raise_k, dec.raise_n, dec.clear_m)
@@ -199,9 +206,11 @@ def run(config: RunConfig, *, stop_event: threading.Event | None = None, raw_sou
 
     source = open_source(config.source, metrics, stop_event, raw_source, on_corrupt=note_corrupt)
     source_desc = source.raw.description
-    metrics.set_info(source=source_desc, model=str(config.model), engine=engine.name, threshold=threshold)
-    log.info("model %s (%s, %s), threshold %.6g%s, source %s", config.model, engine.name, engine.precision,
-             threshold, f" [category {dec.category}]" if dec.category else "", source_desc)
+    metrics.set_info(source=source_desc, model=str(config.model), engine=engine.name, threshold=threshold,
+                     device=engine.device, engine_info=engine_status(engine))
+    log.info("model %s (%s, %s, device %s: %s), threshold %.6g%s, source %s", config.model, engine.name,
+             engine.precision, engine.device, ", ".join(engine.providers), threshold,
+             f" [category {dec.category}]" if dec.category else "", source_desc)
 
     own_out = None
     if out is None:
@@ -390,7 +399,9 @@ def calibrate(config: CalibrateConfig, *, stop_event: threading.Event | None = N
         raise EngineError(f"--allow-fewer-frames {minimum}: expected 1 .. --frames ({config.frames})")
     stop_event = stop_event or threading.Event()
     metrics = RuntimeMetrics()
-    manifest, engine = load_model(config.model, config.threads)
+    manifest, engine = load_model(config.model, config.threads, config.device, config.trt_cache_dir)
+    log.info("calibrating %s (%s, %s, device %s: %s)", config.model, engine.name, engine.precision, engine.device,
+             ", ".join(engine.providers))
     _check_category(manifest, config.category, config.new_category)
     try:
         old = manifest.threshold(config.category)
@@ -436,4 +447,4 @@ def calibrate(config: CalibrateConfig, *, stop_event: threading.Event | None = N
     return {"manifest": str(path), "backup": str(backup), "category": config.category, "frames": n,
             "corrupt": metrics.corrupt, "old_threshold": old, "threshold": result.threshold, "mode": result.mode,
             "fit": result.fit, "target_fpr": config.target_fpr, "statistics": result.statistics,
-            "source": source.raw.description}
+            "source": source.raw.description, "device": engine.device, "providers": list(engine.providers)}

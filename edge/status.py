@@ -12,7 +12,8 @@ RuntimeMetrics (thread-safe) and sink counters, so a slow client never slows the
                stalled, else 503 + JSON
   /metrics     Prometheus text exposition format 0.0.4
   /latest.jpg  newest heatmap overlay JPEG, 404 until there is one
-  /status      RuntimeMetrics.snapshot() as JSON, plus "sinks": {name: per-sink counters}
+  /status      RuntimeMetrics.snapshot() as JSON (incl. "device" and "engine_info": engine, device,
+               providers, precision), plus "sinks": {name: per-sink counters}
 Read-only (GET/HEAD only), no external assets; bound to 127.0.0.1 unless configured otherwise.
 """
 from __future__ import annotations
@@ -183,8 +184,9 @@ def render_metrics(snapshot: dict, sink_stats: dict[str, dict[str, int]] | None 
     e.family("last_frame_age_seconds", "gauge", "Seconds since the last scored frame.",
              [({}, None if last is None else max(0.0, now - last))])
     e.family("uptime_seconds", "gauge", "Seconds since the runtime started.", [({}, snapshot.get("uptime_s"))])
-    e.family("info", "gauge", "Source, model and engine of this runtime (value is always 1).",
-             [({k: redact_credentials(str(snapshot.get(k) or "")) for k in ("source", "model", "engine")}, 1)])
+    e.family("info", "gauge", "Source, model, engine and device of this runtime (value is always 1).",
+             [({k: redact_credentials(str(snapshot.get(k) or "")) for k in ("source", "model", "engine", "device")},
+               1)])
     if sink_stats:
         for name, key, kind, help_text in (
                 ("sink_handled_total", "handled", "counter",

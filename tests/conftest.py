@@ -2,12 +2,23 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 # Two cores: keep each test process from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def wait_until(predicate, timeout: float = 10.0, step: float = 0.01) -> bool:
+    """Poll `predicate` until true or `timeout` seconds passed (bounded; returns the last value)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())
 
 
 def tiny_train_config(data: Path, out: Path, **overrides):

@@ -225,7 +225,8 @@ def test_bench_end_to_end_json_failed_row_and_accuracy(tmp_path, synthetic_root,
     assert q["score_spearman_vs_fp32"] == pytest.approx(spearmanr(scores_int8, scores_fp32)[0], abs=1e-6)
 
     md = out_md.read_text()
-    assert "| Model | Engine | Prec." in md and "toy.int8.onnx" in md and "Measured peak" in md
+    assert "| Model | Engine | Device | Prec." in md and "toy.int8.onnx" in md and "Measured peak" in md
+    assert all(r["device"] == "cpu" for r in rows) and ok["providers"] == ["CPUExecutionProvider"]
     assert ok["export_guard"] == {"passed": True, "violations": []} and broken["export_guard"] is None
     assert q["export_guard"] == {"passed": False, "violations": ["score Spearman 0.19 < 0.95 vs fp32"]}
     assert "dcam-export guard: **failed** (score Spearman 0.19 < 0.95 vs fp32)" in md

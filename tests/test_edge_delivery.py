@@ -30,6 +30,8 @@ from edge.sinks.base import alarm_id
 pytest.importorskip("paho.mqtt.client", reason="the MQTT sink needs paho-mqtt (pip install 'dcam-edge[mqtt]')")
 import paho.mqtt.client as mqtt  # noqa: E402
 
+from tests.conftest import wait_until  # noqa: E402
+
 TOPIC = "test/line1/alarm"
 # Debian puts the broker in /usr/sbin, which a non-root PATH may lack.
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin:/sbin")
@@ -37,13 +39,6 @@ MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or shutil.which("mosquitto_p
 FAST = dict(mqtt_timeout=2.0, mqtt_backoff=0.05, mqtt_backoff_max=0.2, mqtt_topic=TOPIC)
 
 
-def wait_until(predicate, timeout: float = 10.0, step: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 def free_port() -> int:

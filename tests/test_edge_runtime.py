@@ -394,7 +394,7 @@ def test_config_file_and_flag_precedence(tmp_path: Path, tiny_models: dict[str, 
 def test_edge_modules_never_import_torch() -> None:
     code = ("import sys, edge, edge.cli, edge.runner, edge.engines, edge.sources, edge.calibration, "
             "edge.manifest, edge.overlay, edge.decision, edge.config, edge.metrics_runtime, edge.preprocess, "
-            "edge.entrypoints, edge.redact, edge.status, edge.liveview\n"
+            "edge.entrypoints, edge.redact, edge.status, edge.liveview, edge.devices\n"
             "import edge.config as c; c._external_groups(c.RunConfig)\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'train', 'export'))\n"
             "print(bad); sys.exit(1 if bad else 0)")

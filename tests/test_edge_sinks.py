@@ -28,16 +28,9 @@ from edge.sinks.command import CommandSink, render_argv
 from edge.sinks.mqtt import MqttSink
 from edge.sinks.snapshot import SnapshotSink
 from edge.status import StatusServer, render_metrics
+from tests.conftest import wait_until
 
 
-def wait_until(predicate, timeout: float = 10.0, step: float = 0.01) -> bool:
-    """Poll `predicate` until true or `timeout` seconds passed (bounded; returns the last value)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 def make_event(frame: int, event: str | None = "raise", score: float = 0.9, **extra) -> dict:

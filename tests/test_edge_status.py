@@ -86,7 +86,10 @@ def fed_metrics() -> tuple[RuntimeMetrics, list[float], np.ndarray]:
         m.record_reconnect()
     for _ in range(5):
         m.record_alarm()
-    m.set_info(source='rtsp://cam "1"', model="dcam.int8.onnx", engine="onnxruntime", threshold=0.42)
+    m.set_info(source='rtsp://cam "1"', model="dcam.int8.onnx", engine="onnxruntime", threshold=0.42,
+               device="tensorrt", engine_info={"engine": "onnxruntime", "device": "tensorrt",
+                                               "providers": ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                             "CPUExecutionProvider"], "precision": "int8"})
     overlay = np.zeros((60, 80, 3), np.uint8)
     overlay[:, 40:] = (0, 0, 255)
     m.set_latest_jpeg(cv2.imencode(".jpg", overlay)[1].tobytes())
@@ -127,7 +130,8 @@ def test_metrics_endpoint_matches_fed_runtime_metrics(fed_metrics):
     assert value(samples, "last_score") == pytest.approx(0.69)
     assert value(samples, "threshold") == pytest.approx(0.42)
     assert 0 <= value(samples, "last_frame_age_seconds") < 60
-    assert value(samples, "info", source='rtsp://cam \\"1\\"', model="dcam.int8.onnx", engine="onnxruntime") == 1
+    assert value(samples, "info", source='rtsp://cam \\"1\\"', model="dcam.int8.onnx", engine="onnxruntime",
+                 device="tensorrt") == 1
     assert value(samples, "sink_handled_total", sink="webhook") == 7
     assert value(samples, "sink_failed_total", sink="webhook") == 2
     assert value(samples, "sink_backlog", sink="webhook") == 3
@@ -182,6 +186,9 @@ def test_status_json_and_no_camera_password(fed_metrics):
         code, _, body = get(server.url + "/status")
         metrics_text = get(server.url + "/metrics")[2].decode()
     assert code == 200 and json.loads(body)["reconnects"] == 4
+    # The engine info: which device and providers the model really runs on.
+    assert json.loads(body)["device"] == "tensorrt"
+    assert json.loads(body)["engine_info"]["providers"][0] == "TensorrtExecutionProvider"
     assert json.loads(body)["source"] == "rtsp://***@10.0.0.5/stream"
     assert "s3cret" not in body.decode() and "s3cret" not in metrics_text
 

@@ -97,10 +97,14 @@ def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0, progress: b
         features = features @ projection / CORESET_PROJECTION_DIM ** 0.5
     chosen = torch.empty(size, dtype=torch.long)
     chosen[0] = int(torch.randint(n, (1,), generator=generator))
-    nearest = torch.cdist(features, features[chosen[:1]]).squeeze(1)
-    for i in tqdm(range(1, size), desc="coreset", disable=not progress, leave=False, mininterval=1.0):
-        chosen[i] = int(torch.argmax(nearest))
-        nearest = torch.minimum(nearest, torch.linalg.vector_norm(features - features[chosen[i]], dim=1))
+    # Squared distances as ‖x‖² − 2·x·c + ‖c‖²: one matrix-vector product per step instead of an N×d difference.
+    sq_norms = (features * features).sum(1)
+    nearest = torch.full((n,), float("inf"))
+    for i in tqdm(range(size), desc="coreset", disable=not progress, leave=False, mininterval=1.0):
+        if i:
+            chosen[i] = int(torch.argmax(nearest))
+        center = features[chosen[i]]
+        nearest = torch.minimum(nearest, sq_norms - 2.0 * (features @ center) + sq_norms[chosen[i]])
     return chosen
 
 
