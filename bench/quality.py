@@ -228,7 +228,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(f"mean {title}")
         ax.set_title(f"{title} vs training budget")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=7, loc="best")  # never over the points
     figure.savefig(path, dpi=110)
 
 
