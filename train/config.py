@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.preprocess import RESIZE_METHODS
+
 METHODS = ("stfpm", "dcam", "rd", "dskd", "mrkd", "knn")
 CORESETS = ("greedy", "random")
 LR_SCHEDULES = ("constant", "cosine")
@@ -239,8 +241,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(self, name)}")
-        if self.resize not in ("area", "linear"):
-            raise ValueError(f"--resize: expected 'area' or 'linear', got {self.resize!r}")
+        if self.resize not in RESIZE_METHODS:
+            raise ValueError(f"--resize: expected one of {', '.join(RESIZE_METHODS)}, got {self.resize!r}")
         if self.image_size % 32:
             raise ValueError(f"--image-size: expected a multiple of 32, got {self.image_size}")
         if not 0.0 < self.val_fraction < 1.0:
