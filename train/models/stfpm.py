@@ -33,6 +33,17 @@ def student_pyramid(student: nn.Module, images: torch.Tensor, teacher_features: 
     return [*shared, *student.forward_from(shared[-1], shared_levels - 1)]
 
 
+def matched_features(all_teacher: list[torch.Tensor], student: nn.Module, images: torch.Tensor,
+                     levels: tuple[int, ...], shared_levels: int, attention: nn.Module | None
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The teacher's and the (attention-refined) student's maps at the distilled levels: what loss and map compare."""
+    teacher_features = select_levels(all_teacher, levels)
+    student_features = select_levels(student_pyramid(student, images, all_teacher, shared_levels), levels)
+    if attention is not None:
+        student_features = attention(student_features)
+    return teacher_features, student_features
+
+
 class FeaturePyramidInference(nn.Module):
     """Teacher + student (+ optional attention) + distance head as one module: x → (anomaly_map, score)."""
 
@@ -48,12 +59,8 @@ class FeaturePyramidInference(nn.Module):
         self.shared_levels = shared_levels
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        all_teacher = self.teacher(images)
-        teacher_features = select_levels(all_teacher, self.levels)
-        student_features = select_levels(student_pyramid(self.student, images, all_teacher, self.shared_levels),
-                                         self.levels)
-        if self.attention is not None:
-            student_features = self.attention(student_features)
+        teacher_features, student_features = matched_features(self.teacher(images), self.student, images, self.levels,
+                                                              self.shared_levels, self.attention)
         return pyramid_cosine_head(self.head, teacher_features, student_features, images.shape[-2:])
 
 
@@ -82,12 +89,8 @@ class STFPMModel(DistillationModel):
         """Teacher features (no grad) and the student's features refined by DCAM (training view)."""
         with torch.no_grad():
             all_teacher = self.teacher(images)
-        teacher_features = select_levels(all_teacher, self.cfg.levels)
-        student_features = select_levels(student_pyramid(self.student, images, all_teacher,
-                                                         self.cfg.student_shared_levels), self.cfg.levels)
-        if self.attention is not None:
-            student_features = self.attention(student_features)
-        return teacher_features, student_features
+        return matched_features(all_teacher, self.student, images, self.cfg.levels, self.cfg.student_shared_levels,
+                                self.attention)
 
     def compute_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         teacher_features, student_features = self.features(images)
