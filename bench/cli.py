@@ -35,12 +35,13 @@ from typing import Any
 from tqdm import tqdm
 
 from bench import report
-from bench.files import (ENGINE_FOR_FORMAT, BenchError, ModelFile, dataset_samples, describe_file, file_devices,
-                         read_run_architecture, resolve_models, synthetic_frame)
+from bench.files import (BenchError, ModelFile, dataset_samples, describe_file, file_devices, read_run_architecture,
+                         resolve_models, synthetic_frame)
 from bench.gemm import ENGINE_GEMM
 from bench.rows import build_rows
 from bench.runner import Job, run_group, run_once
 from edge.devices import DEVICE_CHOICES, DeviceError, parse_devices
+from edge.formats import FORMATS
 
 Arch = tuple[str, str, int]  # (method, backbone, image size): what an eager baseline is built from
 
@@ -135,8 +136,8 @@ def plan_jobs(cfg: BenchConfig, files: Sequence[ModelFile], eager_targets: dict[
     """Per thread count: GEMM peaks, then per architecture one group = its eager baseline + its files."""
     latency = {"warmup": cfg.warmup, "frames": frames}
     units = cfg.runs + cfg.e2e_runs
-    backends = sorted({ENGINE_GEMM[(ENGINE_FOR_FORMAT[f.format], f.precision)] for f in files
-                       if (ENGINE_FOR_FORMAT[f.format], f.precision) in ENGINE_GEMM} | {("numpy", "fp32")}
+    backends = sorted({ENGINE_GEMM[(FORMATS[f.format].engine, f.precision)] for f in files
+                       if (FORMATS[f.format].engine, f.precision) in ENGINE_GEMM} | {("numpy", "fp32")}
                       # bf16 is no file's precision; measured as a reference limit (OpenVINO's default on AMX CPUs).
                       | ({("torch", "fp32"), ("torch", "bf16")} if eager_targets else set()))
     by_arch: dict[Arch | None, list[ModelFile]] = {}
@@ -147,7 +148,7 @@ def plan_jobs(cfg: BenchConfig, files: Sequence[ModelFile], eager_targets: dict[
     for f in files:
         unsupported = [d for d in cfg.devices if d not in devices[str(f.path)]]
         if unsupported:
-            plan.skipped.append(f"{f.label}: not run on {', '.join(unsupported)} ({ENGINE_FOR_FORMAT[f.format]} "
+            plan.skipped.append(f"{f.label}: not run on {', '.join(unsupported)} ({FORMATS[f.format].engine} "
                                 f"does not support it)")
 
     def target(f: ModelFile, device: str) -> dict[str, Any]:
@@ -214,8 +215,9 @@ def machine_meta() -> dict[str, Any]:
     interesting = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
                    "asimd", "asimddp", "i8mm", "bf16", "sve")
     versions = []
-    for dist in ("onnxruntime", "openvino", "ai-edge-litert", "tflite-runtime", "numpy", "opencv-python-headless",
-                 "torch"):
+    # Every format's runtime (edge.formats), LiteRT's older fallback, then what preprocessing and eager use.
+    for dist in (*dict.fromkeys(f.runtime_package for f in FORMATS.values()), "tflite-runtime", "numpy",
+                 "opencv-python-headless", "torch"):
         try:
             versions.append(f"{dist} {version(dist)}")
         except PackageNotFoundError:

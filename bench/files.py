@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.macs import model_gmacs
-from edge.devices import ENGINE_BY_FORMAT, ENGINES
+from edge.devices import ENGINE_BY_FORMAT
+from edge.formats import (FORMAT_NAMES, PRECISIONS, SUFFIXES, format_for_path, is_model_file,
+                          parse_model_filename)
 
-# From edge.devices' engine table: ".onnx" → "onnx", format order onnx, openvino, tflite, "onnx" → "onnxruntime".
-MODEL_EXTENSIONS = {suffix: e.format for e in ENGINES for suffix in e.suffixes}
-FORMAT_ORDER = {e.format: i for i, e in enumerate(ENGINES)}
-ENGINE_FOR_FORMAT = {e.format: e.engine for e in ENGINES}
+_SUFFIX_WORDS = ", ".join(SUFFIXES[:-1]) + f" or {SUFFIXES[-1]}"  # ".onnx, .xml or .tflite"
 
 
 def file_devices(fmt: str, devices: Sequence[str]) -> list[str]:
@@ -27,7 +26,8 @@ class BenchError(ValueError):
 
 
 def _sort_key(p: Path) -> tuple[Any, ...]:
-    return (str(p.parent), FORMAT_ORDER[MODEL_EXTENSIONS[p.suffix.lower()]], ".int8" in p.name, p.name)
+    name = parse_model_filename(p)
+    return (str(p.parent), FORMAT_NAMES.index(name.format), PRECISIONS.index(name.precision), p.name)
 
 
 def resolve_models(model: Sequence[str], models: str | None) -> list[Path]:
@@ -38,14 +38,14 @@ def resolve_models(model: Sequence[str], models: str | None) -> list[Path]:
         root = Path(models)
         if not root.is_dir():
             raise BenchError(f"--models {root}: directory not found")
-        files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS]
+        files = [p for p in root.rglob("*") if p.is_file() and is_model_file(p)]
         if not files:
-            raise BenchError(f"--models {root}: no .onnx, .xml or .tflite files found")
+            raise BenchError(f"--models {root}: no {_SUFFIX_WORDS} files found")
         return sorted(files, key=_sort_key)
     paths = [Path(m) for m in model]
     for p in paths:
-        if p.suffix.lower() not in MODEL_EXTENSIONS:
-            raise BenchError(f"--model {p}: unknown extension {p.suffix!r}; expected .onnx, .xml or .tflite")
+        if not is_model_file(p):
+            raise BenchError(f"--model {p}: unknown extension {p.suffix!r}; expected {_SUFFIX_WORDS}")
         if not p.is_file():
             raise BenchError(f"--model {p}: file not found")
     return list(dict.fromkeys(paths))  # keep the user's order, drop duplicates
@@ -53,10 +53,7 @@ def resolve_models(model: Sequence[str], models: str | None) -> list[Path]:
 
 def file_size_mb(path: Path) -> float:
     """Size on disk of everything the engine loads (an OpenVINO .xml needs its .bin)."""
-    size = path.stat().st_size
-    if path.suffix.lower() == ".xml" and path.with_suffix(".bin").is_file():
-        size += path.with_suffix(".bin").stat().st_size
-    return size / 1e6
+    return format_for_path(path).size_bytes(path) / 1e6
 
 
 @dataclass
@@ -102,9 +99,9 @@ def describe_file(path: Path, all_paths: Sequence[Path]) -> ModelFile:
         manifest = _shared_sections(manifest_path_for(path))
         if manifest is not None:
             note += f"; preprocessing and architecture taken from the shared part of {manifest_path_for(path).name}"
-    precision = (manifest or {}).get("precision") or ("int8" if ".int8" in path.name else "fp32")
+    precision = (manifest or {}).get("precision") or parse_model_filename(path).precision
     gmacs, source = model_gmacs(path, manifest)
-    return ModelFile(path, _label(path, all_paths), MODEL_EXTENSIONS[path.suffix.lower()], manifest, note,
+    return ModelFile(path, _label(path, all_paths), format_for_path(path).name, manifest, note,
                      precision, file_size_mb(path), gmacs, source)
 
 

@@ -35,18 +35,17 @@ from typing import Any
 
 import numpy as np
 
+from edge.formats import FORMATS
+
 # (backend, precision) pairs this module can measure.
 BACKENDS: tuple[tuple[str, str], ...] = (
     ("numpy", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
     ("openvino", "fp32"), ("openvino", "int8"), ("torch", "fp32"), ("torch", "bf16"),
 )
 # The GEMM kernel family each engine runs its convolutions with: (engine name, file precision) → (backend,
-# precision). Every one in use is measured; LiteRT (XNNPACK) has no micro-benchmark here.
+# precision), from edge.formats' gemm_backend (LiteRT/XNNPACK has none here), plus the eager baseline.
 ENGINE_GEMM: dict[tuple[str, str], tuple[str, str]] = {
-    ("onnxruntime", "fp32"): ("onnxruntime", "fp32"),
-    ("onnxruntime", "int8"): ("onnxruntime", "int8"),
-    ("openvino", "fp32"): ("openvino", "fp32"),
-    ("openvino", "int8"): ("openvino", "int8"),
+    **{(f.engine, p): (f.gemm_backend, p) for f in FORMATS.values() if f.gemm_backend for p in f.precisions},
     ("torch-eager", "fp32"): ("torch", "fp32"),
 }
 

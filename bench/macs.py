@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edge.formats import FORMAT_NAMES, format_for_path, is_model_file, parse_model_filename
+
 
 class MacsUnavailable(RuntimeError):
     """The file cannot be counted here (package missing, dynamic shapes, unreadable)."""
@@ -170,27 +172,26 @@ def tflite_macs(path: str | Path) -> int:
     return total
 
 
-COUNTERS = {".onnx": onnx_macs, ".xml": openvino_macs, ".tflite": tflite_macs}
+COUNTERS = {"onnx": onnx_macs, "openvino": openvino_macs, "tflite": tflite_macs}  # by edge.formats name
 
 
 def count_gmacs(path: str | Path) -> float:
     """GMACs counted from the file (MacsUnavailable when this file type/package cannot be counted)."""
     path = Path(path)
-    counter = COUNTERS.get(path.suffix.lower())
+    counter = COUNTERS.get(format_for_path(path, MacsUnavailable).name)
     if counter is None:
         raise MacsUnavailable(f"{path}: no MAC counter for {path.suffix!r} files")
     return counter(path) / 1e9
 
 
 def _siblings(path: Path) -> list[Path]:
-    """Other files of the same model: dcam.int8.xml → dcam.onnx, dcam.int8.onnx, dcam.xml, …"""
-    base = path.name.split(".")[0]
-    found = []
-    for suffix in (".onnx", ".xml", ".tflite"):
-        for p in sorted(path.parent.glob(f"{base}*{suffix}")):
-            if p != path and p.name.split(".")[0] == base:
-                found.append(p)
-    return found
+    """Other files of the same model (same stem, any format and precision): dcam.int8.xml → dcam.onnx,
+    dcam.int8.onnx, dcam.xml, …, in edge.formats order."""
+    stem = parse_model_filename(path).stem
+    names = {p: parse_model_filename(p) for p in path.parent.iterdir()
+             if p != path and p.is_file() and is_model_file(p)}
+    same = [p for p, n in names.items() if n.stem == stem]
+    return sorted(same, key=lambda p: (FORMAT_NAMES.index(names[p].format), p.name))
 
 
 def model_gmacs(path: str | Path, manifest: dict[str, Any] | None = None) -> tuple[float | None, str]:

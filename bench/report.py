@@ -5,11 +5,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from edge.accuracy import GuardLimits, guard_failures, to_auroc_points
+
 INT8_TARGET_SPEEDUP = 8.0  # issue target: every int8 file ≥ 8× faster than eager torch in the same run
-# dcam-export's accuracy guard defaults: int8 within 1 AUROC point of fp32, score Spearman ≥ 0.95.
-GUARD_MAX_AUROC_DROP = 0.01
-GUARD_MIN_SPEARMAN = 0.95
-GUARD_TOLERANCE = 1e-11  # as dcam-export: a drop of exactly 1 point (up to float noise) is within the limit
+GUARD_LIMITS = GuardLimits()  # dcam-export's defaults: the verdict it would give with its default flags
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("Model", "label"), ("Engine", "engine"), ("Device", "device"), ("Prec.", "precision"), ("Thr.", "threads"),
@@ -107,9 +106,13 @@ def guard_verdict(row: dict[str, Any]) -> str | None:
     d_img, d_px, rho = row.get("image_auroc_delta"), row.get("pixel_auroc_delta"), row.get("score_spearman_vs_fp32")
     if d_img is None and d_px is None and rho is None:
         return None
-    problems = [f"{name} Δ {d:+.3f}" for name, d in (("image AUROC", d_img), ("pixel AUROC", d_px))
-                if d is not None and d < -(GUARD_MAX_AUROC_DROP + GUARD_TOLERANCE)]
-    if rho is not None and rho < GUARD_MIN_SPEARMAN:
+    # The row's deltas are int8 − fp32 in AUROC; the guard takes drops in AUROC points.
+    failed = guard_failures(None if d_img is None else to_auroc_points(-d_img),
+                            None if d_px is None else to_auroc_points(-d_px), rho, GUARD_LIMITS)
+    problems = [f"{name} Δ {d:+.3f}" for name, d, check in (("image AUROC", d_img, "image_auroc_drop"),
+                                                           ("pixel AUROC", d_px, "pixel_auroc_drop"))
+                if check in failed]
+    if "score_spearman" in failed:
         problems.append(f"score ρ {rho:.3f}")
     return "holds" if not problems else "**fails** (" + ", ".join(problems) + ")"
 
@@ -165,10 +168,10 @@ def render(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
     summary = target_summary(rows)
     if summary:
         parts += [f"**int8 target: ≥ {INT8_TARGET_SPEEDUP:g}× eager torch (same run and threads); accuracy guard of "
-                  f"dcam-export: image/pixel AUROC within {100 * GUARD_MAX_AUROC_DROP:g} point of the fp32 file, "
-                  f"score Spearman ρ ≥ {GUARD_MIN_SPEARMAN:g}; here recomputed on the test split (normal and "
-                  f"defective images, so ρ is higher than on normals alone), next to dcam-export's own verdict from the manifest "
-                  f"(ρ on validation normals)**", ""] + summary + [""]
+                  f"dcam-export: image/pixel AUROC within {GUARD_LIMITS.max_image_auroc_drop:g} point of the fp32 "
+                  f"file, score Spearman ρ ≥ {GUARD_LIMITS.min_score_spearman:g}; here recomputed on the test split "
+                  f"(normal and defective images, so ρ is higher than on normals alone), next to dcam-export's own "
+                  f"verdict from the manifest (ρ on validation normals)**", ""] + summary + [""]
     if m.get("gemm"):
         parts += ["**Measured peak (GEMM micro-benchmark per engine and precision; bold = the machine peak of that "
                   "precision, which % peak refers to)**", "", gemm_table(m["gemm"]), ""]

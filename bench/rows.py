@@ -1,44 +1,97 @@
-"""Rows of the bench-latency table (the JSON output): one per model file × device × thread count, plus eager rows."""
+"""Rows of the bench-latency table (the JSON output): one per model file × device × thread count, plus eager rows.
+
+``build_rows`` works in three steps: one ``Row`` per timed worker result (its own latency and accuracy), then
+the comparisons between rows (speed-up over the eager row of the same architecture and thread count,
+throughput against the machine's GEMM peak, accuracy change against the fp32 file), then the table order.
+"""
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from bench import cpuload, stats
-from bench.files import ENGINE_FOR_FORMAT, ModelFile
+from bench.files import ModelFile
 from bench.gemm import GemmResult, reference_peak
+from edge.accuracy import category_means, defined, recorded_guard
+from edge.formats import FORMATS, with_precision
 
-ROW_KEYS = ("model", "label", "format", "engine", "device", "providers", "precision", "threads", "status", "error", "size_mb", "gmacs",
-            "gmacs_source", "median_ms", "p90_ms", "p99_ms", "mean_ms", "fps", "e2e_median_ms", "e2e_p90_ms",
-            "e2e_fps", "gmac_per_s", "peak_gmac_per_s", "peak_source", "peak_fraction", "peak_rss_mb",
-            "speedup_vs_eager", "eager_median_ms", "eager_model", "image_auroc", "pixel_auroc", "image_auroc_delta",
-            "pixel_auroc_delta", "score_spearman_vs_fp32", "export_guard", "other_cpu_cores", "contended", "runs",
-            "warmup", "rounds", "notes")
-
-
-def _latency_fields(result: dict[str, Any]) -> dict[str, Any]:
-    s = stats.summarize(result["infer_ms"])
-    out = {"median_ms": s.median_ms, "p90_ms": s.p90_ms, "p99_ms": s.p99_ms, "mean_ms": s.mean_ms, "fps": s.fps,
-           "peak_rss_mb": result.get("peak_rss_mb")}
-    if result.get("e2e_ms"):
-        e = stats.summarize(result["e2e_ms"])
-        out.update(e2e_median_ms=e.median_ms, e2e_p90_ms=e.p90_ms, e2e_fps=e.fps)
-    return out
+Architecture = tuple[str, str, int]  # (method, backbone, image size), as ModelFile.architecture
+Results = Mapping[tuple[Any, ...], dict[str, Any]]
+_NOT_A_COLUMN = {"column": False}  # metadata of the Row fields that steer the comparisons only
+SETTING_KEYS = ("runs", "warmup", "rounds")
 
 
-def _accuracy_fields(result: dict[str, Any] | None) -> dict[str, Any]:
-    if not result or result.get("status") != "ok":
-        return {}
+@dataclass(kw_only=True)
+class Row:
+    """One row of the table. Its fields are the JSON columns, in order (``ROW_KEYS``), but the last three."""
 
-    def mean(key: str) -> float | None:
-        vals = [c[key] for c in result["per_category"].values() if c.get(key) is not None and not math.isnan(c[key])]
-        return sum(vals) / len(vals) if vals else None
-    return {"image_auroc": mean("image_auroc"), "pixel_auroc": mean("pixel_auroc")}
+    model: str
+    label: str
+    format: str
+    engine: str
+    device: str  # where it ran (what ``auto`` resolved to); before it ran, the requested one
+    providers: list[str] | None = None
+    precision: str
+    threads: int
+    status: str
+    error: str | None = None
+    size_mb: float | None = None
+    gmacs: float | None = None
+    gmacs_source: str | None = None
+    median_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    mean_ms: float | None = None
+    fps: float | None = None
+    e2e_median_ms: float | None = None
+    e2e_p90_ms: float | None = None
+    e2e_fps: float | None = None
+    gmac_per_s: float | None = None
+    peak_gmac_per_s: float | None = None
+    peak_source: str | None = None
+    peak_fraction: float | None = None
+    peak_rss_mb: float | None = None
+    speedup_vs_eager: float | None = None
+    eager_median_ms: float | None = None
+    eager_model: str | None = None
+    image_auroc: float | None = None
+    pixel_auroc: float | None = None
+    image_auroc_delta: float | None = None
+    pixel_auroc_delta: float | None = None
+    score_spearman_vs_fp32: float | None = None
+    export_guard: dict[str, Any] | None = None
+    other_cpu_cores: float | None = None
+    contended: bool | None = None
+    runs: int | None = None
+    warmup: int | None = None
+    rounds: int | None = None
+    notes: str | None = None
+    architecture: Architecture | None = field(default=None, metadata=_NOT_A_COLUMN)
+    requested_device: str | None = field(default=None, metadata=_NOT_A_COLUMN)  # --device value; None: eager
+    scores: list[float] | None = field(default=None, metadata=_NOT_A_COLUMN)  # image scores on the test split
+
+    @property
+    def is_eager(self) -> bool:
+        return self.format == "torch"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in ROW_KEYS}
 
 
-def _eager_id(arch: tuple[str, str, int]) -> str:
+ROW_KEYS = tuple(f.name for f in fields(Row) if f.metadata.get("column", True))
+
+
+# ----------------------------------------------------------------------------------------------------
+# one row per worker result
+
+
+def _eager_id(arch: Architecture) -> str:
     """The ``model`` value of an eager row, e.g. "torch-eager:dcam/resnet18@256"."""
     return f"torch-eager:{arch[0]}/{arch[1]}@{arch[2]}"
 
@@ -54,21 +107,138 @@ def _eager_note(result: dict[str, Any], target: dict[str, Any]) -> str:
 
 def export_guard(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
     """dcam-export's own accuracy verdict for the file (validation normals + test split), from its manifest."""
-    guard = ((manifest or {}).get("accuracy") or {}).get("guard")
-    if not isinstance(guard, dict) or "passed" not in guard:
-        return None
-    return {"passed": bool(guard["passed"]), "violations": list(guard.get("violations") or [])}
+    guard = recorded_guard((manifest or {}).get("accuracy"))
+    return None if guard is None else {"passed": guard.passed, "violations": list(guard.violations)}
+
+
+def _eager_row(arch: Architecture, threads: int, result: dict[str, Any], files: Sequence[ModelFile],
+               target: dict[str, Any]) -> Row:
+    # The eager baseline has no file of its own: its MACs are those of the first file of its architecture.
+    first = next(f for f in files if f.architecture == arch)
+    return Row(model=_eager_id(arch), label=f"eager torch ({arch[1]}, {arch[2]}px)", format="torch",
+               engine="torch-eager", device="cpu", precision="fp32", threads=threads,
+               status=result.get("status", "failed"), gmacs=first.gmacs, gmacs_source=first.gmacs_source,
+               notes=_eager_note(result, target), architecture=arch)
+
+
+def _file_row(f: ModelFile, device: str, threads: int, result: dict[str, Any]) -> Row:
+    return Row(model=str(f.path), label=f.label, format=f.format, engine=FORMATS[f.format].engine, device=device,
+               precision=f.precision, threads=threads, status=result.get("status", "failed"), size_mb=f.size_mb,
+               gmacs=f.gmacs, gmacs_source=f.gmacs_source, export_guard=export_guard(f.manifest),
+               notes=f.manifest_note, architecture=f.architecture, requested_device=device)
+
+
+def _record_run(row: Row, result: dict[str, Any], cores: int | None) -> None:
+    """What the worker measured: where it ran, latency statistics, memory and other processes' CPU use."""
+    row.engine = result.get("engine", row.engine)
+    row.device = result.get("device", row.device)
+    row.providers = result.get("providers")
+    if result.get("reduced_precision"):
+        note = f"computes in {'/'.join(result['reduced_precision'])}" + (
+            "" if result.get("guard_covered", True) else ", not covered by the export accuracy guard")
+        row.notes = "; ".join(n for n in (row.notes, note) if n)
+    s = stats.summarize(result["infer_ms"])
+    row.median_ms, row.p90_ms, row.p99_ms, row.mean_ms, row.fps = s.median_ms, s.p90_ms, s.p99_ms, s.mean_ms, s.fps
+    row.peak_rss_mb = result.get("peak_rss_mb")
+    if result.get("e2e_ms"):
+        e = stats.summarize(result["e2e_ms"])
+        row.e2e_median_ms, row.e2e_p90_ms, row.e2e_fps = e.median_ms, e.p90_ms, e.fps
+    row.other_cpu_cores = result.get("other_cpu_cores")
+    row.contended = cpuload.contended(row.other_cpu_cores, row.threads, cores)
+
+
+def _record_accuracy(row: Row, accuracy: dict[str, Any] | None) -> None:
+    """Image / pixel AUROC: the mean over categories (MVTec protocol); the scores for the Spearman vs fp32."""
+    row.scores = (accuracy or {}).get("scores")
+    if accuracy and accuracy.get("status") == "ok":
+        means = category_means(accuracy["per_category"], ("image_auroc", "pixel_auroc"))
+        row.image_auroc, row.pixel_auroc = defined(means["image_auroc"]), defined(means["pixel_auroc"])
+
+
+def _measured_row(key: tuple[Any, ...], result: dict[str, Any], files: Sequence[ModelFile], results: Results,
+                  eager_targets: Mapping[Architecture, dict[str, Any]], settings: Mapping[str, Any],
+                  cores: int | None) -> Row:
+    """The row of one ("eager", arch, threads) or ("file", path, device, threads) result."""
+    threads = key[-1]
+    if key[0] == "eager":
+        row = _eager_row(key[1], threads, result, files, eager_targets[key[1]])
+        accuracy = results.get(("accuracy", key[1]))
+    else:
+        row = _file_row(next(f for f in files if str(f.path) == key[1]), key[2], threads, result)
+        accuracy = results.get(("accuracy", key[1], key[2]))
+    row.error = result.get("error")
+    row.runs, row.warmup, row.rounds = (settings.get(k) for k in SETTING_KEYS)
+    if row.ok:
+        _record_run(row, result, cores)
+    _record_accuracy(row, accuracy)
+    return row
+
+
+# ----------------------------------------------------------------------------------------------------
+# comparisons between rows
 
 
 def fp32_counterpart(path: Path, files: Sequence[ModelFile]) -> ModelFile | None:
     """The fp32 file of the same model and format: dcam.int8.onnx → dcam.onnx in the same directory."""
-    want = path.with_name(path.name.replace(".int8", ""))
+    want = with_precision(path, "fp32")
     return next((f for f in files if f.path == want and f.precision == "fp32"), None)
 
 
-def build_rows(files: Sequence[ModelFile], results: dict[tuple[Any, ...], dict[str, Any]],
-               eager_targets: dict[tuple[str, str, int], dict[str, Any]], settings: dict[str, Any],
-               cores: int | None = None) -> list[dict[str, Any]]:
+def _compare_with_eager(row: Row, eager_ms: Mapping[tuple[Architecture | None, int], float | None]) -> None:
+    if row.architecture is not None and (row.architecture, row.threads) in eager_ms:
+        row.eager_model = _eager_id(row.architecture)
+    if row.ok:
+        row.eager_median_ms = eager_ms.get((row.architecture, row.threads))
+        row.speedup_vs_eager = stats.speedup(row.eager_median_ms, row.median_ms)
+
+
+def _compare_with_peak(row: Row, gemm: list[GemmResult]) -> None:
+    if not row.ok:
+        return
+    row.gmac_per_s = stats.gmac_per_s(row.gmacs, row.median_ms)
+    if row.device == "cpu":  # the peak is a CPU GEMM: meaningless for an accelerator's row
+        row.peak_gmac_per_s, row.peak_source = reference_peak(gemm, row.precision, row.threads)
+        row.peak_fraction = stats.fraction(row.gmac_per_s, row.peak_gmac_per_s)
+
+
+def _compare_with_fp32(row: Row, reference: Row) -> None:
+    """Accuracy change against the fp32 file of the same format on the same (requested) device."""
+    row.image_auroc_delta = stats.delta(row.image_auroc, reference.image_auroc)
+    row.pixel_auroc_delta = stats.delta(row.pixel_auroc, reference.pixel_auroc)
+    if row.scores and reference.scores:
+        row.score_spearman_vs_fp32 = stats.spearman(row.scores, reference.scores)
+
+
+def _compare(rows: Sequence[Row], files: Sequence[ModelFile], gemm: list[GemmResult]) -> None:
+    eager_ms = {(r.architecture, r.threads): r.median_ms for r in rows if r.is_eager and r.ok}
+    # Accuracy does not depend on the thread count: any row of the fp32 file on that device will do.
+    by_file_and_device: dict[tuple[str, str | None], Row] = {}
+    for r in rows:
+        by_file_and_device.setdefault((r.model, r.requested_device), r)
+    for row in rows:
+        _compare_with_eager(row, eager_ms)
+        _compare_with_peak(row, gemm)
+        fp32 = None if row.is_eager else fp32_counterpart(Path(row.model), files)
+        reference = None if fp32 is None else by_file_and_device.get((str(fp32.path), row.requested_device))
+        if reference is not None:
+            _compare_with_fp32(row, reference)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the table
+
+
+def _sort(rows: list[Row], files: Sequence[ModelFile], results: Results) -> None:
+    """Per thread count, per architecture: its eager row, then its files (the order the table reads best in)."""
+    file_order = {str(f.path): i for i, f in enumerate(files)}
+    arch_order = {a: i for i, a in enumerate(dict.fromkeys(f.architecture for f in files))}
+    device_order = {d: i for i, d in enumerate(dict.fromkeys(k[2] for k in results if k[0] == "file"))}
+    rows.sort(key=lambda r: (r.threads, arch_order.get(r.architecture, len(arch_order)), not r.is_eager,
+                             file_order.get(r.model, -1), device_order.get(r.requested_device, -1)))
+
+
+def build_rows(files: Sequence[ModelFile], results: Results, eager_targets: Mapping[Architecture, dict[str, Any]],
+               settings: Mapping[str, Any], cores: int | None = None) -> list[dict[str, Any]]:
     """JSON rows (ROW_KEYS) from the worker results: latency statistics, speed-up over the eager row of the
     same architecture and thread count, achieved vs peak GMAC/s (CPU rows: the peak is a CPU GEMM), accuracy and
     its change vs the fp32 file on the same device.
@@ -78,71 +248,10 @@ def build_rows(files: Sequence[ModelFile], results: dict[tuple[Any, ...], dict[s
     (what ``auto`` resolved to). ``settings`` (runs, warmup, rounds) is copied into every row; ``cores`` (the machine's
     logical cores) decides whether other processes' CPU use made a row "contended".
     """
-    gemm: list[GemmResult] = [GemmResult(**g) for k, r in results.items() if k[0] == "gemm" and r.get("status") == "ok"
-                              for g in r["gemm"]]
-    by_path = {str(f.path): f for f in files}
-    rows: list[dict[str, Any]] = []
-    eager_ms: dict[tuple[Any, int], float] = {}
-    for key, result in results.items():
-        if key[0] not in ("eager", "file"):
-            continue
-        t = key[-1]
-        if key[0] == "eager":
-            arch = key[1]
-            f0 = next(f for f in files if f.architecture == arch)
-            row = {"model": _eager_id(arch),
-                   "label": f"eager torch ({arch[1]}, {arch[2]}px)", "format": "torch", "engine": "torch-eager",
-                   "precision": "fp32", "gmacs": f0.gmacs, "gmacs_source": f0.gmacs_source, "size_mb": None,
-                   "device": "cpu", "notes": _eager_note(result, eager_targets[arch])}
-            acc = results.get(("accuracy", arch))
-        else:
-            f = by_path[key[1]]
-            row = {"model": str(f.path), "label": f.label, "format": f.format, "engine": ENGINE_FOR_FORMAT[f.format],
-                   "precision": f.precision, "size_mb": f.size_mb, "gmacs": f.gmacs, "gmacs_source": f.gmacs_source,
-                   "export_guard": export_guard(f.manifest), "notes": f.manifest_note, "device": key[2],
-                   "_requested": key[2]}
-            acc = results.get(("accuracy", key[1], key[2]))
-        row.update(threads=t, status=result.get("status", "failed"), error=result.get("error"), **settings)
-        if row["status"] == "ok":
-            row["engine"] = result.get("engine", row["engine"])
-            row["device"] = result.get("device", row["device"])
-            row["providers"] = result.get("providers")
-            if result.get("reduced_precision"):
-                note = f"computes in {'/'.join(result['reduced_precision'])}" + (
-                    "" if result.get("guard_covered", True) else ", not covered by the export accuracy guard")
-                row["notes"] = "; ".join(n for n in (row.get("notes"), note) if n)
-            row.update(_latency_fields(result))
-            row["other_cpu_cores"] = result.get("other_cpu_cores")
-            row["contended"] = cpuload.contended(row["other_cpu_cores"], t, cores)
-            if key[0] == "eager":
-                eager_ms[(key[1], t)] = row["median_ms"]
-        row.update(_accuracy_fields(acc))
-        row["_arch"] = key[1] if key[0] == "eager" else by_path[key[1]].architecture
-        row["_scores"] = (acc or {}).get("scores")
-        rows.append(row)
-    for row in rows:
-        if row["_arch"] is not None and (row["_arch"], row["threads"]) in eager_ms:
-            row["eager_model"] = _eager_id(row["_arch"])
-        if row["status"] == "ok":
-            row["eager_median_ms"] = eager_ms.get((row["_arch"], row["threads"]))
-            row["speedup_vs_eager"] = stats.speedup(row["eager_median_ms"], row["median_ms"])
-            row["gmac_per_s"] = stats.gmac_per_s(row.get("gmacs"), row["median_ms"])
-            if row["device"] == "cpu":  # the peak is a CPU GEMM: meaningless for an accelerator's row
-                row["peak_gmac_per_s"], row["peak_source"] = reference_peak(gemm, row["precision"], row["threads"])
-                row["peak_fraction"] = stats.fraction(row["gmac_per_s"], row["peak_gmac_per_s"])
-        if row["format"] != "torch":
-            ref = fp32_counterpart(Path(row["model"]), files)
-            ref_row = next((r for r in rows if ref is not None and r["model"] == str(ref.path)
-                            and r.get("_requested") == row.get("_requested")), None)
-            if ref_row is not None:
-                row["image_auroc_delta"] = stats.delta(row.get("image_auroc"), ref_row.get("image_auroc"))
-                row["pixel_auroc_delta"] = stats.delta(row.get("pixel_auroc"), ref_row.get("pixel_auroc"))
-                if row["_scores"] and ref_row["_scores"]:
-                    row["score_spearman_vs_fp32"] = stats.spearman(row["_scores"], ref_row["_scores"])
-    # Per thread count, per architecture: its eager row, then its files (the order the table reads best in).
-    file_order = {str(f.path): i for i, f in enumerate(files)}
-    arch_order = {a: i for i, a in enumerate(dict.fromkeys(f.architecture for f in files))}
-    device_order = {d: i for i, d in enumerate(dict.fromkeys(k[2] for k in results if k[0] == "file"))}
-    rows.sort(key=lambda r: (r["threads"], arch_order.get(r["_arch"], len(arch_order)), r["format"] != "torch",
-                             file_order.get(r["model"], -1), device_order.get(r.get("_requested"), -1)))
-    return [{k: row.get(k) for k in ROW_KEYS} for row in rows]
+    gemm = [GemmResult(**g) for k, r in results.items() if k[0] == "gemm" and r.get("status") == "ok"
+            for g in r["gemm"]]
+    rows = [_measured_row(key, result, files, results, eager_targets, settings, cores)
+            for key, result in results.items() if key[0] in ("eager", "file")]
+    _compare(rows, files, gemm)
+    _sort(rows, files, results)
+    return [row.to_json() for row in rows]

@@ -44,7 +44,7 @@ from typing import IO, Any, cast
 import numpy as np
 
 from edge.jsonsafe import json_safe, write_json
-from edge.metrics_runtime import RuntimeMetrics
+from edge.counters import RuntimeCounters
 from edge.sources import RawSource
 
 GENERATED_THRESHOLD = 0.5  # clean frames score ≤ 0.0625 on the generated model, the defect 1.0
@@ -203,8 +203,8 @@ class NullWriter:
 # ---------------------------------------------------------------------------------------------
 # Measurement hook: the runner calls metrics.record_frame once per scored frame, on its thread
 # ---------------------------------------------------------------------------------------------
-class SoakMetrics(RuntimeMetrics):
-    """RuntimeMetrics that also keeps every frame's latency (preallocated) and samples RSS."""
+class SoakMetrics(RuntimeCounters):
+    """RuntimeCounters that also keeps every frame's latency (preallocated) and samples RSS."""
 
     def __init__(self, frames: int, rss_every: int, bar: Any = None) -> None:
         super().__init__()

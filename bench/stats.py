@@ -11,6 +11,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from edge import accuracy
+
 
 class StatsError(ValueError):
     """Statistics asked of an empty sample or with an impossible parameter."""
@@ -93,36 +95,9 @@ def delta(value: float | None, reference: float | None) -> float | None:
     return value - reference
 
 
-def ranks(values: Sequence[float]) -> list[float]:
-    """1-based ranks; tied values share the mean of the ranks they span (as Spearman's ρ requires)."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return out
-
-
-def pearson(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """Pearson's r; None for fewer than two pairs, unequal lengths or a constant input."""
-    n = len(a)
-    if n != len(b) or n < 2:
-        return None
-    ma, mb = sum(a) / n, sum(b) / n
-    da, db = [x - ma for x in a], [y - mb for y in b]
-    sa, sb = sum(x * x for x in da), sum(y * y for y in db)
-    if sa == 0 or sb == 0:
-        return None
-    return sum(x * y for x, y in zip(da, db)) / math.sqrt(sa * sb)
-
-
 def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """Spearman's ρ: Pearson's r of the tie-averaged ranks (the export guard's score-agreement statistic)."""
+    """Spearman's ρ of two score lists (``edge.accuracy.spearman``) for a JSON row: None where it is undefined
+    (a constant list, fewer than two pairs) or the lists differ in length."""
     if len(a) != len(b):
         return None
-    return pearson(ranks([float(x) for x in a]), ranks([float(y) for y in b]))
+    return accuracy.defined(accuracy.spearman(a, b))

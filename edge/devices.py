@@ -1,9 +1,10 @@
 """Which inference devices each engine can use: ONE table, read by edge.engines and bench.
 
-``--device`` takes cpu, cuda, tensorrt, gpu, npu or auto.  Per engine (``ENGINES``) each device
-maps onto what that engine is given: an ONNX Runtime execution provider (plus the providers that
-take the nodes it cannot run, as ONNX Runtime assigns them in order) or an OpenVINO device name.
-LiteRT (.tflite) runs on the CPU only.
+``--device`` takes cpu, cuda, tensorrt, gpu, npu or auto.  ``ENGINES`` has one entry per format of
+``edge.formats`` (same order; suffix, engine name, label and install hint come from that record, and
+import fails when the two disagree).  Per engine each device maps onto what that engine is given: an
+ONNX Runtime execution provider (plus the providers that take the nodes it cannot run, as ONNX
+Runtime assigns them in order) or an OpenVINO device name.  LiteRT (.tflite) runs on the CPU only.
 
 Accuracy guard coverage.  dcam-export measures every file's accuracy (``accuracy.guard`` of its
 manifest) on the CPU, in the file's own precision (fp32 / int8).  A device that computes in that
@@ -25,6 +26,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+from edge.formats import FORMATS, ModelFormat, format_for_path
 
 DEVICES = ("cpu", "cuda", "tensorrt", "gpu", "npu")
 DEVICE_CHOICES = DEVICES + ("auto",)
@@ -79,16 +82,32 @@ def _cpu_only() -> list[str]:
 
 @dataclass(frozen=True)
 class EngineSupport:
-    """One engine: its file suffixes and the devices it can run them on."""
+    """The engine of one format (edge.formats) and the devices it can run that format's files on."""
 
-    engine: str  # edge.engines name
-    format: str  # manifest / bench format name
-    suffixes: tuple[str, ...]
-    label: str
-    install: str
+    model_format: ModelFormat
     devices: tuple[DeviceTarget, ...]
     available: Callable[[], list[str]]  # the targets this machine offers (imports the engine package)
     target_word: str = ""  # how the error names a missing target: "CUDAExecutionProvider", "GPU device"
+
+    @property
+    def engine(self) -> str:
+        return self.model_format.engine
+
+    @property
+    def format(self) -> str:
+        return self.model_format.name
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return (self.model_format.suffix,)
+
+    @property
+    def label(self) -> str:
+        return self.model_format.engine_label
+
+    @property
+    def install(self) -> str:
+        return self.model_format.install
 
     def target(self, device: str) -> DeviceTarget | None:
         return next((t for t in self.devices if t.device == device), None)
@@ -100,8 +119,9 @@ class EngineSupport:
 
 ORT_GPU_MISSING = ("install onnxruntime-gpu (x86, in place of onnxruntime) or NVIDIA's Jetson onnxruntime-gpu "
                    "wheel (see NVIDIA's Jetson Zoo page for the wheel matching your JetPack)")
-ENGINES: tuple[EngineSupport, ...] = (
-    EngineSupport("onnxruntime", "onnx", (".onnx",), "ONNX Runtime", "pip install onnxruntime", (
+# Per format name: (devices, cpu first — the default target; how to list the offered ones; missing-target word).
+_DEVICE_TABLE: dict[str, tuple[tuple[DeviceTarget, ...], Callable[[], list[str]], str]] = {
+    "onnx": ((
         DeviceTarget("cpu", "CPUExecutionProvider"),
         DeviceTarget("cuda", "CUDAExecutionProvider", fallback=("CPUExecutionProvider",), optional=("tf32",),
                      missing=ORT_GPU_MISSING),
@@ -109,8 +129,8 @@ ENGINES: tuple[EngineSupport, ...] = (
                      fallback=("CUDAExecutionProvider", "CPUExecutionProvider"), optional=("fp16", "tf32"),
                      missing=ORT_GPU_MISSING + "; TensorRT itself comes with JetPack (x86: NVIDIA's TensorRT "
                                                "packages)"),
-    ), _ort_available),
-    EngineSupport("openvino", "openvino", (".xml",), "OpenVINO", "pip install openvino", (
+    ), _ort_available, ""),
+    "openvino": ((
         DeviceTarget("cpu", "CPU", precision_hints=("f32", "bf16", "f16")),
         DeviceTarget("gpu", "GPU", optional=("fp16",), threads=False, precision_hints=("f32", "f16"),
                      missing="install Intel's GPU compute runtime (intel-opencl-icd / intel-level-zero-gpu) and add "
@@ -119,18 +139,20 @@ ENGINES: tuple[EngineSupport, ...] = (
                      missing="install Intel's NPU driver (intel/linux-npu-driver, Core Ultra CPUs) and add the user "
                              "to group render"),
     ), _openvino_available, " device"),
-    EngineSupport("litert", "tflite", (".tflite",), "LiteRT", "pip install ai-edge-litert", (
-        DeviceTarget("cpu", "CPU"),
-    ), _cpu_only, " device"),
-)
-
-ENGINE_BY_SUFFIX: dict[str, EngineSupport] = {s: e for e in ENGINES for s in e.suffixes}
+    "tflite": ((DeviceTarget("cpu", "CPU"),), _cpu_only, " device"),
+}
+if set(_DEVICE_TABLE) != set(FORMATS):  # a format added to edge.formats needs its devices here (and vice versa)
+    raise ImportError(f"edge.devices lists {sorted(_DEVICE_TABLE)}, edge.formats {sorted(FORMATS)}")
+ENGINES: tuple[EngineSupport, ...] = tuple(EngineSupport(f, *_DEVICE_TABLE[name]) for name, f in FORMATS.items())
 ENGINE_BY_FORMAT: dict[str, EngineSupport] = {e.format: e for e in ENGINES}
 
 
 def engine_for(path: str | Path) -> EngineSupport | None:
     """The engine of a model file by its extension (None for an unknown one)."""
-    return ENGINE_BY_SUFFIX.get(Path(path).suffix.lower())
+    try:
+        return ENGINE_BY_FORMAT[format_for_path(path).name]
+    except ValueError:
+        return None
 
 
 def offers(available: Sequence[str], target: str) -> bool:

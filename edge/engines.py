@@ -1,12 +1,14 @@
 """Inference engines behind one interface: ONNX Runtime, OpenVINO, LiteRT (TFLite).
 
-``load_engine(path)`` picks the engine by extension (.onnx / .xml / .tflite) and, with ``device``,
+``load_engine(path)`` picks the engine by the file's format (``edge.formats``) and, with ``device``,
 where it runs (cpu by default; cuda / tensorrt / gpu / npu / auto, see ``edge.devices``, the one table
 of which engine runs on which device).  Every engine
 takes the normalised float32 N×3×S×S tensor of ``edge.preprocess`` and returns
-``(anomaly_map N×1×S×S float32, score N float32)``.  Outputs are found by name
-("anomaly_map"/"score", from the manifest when given), falling back to shape (the 4-D output
-is the map; a missing score output is the map maximum, as in the exported head).
+``(anomaly_map N×1×S×S float32, score N float32)``.  Outputs are taken by the exact tensor names
+the manifest's ``graph_io`` holds (resolved once at export, by ``Engine.graph_io`` of this module);
+without them (a file without manifest, a hand-written one) by name ("anomaly_map"/"score", loosely:
+converters add prefixes), then by shape (the 4-D output is the map; a missing score output is the
+map maximum, as in the exported head).
 Engine packages are imported lazily so an install needs only the one it uses; torch is never
 imported.
 """
@@ -17,23 +19,23 @@ import os
 import platform
 import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from edge.devices import (ENGINE_BY_SUFFIX, DeviceError, DeviceTarget, candidates, default_trt_cache_dir,
+from edge.devices import (ENGINE_BY_FORMAT, ENGINES, DeviceError, DeviceTarget, candidates, default_trt_cache_dir,
                           guard_covers)
+from edge.formats import FORMATS, format_for_path, parse_model_filename
+from edge.manifest import GraphIO, Manifest, ManifestError, load_manifest, manifest_path_for, sha256_file
 from edge.signalstack import drop_small_alternate_signal_stack
-
-if TYPE_CHECKING:  # pragma: no cover
-    from edge.manifest import Manifest
 
 log = logging.getLogger("edge.engines")
 
-EXTENSIONS = {suffix: e.engine for suffix, e in ENGINE_BY_SUFFIX.items()}  # {".onnx": "onnxruntime", ...}
 OV_PRECISION_HINTS = ("f32", "bf16", "f16")
-CPU_TARGETS = {e.engine: e.devices[0] for e in ENGINE_BY_SUFFIX.values()}
+CPU_TARGETS = {e.engine: e.devices[0] for e in ENGINES}
+CONTRACT_NAMES = GraphIO("anomaly_map", "score")  # what the exported graph calls its outputs (manifest "outputs")
 
 
 class EngineError(ValueError):
@@ -84,7 +86,7 @@ def _openvino_load_error(model_path: Path, precision: str, exc: BaseException) -
     "object is not initialized", while the fp32 IR and the ONNX/TFLite files load.
     """
     message = f"{model_path}: cannot load OpenVINO model ({_first_line(exc)})"
-    is_int8 = precision == "int8" or ".int8" in model_path.name.lower()
+    is_int8 = precision == "int8" or parse_model_filename(model_path).precision == "int8"
     if (is_int8 and platform.machine().lower() in ("aarch64", "arm64", "armv8l")
             and "object is not initialized" in str(exc).lower()):
         message += f"; {ARM_INT8_IR_HINT}"
@@ -93,7 +95,8 @@ def _openvino_load_error(model_path: Path, precision: str, exc: BaseException) -
 
 def _select_outputs(names: Sequence[str], ranks: Sequence[int | None], map_name: str,
                     score_name: str) -> tuple[int | None, int | None]:
-    """Indices of the map and score outputs: by name, else by rank (4-D = map); None if undecided."""
+    """Indices of the map and score outputs of a file without resolved names: by name, else by rank
+    (4-D = map); None if undecided."""
     def by_name(wanted: str) -> int | None:
         exact = [i for i, n in enumerate(names) if n == wanted]
         if exact:
@@ -112,16 +115,42 @@ def _select_outputs(names: Sequence[str], ranks: Sequence[int | None], map_name:
     return i_map, i_score
 
 
+def _named_outputs(names: Sequence[str], graph_io: GraphIO, model_path: Path) -> tuple[int, int | None]:
+    """Indices of the outputs the manifest's graph_io names exactly; EngineError when one is not in the file."""
+    for kind, wanted in (("anomaly_map", graph_io.anomaly_map), ("score", graph_io.score)):
+        if wanted is not None and wanted not in names:
+            raise EngineError(f"{model_path}: the manifest names output {wanted!r} (graph_io.{kind}) but the model's "
+                              f"outputs are {list(names)}; the manifest does not describe this file (re-export it)")
+    names = list(names)
+    return names.index(graph_io.anomaly_map), None if graph_io.score is None else names.index(graph_io.score)
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    """What ``load_engine`` decided for one attempt to open a file (each engine takes what it needs)."""
+
+    model_path: Path
+    precision: str
+    outputs: GraphIO  # names to look for
+    names_resolved: bool  # True: ``outputs`` is the manifest's graph_io, matched exactly
+    threads: int | None
+    target: DeviceTarget
+    modes: tuple[str, ...]
+    manifest: Manifest | None
+    precision_hint: str | None
+    trt_cache_dir: str | Path | None
+
+
 class Engine(ABC):
     """Common wrapper: input checks, batch-1 looping, output selection and reshaping."""
 
     name: str = "engine"
 
-    def __init__(self, model_path: Path, precision: str, map_name: str, score_name: str,
-                 target: DeviceTarget | None = None) -> None:
+    def __init__(self, model_path: Path, precision: str, outputs: GraphIO = CONTRACT_NAMES,
+                 names_resolved: bool = False, target: DeviceTarget | None = None) -> None:
         self.model_path = model_path
         self.precision = precision
-        self._map_name, self._score_name = map_name, score_name
+        self._outputs, self._names_resolved = outputs, names_resolved
         self.target = target or CPU_TARGETS[self.name]
         self.device = self.target.device  # the --device name it runs on
         self.providers: list[str] = [self.target.target]  # ORT session providers / OpenVINO execution devices
@@ -135,6 +164,16 @@ class Engine(ABC):
     @abstractmethod
     def input_shape(self) -> tuple[int | None, ...]:
         """Declared input shape as NCHW (None for dynamic dims)."""
+
+    @classmethod
+    @abstractmethod
+    def open(cls, request: OpenRequest) -> Engine:
+        """The engine for one attempt of ``load_engine`` (DeviceUnavailable: ``auto`` tries the next device)."""
+
+    @property
+    @abstractmethod
+    def input_name(self) -> str:
+        """The graph input's tensor name."""
 
     @abstractmethod
     def _output_names_ranks(self) -> tuple[list[str], list[int | None]]:
@@ -152,14 +191,28 @@ class Engine(ABC):
 
     def _resolve(self, outputs: list[np.ndarray] | None = None) -> None:
         names, ranks = self._output_names_ranks()
+        if self._names_resolved:
+            self._i_map, self._i_score = _named_outputs(names, self._outputs, self.model_path)
+            self._resolved = True
+            return
         if outputs is not None:
             ranks = [o.ndim for o in outputs]
-        self._i_map, self._i_score = _select_outputs(names, ranks, self._map_name, self._score_name)
+        self._i_map, self._i_score = _select_outputs(names, ranks, self._outputs.anomaly_map,
+                                                     self._outputs.score or "score")
         if self._i_map is not None:
             self._resolved = True
         elif outputs is not None:
             raise EngineError(f"{self.model_path}: cannot identify the anomaly-map output among {names} "
-                              f"(expected a 4-D output named {self._map_name!r})")
+                              f"(expected a 4-D output named {self._outputs.anomaly_map!r})")
+
+    @property
+    def graph_io(self) -> GraphIO:
+        """The tensor names this engine reads the map and score from (what dcam-export records as graph_io);
+        EngineError when they are not decided yet (run the engine once first)."""
+        if not self._resolved or self._i_map is None:
+            raise EngineError(f"{self.model_path}: the anomaly-map output is not identified yet (run it once)")
+        names, _ = self._output_names_ranks()
+        return GraphIO(names[self._i_map], None if self._i_score is None else names[self._i_score], self.input_name)
 
     def _run_one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         outs = self._infer(x)
@@ -202,10 +255,10 @@ class Engine(ABC):
 class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
 
-    def __init__(self, model_path: Path, precision: str, map_name: str, score_name: str,
-                 threads: int | None = None, target: DeviceTarget | None = None, modes: Sequence[str] = (),
-                 trt_cache_dir: Path | None = None) -> None:
-        super().__init__(model_path, precision, map_name, score_name, target)
+    def __init__(self, model_path: Path, precision: str, outputs: GraphIO = CONTRACT_NAMES,
+                 names_resolved: bool = False, threads: int | None = None, target: DeviceTarget | None = None,
+                 modes: Sequence[str] = (), trt_cache_dir: Path | None = None) -> None:
+        super().__init__(model_path, precision, outputs, names_resolved, target)
         try:
             import onnxruntime as ort
         except ImportError:
@@ -254,6 +307,19 @@ class OnnxRuntimeEngine(Engine):
         self.info = {"threads": threads, "input_name": self._input_name, **self.info}
         self._resolve()
 
+    @classmethod
+    def open(cls, request: OpenRequest) -> Engine:
+        r = request
+        cache = None
+        if r.target.target in ORT_PROVIDER_OPTIONS:
+            cache = _model_cache_dir(Path(r.trt_cache_dir) if r.trt_cache_dir else default_trt_cache_dir(),
+                                     r.model_path, r.manifest)
+        return cls(r.model_path, r.precision, r.outputs, r.names_resolved, r.threads, r.target, r.modes, cache)
+
+    @property
+    def input_name(self) -> str:
+        return self._input_name
+
     @property
     def input_shape(self) -> tuple[int | None, ...]:
         return self._input_shape
@@ -269,15 +335,15 @@ class OnnxRuntimeEngine(Engine):
 class OpenVinoEngine(Engine):
     name = "openvino"
 
-    def __init__(self, model_path: Path, precision: str, map_name: str, score_name: str,
-                 threads: int | None = None, precision_hint: str = "f32", target: DeviceTarget | None = None,
-                 modes: Sequence[str] = ()) -> None:
-        super().__init__(model_path, precision, map_name, score_name, target)
+    def __init__(self, model_path: Path, precision: str, outputs: GraphIO = CONTRACT_NAMES,
+                 names_resolved: bool = False, threads: int | None = None, precision_hint: str = "f32",
+                 target: DeviceTarget | None = None, modes: Sequence[str] = ()) -> None:
+        super().__init__(model_path, precision, outputs, names_resolved, target)
         if precision_hint not in OV_PRECISION_HINTS:
             raise EngineError(f"{model_path}: inference_precision_hint {precision_hint!r}, "
                               f"expected one of {list(OV_PRECISION_HINTS)}")
-        bin_path = model_path.with_suffix(".bin")
-        if not bin_path.is_file():
+        bin_path = FORMATS["openvino"].weights_path(model_path)
+        if bin_path is None or not bin_path.is_file():
             raise EngineError(f"{bin_path}: OpenVINO weights file not found (must sit beside {model_path.name})")
         try:
             import openvino as ov
@@ -314,6 +380,16 @@ class OpenVinoEngine(Engine):
                      "compiled_precision": self._property("INFERENCE_PRECISION_HINT", lambda p: p.get_type_name())}
         self._resolve()
 
+    @classmethod
+    def open(cls, request: OpenRequest) -> Engine:
+        r = request
+        hint = r.precision_hint or (r.manifest.inference_precision_hint if r.manifest else "f32")
+        return cls(r.model_path, r.precision, r.outputs, r.names_resolved, r.threads, hint, r.target, r.modes)
+
+    @property
+    def input_name(self) -> str:
+        return self._compiled.input(0).get_any_name()
+
     def _property(self, name: str, convert: Any) -> Any:
         """A compiled-model property, None where the device does not report it."""
         try:
@@ -330,7 +406,7 @@ class OpenVinoEngine(Engine):
         for out in self._compiled.outputs:
             tensor_names = sorted(out.get_names())
             # Prefer the name the exporter gave; OpenVINO may attach several aliases.
-            pick = next((n for n in tensor_names if n in (self._map_name, self._score_name)),
+            pick = next((n for n in tensor_names if n in (self._outputs.anomaly_map, self._outputs.score)),
                         tensor_names[0] if tensor_names else "")
             names.append(pick)
             ps = out.get_partial_shape()
@@ -345,9 +421,9 @@ class OpenVinoEngine(Engine):
 class LiteRtEngine(Engine):
     name = "litert"
 
-    def __init__(self, model_path: Path, precision: str, map_name: str, score_name: str,
-                 threads: int | None = None, target: DeviceTarget | None = None) -> None:
-        super().__init__(model_path, precision, map_name, score_name, target)
+    def __init__(self, model_path: Path, precision: str, outputs: GraphIO = CONTRACT_NAMES,
+                 names_resolved: bool = False, threads: int | None = None, target: DeviceTarget | None = None) -> None:
+        super().__init__(model_path, precision, outputs, names_resolved, target)
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
@@ -373,6 +449,15 @@ class LiteRtEngine(Engine):
         self._input_shape = (shape[0], shape[3], shape[1], shape[2]) if self._nhwc else shape
         self.info = {"threads": threads, "input_layout": "NHWC" if self._nhwc else "NCHW"}
         self._resolve()
+
+    @classmethod
+    def open(cls, request: OpenRequest) -> Engine:
+        r = request
+        return cls(r.model_path, r.precision, r.outputs, r.names_resolved, r.threads, r.target)
+
+    @property
+    def input_name(self) -> str:
+        return str(self._in["name"])
 
     @property
     def input_shape(self) -> tuple[int | None, ...]:
@@ -400,14 +485,17 @@ class LiteRtEngine(Engine):
         return outs
 
 
-def load_engine(model_path: str | Path, threads: int | None = None, manifest: "Manifest | None" = None,
+ENGINE_CLASSES: dict[str, type[Engine]] = {cls.name: cls for cls in (OnnxRuntimeEngine, OpenVinoEngine, LiteRtEngine)}
+
+
+def load_engine(model_path: str | Path, threads: int | None = None, manifest: Manifest | None = None,
                 precision_hint: str | None = None, device: str = "cpu",
                 trt_cache_dir: str | Path | None = None) -> Engine:
-    """Open a model with the engine its extension names (.onnx / .xml / .tflite), on ``device``.
+    """Open a model with the engine of its format (.onnx / .xml / .tflite, ``edge.formats``), on ``device``.
 
-    Output names and the OpenVINO precision hint come from ``manifest`` when given, else from
-    the model's manifest file if it exists (read without hashing; ``load_manifest`` verifies), else
-    the defaults ("anomaly_map", "score", "f32").  ``threads`` sets ONNX Runtime intra-op
+    Output names (``graph_io``, exact) and the OpenVINO precision hint come from ``manifest`` when given,
+    else from the model's manifest file if it exists (read without hashing; ``load_manifest`` verifies),
+    else the name/shape heuristic of the module docstring and "f32".  ``threads`` sets ONNX Runtime intra-op
     threads / OpenVINO INFERENCE_NUM_THREADS / LiteRT num_threads (None: engine default).
     ``device`` (``edge.devices``): cpu (default), cuda / tensorrt (.onnx), gpu / npu (.xml) or auto
     (the fastest this machine offers that the manifest's accuracy guard covers; a device that
@@ -417,32 +505,33 @@ def load_engine(model_path: str | Path, threads: int | None = None, manifest: "M
     Raises EngineError (DeviceError for the device) naming the file or option in one line.
     """
     model_path = Path(model_path)
-    suffix = model_path.suffix.lower()
-    if suffix not in EXTENSIONS:
-        raise EngineError(f"{model_path}: unknown model extension {suffix!r}; expected one of {sorted(EXTENSIONS)}")
+    fmt = format_for_path(model_path, EngineError)
     if not model_path.is_file():
         raise EngineError(f"{model_path}: model file not found")
     if os.path.getsize(model_path) == 0:
         raise EngineError(f"{model_path}: model file is empty")
     if threads is not None and threads < 1:
         raise EngineError(f"--threads {threads}: expected a positive number of threads")
-    if manifest is None:
-        from edge.manifest import ManifestError, find_manifest, load_manifest
-        if find_manifest(model_path).is_file():
-            try:
-                manifest = load_manifest(model_path, verify_sha256=False)
-            except ManifestError:
-                manifest = None  # the engine can still run; the runner reports manifest problems
-    support = ENGINE_BY_SUFFIX[suffix]
+    if manifest is None and manifest_path_for(model_path).is_file():
+        try:
+            manifest = load_manifest(model_path, verify_sha256=False)
+        except ManifestError:
+            manifest = None  # the engine can still run; the runner reports manifest problems
+    support = ENGINE_BY_FORMAT[fmt.name]
     covers = guard_covers(manifest.data if manifest else None)
     targets = candidates(support, device, covers)  # DeviceError: unsupported / not offered here
-    map_name = manifest.output_name("anomaly_map") if manifest else "anomaly_map"
-    score_name = manifest.output_name("score") if manifest else "score"
-    precision = manifest.precision if manifest else ("int8" if ".int8" in model_path.name else "fp32")
+    if manifest is not None and manifest.graph_io is not None:
+        outputs, names_resolved = manifest.graph_io, True
+    elif manifest is not None:
+        outputs, names_resolved = GraphIO(manifest.output_name("anomaly_map"), manifest.output_name("score")), False
+    else:
+        outputs, names_resolved = CONTRACT_NAMES, False
+    precision = manifest.precision if manifest else parse_model_filename(model_path).precision
     for i, target in enumerate(targets):
+        request = OpenRequest(model_path, precision, outputs, names_resolved, threads, target,
+                              tuple(target.modes(covers)), manifest, precision_hint, trt_cache_dir)
         try:
-            engine = _open(support.engine, model_path, precision, map_name, score_name, threads, manifest,
-                           precision_hint, target, covers, trt_cache_dir)
+            engine = ENGINE_CLASSES[fmt.engine].open(request)
         except DeviceUnavailable as e:
             if device != "auto" or i == len(targets) - 1:
                 raise
@@ -459,27 +548,10 @@ def load_engine(model_path: str | Path, threads: int | None = None, manifest: "M
     raise EngineError(f"--device {device}: no device to run {model_path} on")  # pragma: no cover - cpu is last
 
 
-def _open(engine: str, model_path: Path, precision: str, map_name: str, score_name: str, threads: int | None,
-          manifest: "Manifest | None", precision_hint: str | None, target: DeviceTarget, covers: frozenset[str],
-          trt_cache_dir: str | Path | None) -> Engine:
-    modes = target.modes(covers)
-    if engine == "onnxruntime":
-        cache = None
-        if target.target in ORT_PROVIDER_OPTIONS:
-            cache = _model_cache_dir(Path(trt_cache_dir) if trt_cache_dir else default_trt_cache_dir(), model_path,
-                                     manifest)
-        return OnnxRuntimeEngine(model_path, precision, map_name, score_name, threads, target, modes, cache)
-    if engine == "openvino":
-        hint = precision_hint or (manifest.inference_precision_hint if manifest else "f32")
-        return OpenVinoEngine(model_path, precision, map_name, score_name, threads, hint, target, modes)
-    return LiteRtEngine(model_path, precision, map_name, score_name, threads, target)
-
-
-def _model_cache_dir(base: Path, model_path: Path, manifest: "Manifest | None") -> Path:
+def _model_cache_dir(base: Path, model_path: Path, manifest: Manifest | None) -> Path:
     """``base/<first 16 hex digits of the model's sha256>``, created; EngineError naming --trt-cache-dir."""
-    sha = str((manifest.data.get("model_sha256") if manifest else None) or "")
+    sha = manifest.entry.model_sha256 if manifest else ""
     if len(sha) < 16:
-        from edge.manifest import sha256_file
         sha = sha256_file(model_path)
     path = base / sha[:16]
     try:

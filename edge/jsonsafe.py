@@ -1,24 +1,32 @@
-"""Strict JSON for every file the project writes (manifests, evaluations, reports, frame logs)."""
+"""Strict JSON for every file and message the project writes (manifests, evaluations, reports, frame logs, alarms)."""
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+_JSON_SCALARS = (bool, int, float, str)
 
 
-def json_safe(value: Any) -> Any:
-    """NaN/inf → None, numpy scalars/arrays → Python numbers/lists, tuples → lists, keys → str."""
+def json_safe(value: Any, default: Callable[[Any], Any] | None = None) -> Any:
+    """NaN/inf → None, numpy scalars/arrays → Python numbers/lists, tuples → lists, keys → str.
+
+    ``default`` (e.g. ``str``) converts whatever is still not a JSON value (paths, bytes, sets, ...);
+    without it such values are returned unchanged.
+    """
     if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v, default) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
+        return [json_safe(v, default) for v in value]
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
         value = value.tolist()  # numpy scalar → number, array → (nested) list
         if isinstance(value, list):
-            return json_safe(value)
+            return json_safe(value, default)
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if default is not None and value is not None and not isinstance(value, _JSON_SCALARS):
+        return default(value)
     return value
 
 

@@ -1,12 +1,51 @@
-"""Model manifest: the JSON file ``<model-file-stem>.json`` beside every exported model (schema_version 1).
+"""Model manifest: the JSON file ``<model-file-stem>.json`` beside every exported model file (schema version 2).
 
-``dcam.onnx``, ``dcam.xml`` and ``dcam.tflite`` share the stem, so ``dcam.json`` holds what they have
-in common (input, outputs, model) once and one entry per file under ``files`` (sha256, format,
-precision, runtime hint, threshold, accuracy); ``dcam.int8.*`` → ``dcam.int8.json``.  Callers see one
-flat dict per model file (common keys + that file's entry).  The manifest carries
-everything the edge runtime needs besides the graph: preprocessing, output names, the
-OpenVINO precision hint, the anomaly threshold(s) and the sha256 of the model file(s), so a
-model and its threshold can never be mixed up silently.  Pure stdlib + numpy-free.
+This docstring is THE description of the schema.  ``dcam.onnx``, ``dcam.xml`` and ``dcam.tflite``
+share the stem, so ``dcam.json`` holds what they have in common once and one entry per file under
+``files``; ``dcam.int8.*`` → ``dcam.int8.json``.  The manifest carries everything the edge runtime
+needs besides the graph (preprocessing, output names, the OpenVINO precision hint, the anomaly
+threshold(s), the sha256 of the model file(s)), so a model and its threshold can never be mixed up
+silently.  Strict JSON (never NaN).  Layout::
+
+    {
+      "schema_version": 2,
+      "package_version": "0.1.0",            dcam-edge that wrote it
+      "input":   {"name", "shape": [1, 3, S, S], "image_size", "mean", "std", "layout": "NCHW",
+                  "dtype", "color", "resize", "normalization", "preprocessing"}     edge.preprocess.PreprocessSpec
+      "outputs": {"anomaly_map": {"name", "shape", "meaning"}, "score": {...}, "decision"}   the graph contract
+      "model":   {"method", "backbone", "categories", "blur_sigma", "gmacs", ...}             optional
+      "files": {
+        "<model file name>": {
+          "model_file", "model_sha256",
+          "weights_file", "weights_sha256",    the side file of formats that have one (OpenVINO .bin)
+          "format":    "onnx" | "openvino" | "tflite"                 (edge.formats)
+          "precision": "fp32" | "int8",
+          "runtime":   {"engine": edge.engines name, "inference_precision_hint": "f32" | "bf16" | "f16", "note"},
+          "graph_io":  {"input", "anomaly_map", "score"}   tensor names as the engine sees them IN THIS FILE,
+                       resolved once by dcam-export; the runtime selects its outputs by these names exactly
+                       ("score": null — the file has no score output, the runtime takes the map maximum).
+                       Absent in hand-written manifests: the runtime then matches ``outputs.*.name`` by
+                       name/rank, as for a file without manifest.
+          "threshold": {"global", "per_category": {category: value}, "mode", "target_fpr", "fit",
+                        "statistics", "source", ...}   finite numbers only (NaN / Infinity are refused)
+          "accuracy":  export-time figures; "guard": {"passed", "violations", "allowed_by_flag", "limits", "covers"}
+          "quantization": what the int8 quantiser did (null for fp32),
+          "export":    {"tool", "config", "data", "warnings", "created_at", "versions"}
+          ... any other key is kept as written
+        }
+      }
+    }
+
+Reading and writing: ``read_document`` / ``write_document`` are the one reader and writer of a whole file
+(``ManifestDocument`` of ``FileEntry``); ``load_manifest`` gives one model file's validated, sha256-checked
+view (``Manifest``: typed accessors, plus ``data``, the common keys and that file's entry as one flat dict);
+``write_manifest`` writes one file's entry from such a flat dict; ``update_threshold`` merges a new
+threshold section.
+
+Version 1 (files written before schema 2, same layout): ``schema_version`` 1, ``graph_io`` written by
+dcam-export but never read, ``runtime.engine`` of TFLite files "ai-edge-litert" (the package, not the
+engine).  ``read_document`` migrates it on reading (graph_io is used as written, the engine is renamed);
+a rewrite (edge-calibrate) stores version 2.  Pure stdlib; imports no engine and no torch.
 """
 from __future__ import annotations
 
@@ -18,23 +57,24 @@ import os
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
-from edge.devices import ENGINE_BY_SUFFIX
+from edge.formats import FORMAT_NAMES, FORMATS, PRECISIONS, format_for_path, parse_model_filename
 from edge.jsonsafe import json_safe
 from edge.preprocess import PreprocessSpec
 
-SCHEMA_VERSION = 1
-FORMATS: dict[str, str] = {suffix: e.format for suffix, e in ENGINE_BY_SUFFIX.items()}  # ".onnx" → "onnx", ...
-PRECISIONS = ("fp32", "int8")
-# Keys shared by every file of one export; all other keys belong to one model file's entry.
-COMMON_KEYS = ("schema_version", "package_version", "input", "outputs", "model")
-REQUIRED_KEYS = ("schema_version", "model_file", "model_sha256", "format", "precision", "input", "outputs",
-                 "threshold")
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 DEFAULT_OUTPUTS = {"anomaly_map": {"name": "anomaly_map"}, "score": {"name": "score"}}
+# Keys of one file's entry that the runtime reads (typed in FileEntry); every other key is kept in FileEntry.extra.
+_ENTRY_REQUIRED = ("model_file", "model_sha256", "format", "precision", "threshold")
+_ENTRY_KNOWN = _ENTRY_REQUIRED + ("weights_file", "weights_sha256", "runtime", "graph_io")
+_COMMON_REQUIRED = ("input", "outputs")
+_COMMON_KEYS = ("schema_version", "package_version") + _COMMON_REQUIRED + ("model",)
 
 
 class ManifestError(ValueError):
@@ -56,17 +96,6 @@ def manifest_path_for(model_path: str | Path) -> Path:
     return model_path.with_name(model_path.stem + ".json")
 
 
-def find_manifest(model_path: str | Path) -> Path:
-    """The manifest file that describes ``model_path`` (it may not exist)."""
-    return manifest_path_for(model_path)
-
-
-def weights_path_for(model_path: str | Path) -> Path | None:
-    """The OpenVINO weights file (.bin) that belongs to an .xml, else None."""
-    model_path = Path(model_path)
-    return model_path.with_suffix(".bin") if model_path.suffix.lower() == ".xml" else None
-
-
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file, streamed in 1 MiB chunks (models can be large)."""
     h = hashlib.sha256()
@@ -76,69 +105,107 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def format_for(model_path: str | Path) -> str:
-    """Manifest "format" from the model file extension (ManifestError for anything else)."""
-    suffix = Path(model_path).suffix.lower()
-    if suffix not in FORMATS:
-        raise ManifestError(f"{model_path}: unknown model extension {suffix!r}; expected one of {sorted(FORMATS)}")
-    return FORMATS[suffix]
+# ------------------------------------------------------------------------------------------ the types
+@dataclass(frozen=True)
+class GraphIO:
+    """Tensor names of one model file as its engine reports them (``graph_io``), resolved once at export."""
+
+    anomaly_map: str
+    score: str | None = None  # None: no score output (the runtime takes the map maximum)
+    input: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"input": self.input, "anomaly_map": self.anomaly_map, "score": self.score}
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str | Path) -> GraphIO:
+        if not isinstance(raw, dict) or not isinstance(raw.get("anomaly_map"), str) or \
+                any(raw.get(k) is not None and not isinstance(raw[k], str) for k in ("score", "input")):
+            raise ManifestError(f"{where}: graph_io must map anomaly_map (and score, input) to tensor names")
+        return cls(raw["anomaly_map"], raw.get("score"), raw.get("input"))
 
 
 @dataclass
-class Manifest:
-    """A loaded manifest: the raw dict plus typed accessors used by the runtime."""
+class FileEntry:
+    """One model file's part of a manifest (``files[<name>]``)."""
 
-    path: Path
-    model_path: Path
-    data: dict[str, Any]
+    model_file: str
+    model_sha256: str
+    format: str
+    precision: str
+    threshold: dict[str, Any]
+    runtime: dict[str, Any] = field(default_factory=dict)
+    graph_io: GraphIO | None = None
+    weights_file: str | None = None
+    weights_sha256: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # accuracy, quantization, export, ...: kept verbatim
 
-    @property
-    def format(self) -> str:
-        return str(self.data["format"])
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], where: str | Path) -> FileEntry:
+        """Parse and validate one entry; ManifestError naming ``where`` (one line) for anything wrong."""
+        missing = [k for k in _ENTRY_REQUIRED if k not in raw]
+        if missing:
+            raise ManifestError(f"{where}: missing keys {missing}")
+        if raw["format"] not in FORMATS:
+            raise ManifestError(f"{where}: format {raw['format']!r}, expected one of {sorted(FORMAT_NAMES)}")
+        if raw["precision"] not in PRECISIONS:
+            raise ManifestError(f"{where}: precision {raw['precision']!r}, expected one of {list(PRECISIONS)}")
+        _check_threshold(raw["threshold"], where)
+        graph_io = raw.get("graph_io")
+        return cls(model_file=str(raw["model_file"]), model_sha256=str(raw["model_sha256"]), format=raw["format"],
+                   precision=raw["precision"], threshold=copy.deepcopy(raw["threshold"]),
+                   runtime=copy.deepcopy(dict(raw.get("runtime") or {})),
+                   graph_io=GraphIO.from_json(graph_io, where) if graph_io is not None else None,
+                   weights_file=raw.get("weights_file"), weights_sha256=raw.get("weights_sha256"),
+                   extra={k: copy.deepcopy(v) for k, v in raw.items() if k not in _ENTRY_KNOWN})
 
-    @property
-    def precision(self) -> str:
-        return str(self.data["precision"])
-
-    @property
-    def inference_precision_hint(self) -> str:
-        """OpenVINO INFERENCE_PRECISION_HINT; "f32" unless the exporter asked for something else."""
-        return str(self.data.get("runtime", {}).get("inference_precision_hint", "f32"))
-
-    @property
-    def categories(self) -> list[str]:
-        return list(self.data.get("model", {}).get("categories", []))
-
-    def preprocess_spec(self) -> PreprocessSpec:
-        try:
-            return PreprocessSpec.from_dict(self.data["input"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ManifestError(f"{self.path}: 'input' must hold image_size, mean and std ({e})") from None
-
-    def output_name(self, kind: str) -> str:
-        """Graph output name for "anomaly_map" or "score"."""
-        return str(self.data.get("outputs", {}).get(kind, {}).get("name", kind))
-
-    def check_accuracy_guard(self) -> None:
-        """Refuse a file that failed dcam-export's int8 accuracy guard unless the drop was accepted there."""
-        guard = (self.data.get("accuracy") or {}).get("guard") or {}
-        if guard.get("passed") is False and not guard.get("allowed_by_flag"):
-            raise ManifestError(f"{self.path}: {self.model_path.name} failed the export accuracy guard "
-                                f"({'; '.join(map(str, guard.get('violations') or [])) or 'see accuracy.guard'}); "
-                                f"re-export it, or accept the drop with dcam-export --allow-accuracy-drop")
-
-    def threshold(self, category: str | None = None) -> float:
-        """Global threshold, or the per-category one (ManifestError listing those available)."""
-        th = self.data["threshold"]
-        if category is None:
-            return float(th["global"])
-        per = th.get("per_category") or {}
-        if category not in per:
-            raise ManifestError(f"{self.path}: no threshold for category {category!r}; "
-                                f"available: {sorted(per) or 'none (use the global threshold)'}")
-        return float(per[category])
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model_file": self.model_file, "model_sha256": self.model_sha256}
+        if self.weights_file is not None:
+            out.update(weights_file=self.weights_file, weights_sha256=self.weights_sha256)
+        out.update(format=self.format, precision=self.precision, runtime=copy.deepcopy(self.runtime))
+        if self.graph_io is not None:
+            out["graph_io"] = self.graph_io.to_json()
+        out["threshold"] = copy.deepcopy(self.threshold)
+        out.update(copy.deepcopy(self.extra))
+        return out
 
 
+@dataclass(frozen=True)
+class UnreadableEntry:
+    """An entry this reader could not parse (hand-edited): written back verbatim, refused when loaded."""
+
+    raw: Any
+    error: str
+
+
+@dataclass
+class ManifestDocument:
+    """A whole ``<stem>.json``: what every file of one export shares, and one entry per model file."""
+
+    input: dict[str, Any]
+    outputs: dict[str, Any]
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    model: dict[str, Any] | None = None
+    package_version: str = field(default_factory=package_version)
+    schema_version: int = SCHEMA_VERSION
+    unreadable: dict[str, UnreadableEntry] = field(default_factory=dict)
+
+    def shares_export_with(self, other: ManifestDocument) -> bool:
+        """Same input, model and outputs: entries of one export, which may live in one document."""
+        return (self.input, self.model, self.outputs) == (other.input, other.model, other.outputs)
+
+    def to_json(self) -> dict[str, Any]:
+        files: dict[str, Any] = {name: copy.deepcopy(e.raw) for name, e in self.unreadable.items()}
+        files.update({name: e.to_json() for name, e in self.files.items()})
+        common = {"schema_version": self.schema_version, "package_version": self.package_version,
+                  "input": copy.deepcopy(self.input), "outputs": copy.deepcopy(self.outputs)}
+        if self.model is not None:
+            common["model"] = copy.deepcopy(self.model)
+        return {**common, "files": files}
+
+
+# ----------------------------------------------------------------------------------- reader / writer
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found (expected beside the model as <model-file-stem>.json)")
@@ -151,18 +218,75 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def validate_manifest(data: Mapping[str, Any], where: str | Path) -> None:
-    """Check schema version, required keys and the threshold section; ManifestError naming ``where``."""
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise ManifestError(f"{where}: schema_version is {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
-    missing = [k for k in REQUIRED_KEYS if k not in data]
+def _migrate_v1(raw: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 document as version 2: same layout; runtime.engine names the engine, not its package."""
+    out = copy.deepcopy(raw)
+    engine_of_package = {f.runtime_package: f.engine for f in FORMATS.values()}
+    for entry in (out.get("files") or {}).values():
+        runtime = entry.get("runtime") if isinstance(entry, dict) else None
+        if isinstance(runtime, dict) and runtime.get("engine") in engine_of_package:
+            runtime["engine"] = engine_of_package[runtime["engine"]]
+    out["schema_version"] = SCHEMA_VERSION
+    return out
+
+
+def read_document(path: str | Path) -> ManifestDocument:
+    """The one reader: parse ``path`` (migrating version 1) into a ManifestDocument; ManifestError naming it.
+
+    Entries are parsed one by one; one that does not parse is kept as an UnreadableEntry so that a broken
+    entry of one file never blocks the others (loading that file reports its error).
+    """
+    path = Path(path)
+    raw = _read_json(path)
+    version = raw.get("schema_version")
+    if version not in READABLE_VERSIONS:
+        raise ManifestError(f"{path}: schema_version is {version!r}, expected one of "
+                            f"{', '.join(map(str, READABLE_VERSIONS))}")
+    if version == 1:
+        raw = _migrate_v1(raw)
+    files = raw.get("files")
+    if not isinstance(files, dict):
+        raise ManifestError(f"{path}: corrupt manifest (no 'files' section)")
+    missing = [k for k in _COMMON_REQUIRED if k not in raw]
     if missing:
-        raise ManifestError(f"{where}: missing keys {missing}")
-    if data["format"] not in FORMATS.values():
-        raise ManifestError(f"{where}: format {data['format']!r}, expected one of {sorted(FORMATS.values())}")
-    if data["precision"] not in PRECISIONS:
-        raise ManifestError(f"{where}: precision {data['precision']!r}, expected one of {list(PRECISIONS)}")
-    th = data["threshold"]
+        raise ManifestError(f"{path}: missing keys {missing}")
+    doc = ManifestDocument(input=copy.deepcopy(raw["input"]), outputs=copy.deepcopy(raw["outputs"]),
+                           model=copy.deepcopy(raw.get("model")), package_version=str(raw.get("package_version") or "unknown"),
+                           schema_version=SCHEMA_VERSION)
+    for name, entry in files.items():
+        try:
+            if not isinstance(entry, dict):
+                raise ManifestError(f"{path}: corrupt manifest (entry {name!r} is not a JSON object)")
+            doc.files[name] = FileEntry.from_json(entry, path)
+        except ManifestError as e:
+            doc.unreadable[name] = UnreadableEntry(entry, str(e))
+    return doc
+
+
+def write_document(path: str | Path, doc: ManifestDocument) -> Path:
+    """The one writer: ``doc`` as strict JSON, atomically (write-then-rename), mode kept (else 0644)."""
+    path = Path(path)
+    doc.schema_version = SCHEMA_VERSION
+    _atomic_write_json(path, doc.to_json())
+    return path
+
+
+def _atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
+    # Write-then-rename so a crash (or power cut on a Pi) never leaves a half-written manifest.
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp creates 0600; keep the old file's mode (or the usual 0644) so the service user can read it.
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(json_safe(data), f, indent=2, sort_keys=False, allow_nan=False)  # strict JSON, never NaN
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_threshold(th: Any, where: str | Path) -> None:
     if not isinstance(th, dict) or not isinstance(th.get("global"), (int, float)):
         raise ManifestError(f"{where}: threshold.global must be a number")
     for cat, v in (th.get("per_category") or {}).items():
@@ -186,20 +310,90 @@ def _non_finite_key(value: Any, key: str) -> str | None:
     return None
 
 
-def verify_model_files(model_path: Path, data: Mapping[str, Any], where: Path) -> None:
-    """Compare the sha256 of the model (and OpenVINO .bin) with the manifest."""
+# ------------------------------------------------------------------------------ one model file's view
+@dataclass
+class Manifest:
+    """One model file's manifest: its document and entry, with the typed accessors the runtime uses."""
+
+    path: Path
+    model_path: Path
+    document: ManifestDocument
+    entry: FileEntry
+
+    @cached_property
+    def data(self) -> dict[str, Any]:
+        """The common keys and this file's entry as one flat dict (a copy: edit it, then write_manifest)."""
+        doc = self.document.to_json()
+        return {**{k: doc[k] for k in _COMMON_KEYS if k in doc}, **self.entry.to_json()}
+
+    @property
+    def format(self) -> str:
+        return self.entry.format
+
+    @property
+    def precision(self) -> str:
+        return self.entry.precision
+
+    @property
+    def inference_precision_hint(self) -> str:
+        """OpenVINO INFERENCE_PRECISION_HINT; "f32" unless the exporter asked for something else."""
+        return str(self.entry.runtime.get("inference_precision_hint", "f32"))
+
+    @property
+    def categories(self) -> list[str]:
+        return list((self.document.model or {}).get("categories", []))
+
+    @property
+    def graph_io(self) -> GraphIO | None:
+        """The file's tensor names resolved at export (None in hand-written manifests)."""
+        return self.entry.graph_io
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        try:
+            return PreprocessSpec.from_dict(self.document.input)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ManifestError(f"{self.path}: 'input' must hold image_size, mean and std ({e})") from None
+
+    def output_name(self, kind: str) -> str:
+        """The graph contract's name for "anomaly_map" or "score" (``outputs``; graph_io has the file's own)."""
+        return str(self.document.outputs.get(kind, {}).get("name", kind))
+
+    def check_accuracy_guard(self) -> None:
+        """Refuse a file that failed dcam-export's int8 accuracy guard unless the drop was accepted there."""
+        from edge.accuracy import recorded_guard  # the one reader of accuracy.guard (bench-latency shows it too)
+
+        guard = recorded_guard(self.data.get("accuracy"))
+        if guard is not None and guard.refuses:
+            raise ManifestError(f"{self.path}: {self.model_path.name} failed the export accuracy guard "
+                                f"({'; '.join(guard.violations) or 'see accuracy.guard'}); "
+                                f"re-export it, or accept the drop with dcam-export --allow-accuracy-drop")
+
+    def threshold(self, category: str | None = None) -> float:
+        """Global threshold, or the per-category one (ManifestError listing those available)."""
+        th = self.entry.threshold
+        if category is None:
+            return float(th["global"])
+        per = th.get("per_category") or {}
+        if category not in per:
+            raise ManifestError(f"{self.path}: no threshold for category {category!r}; "
+                                f"available: {sorted(per) or 'none (use the global threshold)'}")
+        return float(per[category])
+
+
+def verify_model_files(model_path: Path, entry: FileEntry, where: Path) -> None:
+    """Compare the sha256 of the model (and its side file) with the manifest entry."""
     if not model_path.is_file():
         raise ManifestError(f"{model_path}: model file not found")
     actual = sha256_file(model_path)
-    if actual != data["model_sha256"]:
+    if actual != entry.model_sha256:
         raise ManifestError(f"{where}: model_sha256 mismatch for {model_path.name} (manifest "
-                            f"{str(data['model_sha256'])[:12]}…, file {actual[:12]}…): the model was replaced "
+                            f"{entry.model_sha256[:12]}…, file {actual[:12]}…): the model was replaced "
                             f"or corrupted; re-export or re-write the manifest")
-    weights = weights_path_for(model_path)
-    if weights is not None and "weights_sha256" in data:
+    weights = FORMATS[entry.format].weights_path(model_path)
+    if weights is not None and entry.weights_sha256 is not None:
         if not weights.is_file():
             raise ManifestError(f"{weights}: OpenVINO weights file not found")
-        if sha256_file(weights) != data["weights_sha256"]:
+        if sha256_file(weights) != entry.weights_sha256:
             raise ManifestError(f"{where}: weights_sha256 mismatch for {weights.name}")
 
 
@@ -210,96 +404,101 @@ def load_manifest(model_path: str | Path, verify_sha256: bool = True) -> Manifes
     or a sha256 mismatch.
     """
     model_path = Path(model_path)
-    path = find_manifest(model_path)
-    data = _flat_entry(_read_json(path), model_path.name, path)
-    validate_manifest(data, path)
+    path = manifest_path_for(model_path)
+    doc = read_document(path)
+    name = model_path.name
+    if name in doc.unreadable:
+        raise ManifestError(doc.unreadable[name].error)
+    if name not in doc.files:
+        raise ManifestError(f"{path}: has no entry for {name!r} (it describes "
+                            f"{sorted({*doc.files, *doc.unreadable}) or 'nothing'})")
+    entry = doc.files[name]
     if verify_sha256:
-        verify_model_files(model_path, data, path)
-    return Manifest(path=path, model_path=model_path, data=data)
+        verify_model_files(model_path, entry, path)
+    return Manifest(path=path, model_path=model_path, document=doc, entry=entry)
 
 
-def _flat_entry(document: Mapping[str, Any], model_name: str, where: Path) -> dict[str, Any]:
-    """Common keys + the entry of ``model_name`` as one flat dict."""
-    if document.get("schema_version") != SCHEMA_VERSION:
-        raise ManifestError(f"{where}: schema_version is {document.get('schema_version')!r}, expected {SCHEMA_VERSION}")
-    files = document.get("files")
-    if not isinstance(files, dict):
-        raise ManifestError(f"{where}: corrupt manifest (no 'files' section)")
-    if model_name not in files or not isinstance(files[model_name], dict):
-        raise ManifestError(f"{where}: has no entry for {model_name!r} (it describes {sorted(files) or 'nothing'})")
-    flat = {k: copy.deepcopy(document[k]) for k in COMMON_KEYS if k in document}
-    flat.update(copy.deepcopy(files[model_name]))
-    return flat
+def _split_flat(data: Mapping[str, Any], where: Path) -> tuple[ManifestDocument, FileEntry]:
+    """A flat dict (common keys + one entry, as ``Manifest.data``) → its document part and its entry."""
+    missing = [k for k in _COMMON_REQUIRED if k not in data]
+    if missing:
+        raise ManifestError(f"{where}: missing keys {missing}")
+    entry = FileEntry.from_json({k: v for k, v in data.items() if k not in _COMMON_KEYS}, where)
+    doc = ManifestDocument(input=copy.deepcopy(dict(data["input"])), outputs=copy.deepcopy(dict(data["outputs"])),
+                           model=copy.deepcopy(data.get("model")),
+                           package_version=str(data.get("package_version") or package_version()))
+    return doc, entry
 
 
-def _store_entry(path: Path, flat: Mapping[str, Any]) -> None:
-    """Merge one model file's flat dict into ``path`` (entries of other files are kept if they share the common part)."""
-    common = {k: copy.deepcopy(flat[k]) for k in COMMON_KEYS if k in flat}
-    entry = {k: copy.deepcopy(v) for k, v in flat.items() if k not in COMMON_KEYS}
-    files: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            old = {}
-        # Entries from a different export (other input/model) would be stale: drop them.
-        if isinstance(old, dict) and isinstance(old.get("files"), dict) and \
-                all(old.get(k) == common.get(k) for k in ("input", "model", "outputs")):
-            files = old["files"]
-    files[str(flat["model_file"])] = entry
-    _atomic_write_json(path, {**common, "files": files})
-
-
-def _atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
-    # Write-then-rename so a crash (or power cut on a Pi) never leaves a half-written manifest.
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+def _store_entry(path: Path, doc: ManifestDocument, entry: FileEntry) -> None:
+    """Put ``entry`` into the document at ``path``, keeping the entries of the other files of the same export."""
     try:
-        # mkstemp creates 0600; keep the old file's mode (or the usual 0644) so the service user can read it.
-        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(json_safe(data), f, indent=2, sort_keys=False, allow_nan=False)  # strict JSON, never NaN
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        old = read_document(path) if path.is_file() else None
+    except ManifestError:
+        old = None  # unreadable: replaced
+    if old is not None and old.shares_export_with(doc):
+        doc.files, doc.unreadable = old.files, old.unreadable
+        doc.unreadable.pop(entry.model_file, None)
+    # Entries from a different export (other input/model) would be stale: they are dropped.
+    doc.files[entry.model_file] = entry
+    write_document(path, doc)
 
 
 def write_manifest(model_path: str | Path, data: Mapping[str, Any]) -> Path:
     """Write this model file's entry into ``<model-file-stem>.json`` and return the manifest path.
 
-    ``model_file``, ``model_sha256`` (+ ``weights_sha256`` for OpenVINO), ``format`` and
-    ``schema_version`` are always (re)computed from the file; ``package_version``,
-    ``runtime.inference_precision_hint`` ("f32") and ``outputs`` get defaults when absent.
-    The result is validated before it is written.
+    ``data`` is a flat dict (common keys + the entry, as ``Manifest.data``).  ``model_file``,
+    ``model_sha256`` (+ ``weights_file``/``weights_sha256``), ``format`` and ``schema_version`` are
+    always (re)computed from the file; ``package_version``, ``precision`` (from the file name),
+    ``runtime.engine``, ``runtime.inference_precision_hint`` ("f32") and ``outputs`` get defaults when
+    absent.  The result is validated before it is written.
     """
     model_path = Path(model_path)
+    fmt = format_for_path(model_path, ManifestError)
     if not model_path.is_file():
         raise ManifestError(f"{model_path}: model file not found; write the model before its manifest")
     out = copy.deepcopy(dict(data))
-    out["schema_version"] = SCHEMA_VERSION
-    out.setdefault("package_version", package_version())
+    out.pop("schema_version", None)
     out["model_file"] = model_path.name
     out["model_sha256"] = sha256_file(model_path)
-    weights = weights_path_for(model_path)
+    weights = fmt.weights_path(model_path)
     if weights is not None:
         if not weights.is_file():
             raise ManifestError(f"{weights}: OpenVINO weights file not found")
         out["weights_file"] = weights.name
         out["weights_sha256"] = sha256_file(weights)
-    out["format"] = format_for(model_path)
-    out.setdefault("precision", "int8" if ".int8" in model_path.name else "fp32")
-    out.setdefault("runtime", {}).setdefault("inference_precision_hint", "f32")
+    out["format"] = fmt.name
+    out.setdefault("precision", parse_model_filename(model_path).precision)
+    runtime = out.setdefault("runtime", {})
+    runtime.setdefault("engine", fmt.engine)
+    runtime.setdefault("inference_precision_hint", "f32")
     out.setdefault("outputs", copy.deepcopy(DEFAULT_OUTPUTS))
     path = manifest_path_for(model_path)
-    validate_manifest(out, path)
-    _store_entry(path, out)
+    doc, entry = _split_flat(out, path)
+    _store_entry(path, doc, entry)
     return path
+
+
+def forget_entry(model_path: str | Path) -> None:
+    """Drop the entry of ``model_path`` from its manifest (the file was replaced, so the entry is stale);
+    the manifest is removed when no entry is left, and an unreadable one is left alone."""
+    path = manifest_path_for(model_path)
+    try:
+        doc = read_document(path) if path.is_file() else None
+    except ManifestError:
+        return
+    name = Path(model_path).name
+    if doc is None or (doc.files.pop(name, None) is None and doc.unreadable.pop(name, None) is None):
+        return
+    if doc.files or doc.unreadable:
+        write_document(path, doc)
+    else:
+        path.unlink()
 
 
 def backup_manifest(model_path: str | Path) -> Path:
     """Copy the manifest to ``<manifest name>.bak-<UTC timestamp>`` and return the backup path."""
-    path = find_manifest(model_path)
+    path = manifest_path_for(model_path)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     backup = path.with_name(f"{path.name}.bak-{stamp}")
     shutil.copy2(path, backup)
@@ -310,14 +509,13 @@ def update_threshold(model_path: str | Path, thresholds: Mapping[str, Any], back
                      verify_sha256: bool = True) -> Path:
     """Merge a new threshold section into the manifest (backup ``<manifest>.bak-<timestamp>``); return its path.
 
-    ``thresholds`` is a manifest "threshold" section (see ``edge.calibration.threshold_section``);
+    ``thresholds`` is a manifest "threshold" section (see ``edge.thresholds.threshold_section``);
     keys it holds replace the old ones, and ``per_category`` entries are merged per category so
     calibrating one category keeps the others.  The model sha256 is verified first so a
     threshold is never attached to the wrong model.
     """
     manifest = load_manifest(model_path, verify_sha256=verify_sha256)
-    data = copy.deepcopy(manifest.data)
-    section = dict(data.get("threshold", {}))
+    section = copy.deepcopy(manifest.entry.threshold)
     new = copy.deepcopy(dict(thresholds))
     per = dict(section.get("per_category") or {})
     per.update(new.pop("per_category", None) or {})
@@ -331,9 +529,9 @@ def update_threshold(model_path: str | Path, thresholds: Mapping[str, Any], back
     section.update(new)
     section["per_category"] = per
     section["statistics"] = stats
-    data["threshold"] = section
-    validate_manifest(data, manifest.path)
+    _check_threshold(section, manifest.path)
     if backup:
         backup_manifest(model_path)
-    _store_entry(manifest.path, data)
+    manifest.entry.threshold = section
+    write_document(manifest.path, manifest.document)
     return manifest.path

@@ -1,44 +1,43 @@
-"""The edge frame loop: source → preprocess → engine → threshold + debounce → JSON line / sinks / status.
+"""``edge-run`` and ``edge-calibrate`` without argument parsing and signal handling: source → preprocess →
+engine → threshold + debounce → frame log / sinks / status.
 
-``run(config) -> summary`` is the whole of ``edge-run`` minus argument parsing and signal
-handling, so tests and the end-to-end check can call it directly.  Memory stays flat: no
-per-frame history is kept except bounded deques (latency window, last 1000 events).
-
-Sink contract (edge.sinks): ``handle(event, frame_bgr, overlay_bgr)`` is called for every
-scored frame; ``event`` is the frame's JSON record plus "model", "category" and "source";
-``overlay_bgr`` is the heat-map overlay on event frames ("raise"/"clear") and on the periodic
-/latest.jpg frames, else None.  ``handle`` must not block; exceptions it raises are logged and
-counted, never fatal.  Sinks are closed once at exit (``edge.sinks.close_sinks``).
+``run(config) -> summary`` and ``calibrate(config) -> summary`` are what the commands run, so tests and
+the end-to-end check call them directly.  The parts: ``edge.loop`` (frame iteration, stop reasons, source
+teardown; shared by both), ``edge.publisher`` (frame log, overlay, live view, sinks, status endpoint),
+``edge.heartbeat`` (systemd notifications) and ``edge.summary`` (the run summary).  Memory stays flat:
+no per-frame history is kept except bounded deques (latency window, last 1000 events).
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 import sys
 import threading
 import time
-from collections import deque
-from datetime import datetime, timezone
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import IO, Any, Callable
 
 import numpy as np
+from tqdm import tqdm
 
-from edge.config import CalibrateConfig, ConfigError, RunConfig, SourceConfig
+from edge.config import CalibrateConfig, RunConfig, SourceConfig
+from edge.counters import RuntimeCounters
 from edge.decision import Decider, resolve_threshold
-from edge.engines import EXTENSIONS, Engine, EngineError, load_engine
-from edge.jsonsafe import json_safe
-from edge.manifest import Manifest, load_manifest
-from edge.metrics_runtime import RuntimeMetrics
-from edge.overlay import encode_jpeg, overlay_heatmap
+from edge.engines import Engine, EngineError, load_engine
+from edge.formats import format_for_path
+from edge.heartbeat import Heartbeat
+from edge.loop import FrameLoop
+from edge.manifest import Manifest, backup_manifest, load_manifest, update_threshold
 from edge.preprocess import bgr_to_rgb, preprocess_rgb
+from edge.publisher import CorruptFiles, Publisher, RunIdentity
 from edge.sdnotify import SystemdNotifier
-from edge.sources import Frame, LatestFrame, RawSource, ResilientSource, Roi, make_raw_source
+from edge.sinks import sink_stats
+from edge.sources import Frame, RawSource, ResilientSource, Roi, make_raw_source
+from edge.summary import RunSummary, RunTally
+from edge.thresholds import calibrate_threshold, threshold_section
 
 log = logging.getLogger("edge.runner")
-
-MAX_EVENTS_IN_SUMMARY = 1000
 
 
 def load_model(model: str | None, threads: int | None, device: str = "cpu",
@@ -48,8 +47,7 @@ def load_model(model: str | None, threads: int | None, device: str = "cpu",
     if not model:
         raise EngineError("--model: required (an exported .onnx, .xml or .tflite file)")
     path = Path(model)
-    if path.suffix.lower() not in EXTENSIONS:
-        raise EngineError(f"{path}: unknown model extension {path.suffix!r}; expected one of {sorted(EXTENSIONS)}")
+    format_for_path(path, EngineError)
     if not path.is_file():
         raise EngineError(f"{path}: model file not found")
     manifest = load_manifest(path, verify_sha256=True)
@@ -67,7 +65,7 @@ def engine_status(engine: Engine) -> dict[str, Any]:
     return {k: v for k, v in engine.describe().items() if k != "model"}
 
 
-def open_source(cfg: SourceConfig, metrics: RuntimeMetrics, stop_event: threading.Event,
+def open_source(cfg: SourceConfig, metrics: RuntimeCounters, stop_event: threading.Event,
                 raw: RawSource | None = None,
                 on_corrupt: Callable[[str | None], None] | None = None) -> ResilientSource:
     """ResilientSource for the configured camera/stream/file (or an injected RawSource)."""
@@ -87,284 +85,94 @@ def score_frame(engine: Engine, manifest: Manifest, frame_bgr: np.ndarray) -> tu
     return amap[0, 0], float(score[0])
 
 
-def _iso_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
-def _write_line(out: IO[str], record: dict[str, Any]) -> None:
-    # Strict JSON: a NaN/Infinity token makes the whole frame log unreadable for JSON parsers.
-    out.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
-    out.flush()
-
-
-def _corrupt_record(path: str, threshold: float, alarm: bool) -> dict[str, Any]:
-    """Frame-log line of a skipped (empty/undecodable) file: same keys as a scored frame's."""
-    return {"frame": None, "time": _iso_now(), "score": None, "threshold": threshold, "alarm": alarm,
-            "event": "corrupt", "latency_ms": None, "path": path}
-
-
-def _open_jsonl(path: str) -> IO[str]:
-    """Line-buffered append handle for --jsonl; ConfigError (one line) if it cannot be opened."""
-    try:
-        return open(path, "a", encoding="utf-8", buffering=1)
-    except OSError as e:  # missing directory, a directory, no permission
-        raise ConfigError(f"--jsonl {path}: cannot append to it ({e.strerror or e})") from None
-
-
-def _build_sinks(config: RunConfig, metrics: RuntimeMetrics) -> list[Any]:
-    if config.sinks is None:
-        return []
-    from edge.sinks import build_sinks  # type: ignore[attr-defined]
-    return list(build_sinks(config.sinks, metrics))
-
-
-def _close_sinks(sinks: list[Any], timeout: float) -> None:
-    try:
-        from edge.sinks import close_sinks  # parallel close within one overall timeout
-    except ImportError:
-        close_sinks = None
-    if close_sinks is not None:
-        close_sinks(sinks, timeout=timeout)
-        return
-    for sink in sinks:
-        try:
-            sink.close(timeout)
-        except Exception as e:
-            log.warning("closing sink %s failed: %s", type(sink).__name__, e)
-
-
-def _sink_stats(sinks: list[Any]) -> dict[str, dict[str, int]]:
-    """Per-sink counters for the summary (remote sinks: queued / delivered / failed / backlog)."""
-    out = {}
-    for sink in sinks:
-        try:
-            out[str(getattr(sink, "name", type(sink).__name__))] = dict(sink.stats())
-        except Exception:  # sinks without counters (test doubles) or a broken one
-            continue
-    return out
-
-
-def _start_status(config: RunConfig, metrics: RuntimeMetrics, sinks: list[Any]) -> Any:
-    if config.status is None or getattr(config.status, "port", None) is None:
-        return None
-    from edge.status import StatusServer  # type: ignore[attr-defined]
-    return StatusServer.from_config(config.status, metrics, sinks)
-
-
-class _ScoreStats:
-    """Running min/max/mean of scores (no per-frame storage)."""
-
-    def __init__(self) -> None:
-        self.n, self.mean, self.min, self.max = 0, 0.0, math.inf, -math.inf
-
-    def add(self, x: float) -> None:
-        if not math.isfinite(x):
-            return
-        self.n += 1
-        self.mean += (x - self.mean) / self.n
-        self.min, self.max = min(self.min, x), max(self.max, x)
-
-    def to_dict(self) -> dict[str, float | None]:
-        if not self.n:
-            return {"min": None, "max": None, "mean": None}
-        return {"min": self.min, "max": self.max, "mean": self.mean}
-
-
 def run(config: RunConfig, *, stop_event: threading.Event | None = None, raw_source: RawSource | None = None,
-        out: IO[str] | None = None, metrics: RuntimeMetrics | None = None, sinks: list[Any] | None = None,
+        out: IO[str] | None = None, metrics: RuntimeCounters | None = None, sinks: list[Any] | None = None,
         notifier: SystemdNotifier | None = None) -> dict[str, Any]:
     """Run the frame loop until end of input, ``max_frames``, ``duration`` or ``stop_event``.
 
-    Writes one JSON line per frame (keys frame, time, score, threshold, alarm, event,
-    latency_ms, path; a skipped corrupt file gets one too, event "corrupt", with its path)
-    to ``out`` / ``config.jsonl`` / stdout and returns a summary dict
-    (counters, latency percentiles, events, why it stopped).  ``raw_source``, ``sinks``,
-    ``out`` and ``notifier`` are injection points for tests.
+    Writes the frame log (edge.publisher: one JSON line per frame, keys frame, time, score,
+    threshold, alarm, event, latency_ms, path; a skipped corrupt file gets one too, event
+    "corrupt", with its path) to ``out`` / ``config.jsonl`` / stdout and returns the summary
+    (``edge.summary.RunSummary.to_dict()``: counters, latency percentiles, events, why it
+    stopped).  ``raw_source``, ``sinks``, ``out`` and ``notifier`` are injection points for tests.
 
-    systemd: ``STATUS=`` while the source opens / while waiting for its first frame, ``READY=1``
-    once the first frame is scored, ``WATCHDOG=1`` from the loop while the source's reading loop
-    is alive (``ResilientSource.loop_alive``: not hung in a driver), ``STOPPING=1`` at the end.
+    systemd (edge.heartbeat): ``STATUS=`` while the source opens / while waiting for its first
+    frame, ``READY=1`` once the first frame is scored, ``WATCHDOG=1`` from the loop while the
+    source's reading loop is alive, ``STOPPING=1`` first thing at the end.
     """
     stop_event = stop_event or threading.Event()
-    metrics = metrics or RuntimeMetrics()
-    notifier = notifier or SystemdNotifier()
+    metrics = metrics or RuntimeCounters()
     manifest, engine = load_model(config.model, config.threads, config.device, config.trt_cache_dir)
     dec = config.decision
     threshold = resolve_threshold(manifest, dec.category, dec.threshold)
     decider = Decider(threshold, dec.raise_k, dec.raise_n, dec.clear_m)
     if config.jsonl_every < 1:
         raise EngineError(f"--jsonl-every {config.jsonl_every}: expected >= 1")
-    corrupt: deque[str] = deque()  # paths of skipped files, for the frame log (deque: the grabber thread appends)
-
-    def note_corrupt(path: str | None) -> None:
-        if path is not None:  # files only: a flaky camera's empty frames are counted, not logged one by one
-            corrupt.append(path)
-
-    source = open_source(config.source, metrics, stop_event, raw_source, on_corrupt=note_corrupt)
+    corrupt = CorruptFiles()
+    source = open_source(config.source, metrics, stop_event, raw_source, on_corrupt=corrupt.note)
     source_desc = source.raw.description
-    metrics.set_info(source=source_desc, model=str(config.model), engine=engine.name, threshold=threshold,
+    _announce(config, engine, metrics, threshold, source_desc)
+    heartbeat = Heartbeat(notifier or SystemdNotifier(), source, metrics, config.source.stall_timeout)
+    publisher = Publisher(config, metrics, threshold=threshold, corrupt=corrupt, out=out, sinks=sinks,
+                          identity=RunIdentity(str(config.model), dec.category, source_desc))
+    tally = RunTally()
+    inspect = _Inspection(engine, manifest, decider, metrics, heartbeat, publisher, tally)
+    t_start = time.monotonic()
+    with ExitStack() as stack:
+        stack.callback(heartbeat.close)
+        stack.callback(heartbeat.stopping)  # a start-up failure below still says STOPPING=1
+        stack.enter_context(publisher)
+        frames = stack.enter_context(FrameLoop(
+            source, metrics, stop_event, max_frames=config.max_frames, duration=config.duration,
+            latest_only=config.source.latest_only, started=t_start, before_read=heartbeat.tick,
+            after_read=lambda: publisher.write_corrupt(decider.debouncer.alarm)))
+        stack.callback(heartbeat.stopping)  # teardown: STOPPING=1 first, then the source, sinks, status, log
+        heartbeat.tick()  # STATUS=opening …; READY=1 only once the first frame is scored
+        for frame in frames:
+            inspect(frame)
+        final_fps = metrics.fps()  # before the sinks' close time dilutes it
+    return RunSummary.collect(
+        stopped_by=frames.stop_reason, tally=tally, counters=metrics.snapshot(),
+        alarm_active=decider.debouncer.alarm, threshold=threshold, category=dec.category, fps=final_fps,
+        duration_s=time.monotonic() - t_start, engine=engine.describe(), source=source_desc,
+        sinks=sink_stats(publisher.sinks)).to_dict()
+
+
+def _announce(config: RunConfig, engine: Engine, metrics: RuntimeCounters, threshold: float, source: str) -> None:
+    """The run's static facts: to the counters (/status, /metrics) and one log line."""
+    metrics.set_info(source=source, model=str(config.model), engine=engine.name, threshold=threshold,
                      device=engine.device, engine_info=engine_status(engine))
+    category = config.decision.category
     log.info("model %s (%s, %s, device %s: %s), threshold %.6g%s, source %s", config.model, engine.name,
              engine.precision, engine.device, ", ".join(engine.providers), threshold,
-             f" [category {dec.category}]" if dec.category else "", source_desc)
+             f" [category {category}]" if category else "", source)
 
-    own_out = None
-    if out is None:
-        if config.jsonl:
-            own_out = out = _open_jsonl(config.jsonl)
-        else:
-            out = sys.stdout
-    sink_list: list[Any] = []
-    status = None
-    grabber: LatestFrame | None = None
-    events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS_IN_SUMMARY)
-    scores = _ScoreStats()
-    stopped_by = "end-of-input"
-    t_start = time.monotonic()
-    last_overlay = -math.inf
-    frame_iter: Iterator[Frame | None] | None = None
-    final_fps: float | None = None
-    sd_state = {"status": "", "ready": False, "hung": False}
 
-    def sd_status(text: str) -> None:
-        if text != sd_state["status"]:
-            sd_state["status"] = text
-            notifier.status(text)
+@dataclass
+class _Inspection:
+    """What happens to each frame ``edge-run`` scores: score, debounce, count, publish."""
 
-    def sd_tick() -> None:
-        """STATUS= on state changes; WATCHDOG=1 unless the source's reading loop hangs."""
-        if not source.opened_once:
-            sd_status(f"opening {source_desc}")
-        elif not sd_state["ready"]:
-            sd_status(f"waiting for frames from {source_desc}")
-        elif metrics.stalled:
-            sd_status(f"stalled: no frame from {source_desc} for {config.source.stall_timeout:g} s; reconnecting")
-        else:
-            sd_status(f"scoring {source_desc}")
-        if source.loop_alive():
-            sd_state["hung"] = False
-            notifier.watchdog()
-        elif not sd_state["hung"]:
-            sd_state["hung"] = True
-            log.error("%s: the frame source is hung in a driver call; no longer feeding the systemd watchdog",
-                      source_desc)
+    engine: Engine
+    manifest: Manifest
+    decider: Decider
+    metrics: RuntimeCounters
+    heartbeat: Heartbeat
+    publisher: Publisher
+    tally: RunTally
 
-    def log_corrupt() -> None:
-        while corrupt:
-            _write_line(out, _corrupt_record(corrupt.popleft(), threshold, decider.debouncer.alarm))
-
-    try:
-        sink_list = list(sinks) if sinks is not None else _build_sinks(config, metrics)
-        status = _start_status(config, metrics, sink_list)
-        frames: Iterable[Frame | None]
-        if source.live and config.source.latest_only:
-            grabber = LatestFrame(source, metrics)
-            frames = grabber
-        else:
-            frames = source
-        sd_tick()  # STATUS=opening …; READY=1 only once the first frame is scored
-        n_scored = 0
-        frame_iter = iter(frames)
-        while True:
-            if stop_event.is_set():
-                stopped_by = "signal"
-                break
-            if config.duration is not None and time.monotonic() - t_start >= config.duration:
-                stopped_by = "duration"
-                break
-            if config.max_frames is not None and n_scored >= config.max_frames:
-                stopped_by = "max-frames"
-                break
-            sd_tick()
-            try:
-                frame = next(frame_iter)
-            except StopIteration:
-                if stop_event.is_set():
-                    stopped_by = "signal"
-                break
-            finally:
-                log_corrupt()  # before this frame's line: the log keeps the input order
-            if frame is None:  # idle tick from the grabber (reconnecting / waiting for the camera)
-                continue
-            amap, score = score_frame(engine, manifest, frame.bgr)
-            d = decider.update(score)
-            latency_ms = (time.monotonic() - frame.t_capture) * 1e3
-            n_scored += 1
-            scores.add(score)
-            metrics.record_frame(latency_ms, score, d.alarm)
-            if not sd_state["ready"]:
-                sd_state["ready"] = True
-                sd_state["status"] = f"scoring {source_desc}"
-                notifier.ready(sd_state["status"])
-            live = getattr(status, "live", None)  # the live view's score trace and alarm list
-            if live is not None:
-                live.add_score(score)
-            record = {"frame": frame.index, "time": _iso_now(), "score": _finite_or_none(score),
-                      "threshold": threshold, "alarm": d.alarm, "event": d.event,
-                      "latency_ms": round(latency_ms, 3), "path": frame.path}
-            if d.event is not None or (n_scored - 1) % config.jsonl_every == 0:
-                _write_line(out, record)
-            now = time.monotonic()
-            overlay = None
-            jpeg = None
-            if d.event is not None or (status is not None and now - last_overlay >= config.overlay_interval):
-                overlay = overlay_heatmap(frame.bgr, amap, threshold, score)
-                jpeg = encode_jpeg(overlay)
-                metrics.set_latest_jpeg(jpeg)
-                last_overlay = now
-            if d.event is not None:
-                if d.event == "raise":
-                    metrics.record_alarm()
-                if live is not None:
-                    live.add_alarm(record, jpeg if d.event == "raise" else None)
-                events.append({"frame": frame.index, "event": d.event, "score": _finite_or_none(score),
-                               "path": frame.path})
-                log.info("alarm %s at frame %d (score %.6g, threshold %.6g)", d.event, frame.index, score, threshold)
-            if sink_list:
-                # Every frame goes to the sinks (each filters what it acts on, e.g. raise/clear only).
-                event = {**record, "model": str(config.model), "category": dec.category, "source": source_desc}
-                for sink in sink_list:
-                    try:
-                        sink.handle(event, frame.bgr, overlay)
-                    except Exception as e:  # one broken sink must not stop inspection
-                        metrics.record_sink_error()
-                        log.warning("sink %s failed: %s", type(sink).__name__, e)
-    finally:
-        final_fps = metrics.fps()  # before the sinks' close time dilutes it
-        notifier.stopping()
-        if grabber is not None:
-            grabber.stop()
-        else:
-            source.halt()
-        if frame_iter is not None and hasattr(frame_iter, "close"):
-            frame_iter.close()  # runs the source's cleanup (releases the camera/file) now, not at GC
-        if sink_list:
-            _close_sinks(sink_list, config.sink_close_timeout)
-        if status is not None:
-            try:
-                status.close()
-            except Exception as e:
-                log.warning("stopping the status endpoint failed: %s", e)
-        if own_out is not None:
-            own_out.close()
-        else:
-            out.flush()
-        notifier.close()
-    snap = metrics.snapshot()
-    return {
-        "stopped_by": stopped_by,
-        "frames": snap["frames"], "corrupt": snap["corrupt"], "dropped": snap["dropped"],
-        "reconnects": snap["reconnects"], "stalls": snap.get("stalls", 0), "alarms": snap["alarms"],
-        "sink_errors": snap["sink_errors"],
-        "alarm_active": decider.debouncer.alarm, "threshold": threshold, "category": dec.category,
-        "events": list(events), "score": scores.to_dict(), "latency_ms": snap["latency_ms"], "fps": final_fps,
-        "duration_s": time.monotonic() - t_start, "engine": engine.describe(), "source": source_desc,
-        "sinks": _sink_stats(sink_list),
-    }
+    def __call__(self, frame: Frame) -> None:
+        amap, score = score_frame(self.engine, self.manifest, frame.bgr)
+        decision = self.decider.update(score)
+        latency_ms = (time.monotonic() - frame.t_capture) * 1e3
+        self.tally.add(frame, score, decision.event)
+        self.metrics.record_frame(latency_ms, score, decision.alarm)
+        if decision.event == "raise":
+            self.metrics.record_alarm()
+        self.heartbeat.frame_scored()
+        self.publisher.publish(frame, amap, score, decision, latency_ms)
+        if decision.event is not None:
+            log.info("alarm %s at frame %d (score %.6g, threshold %.6g)", decision.event, frame.index, score,
+                     self.decider.threshold)
 
 
 def _check_category(manifest: Manifest, category: str | None, new_category: bool) -> None:
@@ -381,7 +189,7 @@ def calibrate(config: CalibrateConfig, *, stop_event: threading.Event | None = N
               raw_source: RawSource | None = None, progress: bool = True) -> dict[str, Any]:
     """``edge-calibrate``: score ``config.frames`` known-good frames and rewrite the manifest threshold.
 
-    The threshold is ``edge.calibration.calibrate_threshold(scores, mode="fpr",
+    The threshold is ``edge.thresholds.calibrate_threshold(scores, mode="fpr",
     target_fpr=config.target_fpr)`` (empirical quantile or tail fit, see that module); it
     replaces the global threshold, or the ``config.category`` one.  The previous manifest is
     kept as ``<manifest>.bak-<timestamp>``.  Returns a summary (old/new threshold, mode, fit, backup).
@@ -389,16 +197,9 @@ def calibrate(config: CalibrateConfig, *, stop_event: threading.Event | None = N
     arrive (unless at least ``config.allow_fewer_frames`` did) or ``config.category`` is not in
     the manifest (unless ``config.new_category``).
     """
-    from edge.calibration import calibrate_threshold, threshold_section
-    from edge.manifest import backup_manifest, update_threshold
-
-    if config.frames < 1:
-        raise EngineError(f"--frames {config.frames}: expected >= 1")
-    minimum = config.allow_fewer_frames
-    if minimum is not None and not 1 <= minimum <= config.frames:
-        raise EngineError(f"--allow-fewer-frames {minimum}: expected 1 .. --frames ({config.frames})")
+    _check_calibrate_options(config)
     stop_event = stop_event or threading.Event()
-    metrics = RuntimeMetrics()
+    metrics = RuntimeCounters()
     manifest, engine = load_model(config.model, config.threads, config.device, config.trt_cache_dir)
     log.info("calibrating %s (%s, %s, device %s: %s)", config.model, engine.name, engine.precision, engine.device,
              ", ".join(engine.providers))
@@ -408,43 +209,55 @@ def calibrate(config: CalibrateConfig, *, stop_event: threading.Event | None = N
     except ValueError:
         old = None  # a category without its own threshold yet
     source = open_source(config.source, metrics, stop_event, raw_source)
-    scores = np.empty(config.frames, dtype=np.float64)  # preallocated: memory is bounded by --frames
-    n = 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=config.frames, desc="calibrating", unit="frame", file=sys.stderr)
-    frame_iter = iter(source)
-    try:
-        for frame in frame_iter:
-            _, scores[n] = score_frame(engine, manifest, frame.bgr)
-            n += 1
-            if bar is not None:
-                bar.update(1)
-            if n >= config.frames:
-                break
-    finally:
-        frame_iter.close()  # release the camera/file now
-        if bar is not None:
-            bar.close()
-    if stop_event.is_set() and n < config.frames:
-        raise EngineError(f"calibration interrupted after {n} of {config.frames} frames; manifest unchanged")
-    if n == 0:
-        raise EngineError(f"{source.raw.description}: delivered no usable frames; manifest unchanged")
-    if n < config.frames:
-        if minimum is None or n < minimum:
-            raise EngineError(f"{source.raw.description}: delivered {n} of --frames {config.frames} usable frames "
-                              f"({metrics.corrupt} corrupt); manifest unchanged" +
-                              (f" (--allow-fewer-frames {minimum})" if minimum is not None else
-                               "; pass --allow-fewer-frames N to accept at least N"))
-        log.warning("source ended after %d of %d frames; calibrating on %d (--allow-fewer-frames %d)",
-                    n, config.frames, n, minimum)
-    result = calibrate_threshold(scores[:n], mode="fpr", target_fpr=config.target_fpr)
+    scores = _score_known_good(source, metrics, stop_event, engine, manifest, config.frames, progress)
+    _check_enough_frames(len(scores), config, stop_event.is_set(), source.raw.description, metrics.corrupt)
+    result = calibrate_threshold(scores, mode="fpr", target_fpr=config.target_fpr)
     results = {"per_category": {config.category: result}} if config.category else {"global": result}
     section = threshold_section(results, source="edge-calibrate")
     backup = backup_manifest(config.model)
     path = update_threshold(config.model, section, backup=False)
-    return {"manifest": str(path), "backup": str(backup), "category": config.category, "frames": n,
+    return {"manifest": str(path), "backup": str(backup), "category": config.category, "frames": len(scores),
             "corrupt": metrics.corrupt, "old_threshold": old, "threshold": result.threshold, "mode": result.mode,
             "fit": result.fit, "target_fpr": config.target_fpr, "statistics": result.statistics,
             "source": source.raw.description, "device": engine.device, "providers": list(engine.providers)}
+
+
+def _check_calibrate_options(config: CalibrateConfig) -> None:
+    """Bad --frames / --allow-fewer-frames fail before the model is loaded."""
+    if config.frames < 1:
+        raise EngineError(f"--frames {config.frames}: expected >= 1")
+    minimum = config.allow_fewer_frames
+    if minimum is not None and not 1 <= minimum <= config.frames:
+        raise EngineError(f"--allow-fewer-frames {minimum}: expected 1 .. --frames ({config.frames})")
+
+
+def _score_known_good(source: ResilientSource, metrics: RuntimeCounters, stop_event: threading.Event,
+                      engine: Engine, manifest: Manifest, n_frames: int, progress: bool) -> np.ndarray:
+    """Scores of up to ``n_frames`` consecutive frames (no LatestFrame grabber: every frame is a sample)."""
+    scores = np.empty(n_frames, dtype=np.float64)  # preallocated: memory is bounded by --frames
+    with ExitStack() as stack:
+        bar = stack.enter_context(tqdm(total=n_frames, desc="calibrating", unit="frame", file=sys.stderr,
+                                       disable=not progress))
+        frames = stack.enter_context(FrameLoop(source, metrics, stop_event, max_frames=n_frames))
+        for i, frame in enumerate(frames):
+            _, scores[i] = score_frame(engine, manifest, frame.bgr)
+            bar.update(1)
+    return scores[:frames.frames]
+
+
+def _check_enough_frames(n: int, config: CalibrateConfig, interrupted: bool, source: str, corrupt: int) -> None:
+    """EngineError (manifest unchanged) unless ``config.frames`` frames, or ``--allow-fewer-frames``, arrived."""
+    if interrupted and n < config.frames:
+        raise EngineError(f"calibration interrupted after {n} of {config.frames} frames; manifest unchanged")
+    if n == 0:
+        raise EngineError(f"{source}: delivered no usable frames; manifest unchanged")
+    if n == config.frames:
+        return
+    minimum = config.allow_fewer_frames
+    if minimum is None or n < minimum:
+        raise EngineError(f"{source}: delivered {n} of --frames {config.frames} usable frames "
+                          f"({corrupt} corrupt); manifest unchanged" +
+                          (f" (--allow-fewer-frames {minimum})" if minimum is not None else
+                           "; pass --allow-fewer-frames N to accept at least N"))
+    log.warning("source ended after %d of %d frames; calibrating on %d (--allow-fewer-frames %d)",
+                n, config.frames, n, minimum)

@@ -7,11 +7,11 @@ in ``ResilientSource``:
     does not open fails at once (waiting cannot repair it);
   * a live source (camera/stream) that fails or ends is reopened with exponential backoff
     (logged, counted as a reconnect) — a video FILE or image list ending is end of input;
-  * empty/undecodable frames are skipped, counted (``RuntimeMetrics.corrupt``) and reported to
+  * empty/undecodable frames are skipped, counted (``RuntimeCounters.corrupt``) and reported to
     ``on_corrupt`` (for the frame log); too many in a row on a live source is treated as a
     failure and reconnects;
   * a live read that delivers nothing for ``stall_timeout`` seconds (frozen stream, wedged
-    driver) is a stall: logged, counted (``RuntimeMetrics.stalls``, ``stalled`` until the next
+    driver) is a stall: logged, counted (``RuntimeCounters.stalls``, ``stalled`` until the next
     scored frame), the hanging read is given up (it runs on a helper thread) and the source is
     reconnected at once instead of after FFmpeg's own ~30 s read timeout;
   * ``loop_alive()`` tells whether the reading loop still makes progress (or is waiting for a
@@ -36,7 +36,7 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from edge.metrics_runtime import RuntimeMetrics
+from edge.counters import RuntimeCounters
 from edge.redact import redact_credentials
 
 log = logging.getLogger("edge.sources")
@@ -414,13 +414,13 @@ class ResilientSource:
     ``sleep`` and ``clock`` are injectable so tests run without real waiting.
     """
 
-    def __init__(self, raw: RawSource, *, metrics: RuntimeMetrics | None = None, roi: Roi | None = None,
+    def __init__(self, raw: RawSource, *, metrics: RuntimeCounters | None = None, roi: Roi | None = None,
                  open_timeout: float = 10.0, backoff_initial: float = 0.5, backoff_max: float = 30.0,
                  max_consecutive_corrupt: int = 50, stop_event: threading.Event | None = None,
                  sleep: Callable[[float], None] | None = None, clock: Callable[[], float] = time.monotonic,
                  on_corrupt: Callable[[str | None], None] | None = None, stall_timeout: float | None = None,
                  max_stuck_reads: int = 3) -> None:
-        self.raw, self.metrics, self.roi = raw, metrics or RuntimeMetrics(), roi
+        self.raw, self.metrics, self.roi = raw, metrics or RuntimeCounters(), roi
         self.stall_timeout = stall_timeout if stall_timeout and stall_timeout > 0 and raw.live else None
         self.max_stuck_reads = max(1, int(max_stuck_reads))
         self._reader: _TimedReader | None = None
@@ -600,7 +600,7 @@ class LatestFrame:
     so the consumer can check for stop requests and feed the watchdog while a camera reconnects.
     """
 
-    def __init__(self, frames: ResilientSource, metrics: RuntimeMetrics, tick: float = 0.5) -> None:
+    def __init__(self, frames: ResilientSource, metrics: RuntimeCounters, tick: float = 0.5) -> None:
         self.frames, self.metrics, self.tick = frames, metrics, tick
         self._cond = threading.Condition()
         self._latest: Frame | None = None

@@ -2,7 +2,7 @@
 
 A stdlib ThreadingHTTPServer on its own daemon thread, bound to 127.0.0.1 by default (the box is
 on a production network: expose it deliberately with --status-host 0.0.0.0).  It only reads
-RuntimeMetrics (thread-safe) and sink counters, so a slow client never slows the frame loop.
+RuntimeCounters (thread-safe) and sink counters, so a slow client never slows the frame loop.
 
   /            live view: self-contained HTML page (edge.liveview) for the person at the line
   /live.json   what the page polls: the /status counters, health, score trace, last alarms
@@ -12,7 +12,7 @@ RuntimeMetrics (thread-safe) and sink counters, so a slow client never slows the
                stalled, else 503 + JSON
   /metrics     Prometheus text exposition format 0.0.4
   /latest.jpg  newest heatmap overlay JPEG, 404 until there is one
-  /status      RuntimeMetrics.snapshot() as JSON (incl. "device" and "engine_info": engine, device,
+  /status      RuntimeCounters.snapshot() as JSON (incl. "device" and "engine_info": engine, device,
                providers, precision), plus "sinks": {name: per-sink counters}
 Read-only (GET/HEAD only), no external assets; bound to 127.0.0.1 unless configured otherwise.
 """
@@ -33,6 +33,7 @@ from typing import Any, Iterable
 from edge.jsonsafe import json_safe
 from edge.liveview import PAGE, LiveView
 from edge.redact import redact_credentials
+from edge.sinks import sink_stats
 
 log = logging.getLogger("edge.status")
 
@@ -96,7 +97,7 @@ def status_config_from_args(args: argparse.Namespace, file_section: dict | None 
     return StatusConfig(**values)
 
 
-# ---- health and metrics (pure functions of a RuntimeMetrics snapshot) ------------------------------
+# ---- health and metrics (pure functions of a RuntimeCounters snapshot) ------------------------------
 
 def health(snapshot: dict, stall_s: float, now: float | None = None) -> tuple[int, dict]:
     """(HTTP status, JSON body): 200 'ok' if the last frame is at most `stall_s` old and the source is
@@ -156,7 +157,7 @@ class _Exposition:
 
 def render_metrics(snapshot: dict, sink_stats: dict[str, dict[str, int]] | None = None,
                    now: float | None = None, prefix: str = "dcam_edge_") -> str:
-    """Prometheus text for a RuntimeMetrics.snapshot() (+ per-sink counters from Sink.stats())."""
+    """Prometheus text for a RuntimeCounters.snapshot() (+ per-sink counters from Sink.stats())."""
     now = time.time() if now is None else now
     e = _Exposition(prefix)
     for name, key, help_text in (
@@ -279,7 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class StatusServer:
-    """Serve the endpoints for `metrics` (RuntimeMetrics) and optional `sinks` on a daemon thread."""
+    """Serve the endpoints for `metrics` (RuntimeCounters) and optional `sinks` on a daemon thread."""
 
     def __init__(self, metrics: Any, host: str = "127.0.0.1", port: int = 0, stall_s: float = 10.0,
                  sinks: Iterable[Any] = ()) -> None:
@@ -316,11 +317,7 @@ class StatusServer:
 
     def sink_stats(self) -> dict[str, dict[str, int]]:
         """{sink name: Sink.stats()} (queued / delivered / failed / backlog ... per sink)."""
-        stats = {}
-        for sink in self.sinks:
-            if callable(getattr(sink, "stats", None)):
-                stats[getattr(sink, "name", type(sink).__name__)] = sink.stats()
-        return stats
+        return sink_stats(self.sinks)
 
     def metrics_text(self) -> str:
         return render_metrics(self.metrics.snapshot(), self.sink_stats())

@@ -1,4 +1,8 @@
-"""``dcam-export`` options (one dataclass field per CLI flag), file names and the export error type."""
+"""``dcam-export`` options (one dataclass field per CLI flag) and the export error types.
+
+Formats, precisions, the per-format options and their allowed values, and the file-name rule are
+``edge.formats``; the constants below re-export them under the names export.cli uses.
+"""
 from __future__ import annotations
 
 import importlib
@@ -7,22 +11,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-FORMATS = ("onnx", "openvino", "tflite")
-PRECISIONS = ("fp32", "int8")
+from edge.accuracy import GuardLimits
+from edge.formats import (FORMAT_NAMES, ONNX_CALIBRATIONS, ONNX_INT8_SCOPES,  # noqa: F401 - export.cli's choices
+                          OPENVINO_BIAS_CORRECTIONS, PRECISIONS, TFLITE_INT8_RECIPES, get_format)
+
+FORMATS = FORMAT_NAMES
 THRESHOLD_MODES = ("fpr", "f1")
-# ONNX int8 scope: "backbone" quantises every backbone op (Conv, Add, Clip, ...) and keeps the distance
-# head fp32; "conv" quantises only Conv/MatMul/Gemm (everything else, head included, stays fp32).
-ONNX_INT8_SCOPES = ("backbone", "conv")
-# ONNX Runtime calibration methods (activation ranges).
-ONNX_CALIBRATIONS = ("minmax", "percentile", "entropy")
-# TFLite int8 via ai-edge-quantizer: "static" = int8 weights + int8 activations for CONV_2D /
-# DEPTHWISE_CONV_2D of the backbone; "dynamic" = int8 weights, activations quantised at run time.
-TFLITE_INT8_RECIPES = ("static", "dynamic")
-OPENVINO_BIAS_CORRECTIONS = ("full", "fast")
 # Architecture-independent stem of every exported file (contract: dcam.onnx, dcam.int8.onnx, ...).
 MODEL_STEM = "dcam"
-EXTENSIONS = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
 EXTRA_HINT = "pip install dcam-edge[export]"
 # Post-training quantisation wants a few hundred representative images (NNCF's default subset_size).
 RECOMMENDED_CALIB_SAMPLES = 300
@@ -34,12 +32,6 @@ class ExportError(ValueError):
 
 class AccuracyGuardError(RuntimeError):
     """An int8 file lost more accuracy than the guard allows (and --allow-accuracy-drop was not given)."""
-
-
-def model_filename(fmt: str, precision: str) -> str:
-    """dcam.onnx / dcam.int8.onnx / dcam.xml / dcam.int8.xml / dcam.tflite / dcam.int8.tflite."""
-    infix = "" if precision == "fp32" else f".{precision}"
-    return f"{MODEL_STEM}{infix}{EXTENSIONS[fmt]}"
 
 
 def require(module: str, purpose: str) -> ModuleType:
@@ -77,13 +69,16 @@ class ExportConfig:
     threshold_mode: str = "fpr"
     target_fpr: float = 0.001
     allow_accuracy_drop: bool = False
-    # Accuracy guard for int8 vs fp32 (percentage points of AUROC; Spearman of image scores).
-    max_image_auroc_drop: float = 1.0
-    max_pixel_auroc_drop: float = 1.0
-    min_score_spearman: float = 0.95
+    # Accuracy guard for int8 vs fp32 (percentage points of AUROC; Spearman of image scores): edge.accuracy's limits.
+    max_image_auroc_drop: float = GuardLimits.max_image_auroc_drop
+    max_pixel_auroc_drop: float = GuardLimits.max_pixel_auroc_drop
+    min_score_spearman: float = GuardLimits.min_score_spearman
     threads: int = 2
+    # "backbone" quantises every backbone op (Conv, Add, Clip, ...); "conv" only Conv/MatMul/Gemm (head fp32 in both)
     onnx_int8_scope: str = "backbone"
     onnx_calibration: str = "minmax"
+    # "static" = int8 weights + int8 activations for the backbone's CONV_2D / DEPTHWISE_CONV_2D; "dynamic" =
+    # int8 weights, activations quantised at run time
     tflite_int8: str = "static"
     # full: NNCF's BiasCorrection (measured on a 256 px Lite0: map correlation 0.9957 → 0.9978, pixel-AUROC
     # drop 0.95 → 0.48 points); fast: FastBiasCorrection, quicker export
@@ -110,18 +105,17 @@ class ExportConfig:
             raise ExportError(f"--calib-samples: expected a positive integer, got {self.calib_samples}")
         if self.threads < 1:
             raise ExportError(f"--threads: expected a positive integer, got {self.threads}")
-        for name, valid in (("onnx_int8_scope", ONNX_INT8_SCOPES), ("onnx_calibration", ONNX_CALIBRATIONS),
-                            ("tflite_int8", TFLITE_INT8_RECIPES),
-                            ("openvino_bias_correction", OPENVINO_BIAS_CORRECTIONS)):
-            if getattr(self, name) not in valid:
-                raise ExportError(f"--{name.replace('_', '-')}: expected one of {', '.join(valid)}, "
-                                  f"got {getattr(self, name)!r}")
+        for fmt in self.formats:  # each requested format checks its own options (edge.formats)
+            for option in get_format(fmt).options:
+                if getattr(self, option.field) not in option.choices:
+                    raise ExportError(f"{option.flag}: expected one of {', '.join(option.choices)}, "
+                                      f"got {getattr(self, option.field)!r}")
         for name in ("max_image_auroc_drop", "max_pixel_auroc_drop"):
             if getattr(self, name) < 0:
                 raise ExportError(f"--{name.replace('_', '-')}: expected >= 0 AUROC points")
         if not -1.0 <= self.min_score_spearman <= 1.0:
             raise ExportError(f"--min-score-spearman: expected a value in [-1, 1], got {self.min_score_spearman}")
 
-    def files(self) -> list[tuple[str, str, str]]:
-        """(format, precision, file name) for every requested file, fp32 before int8 per format."""
-        return [(f, p, model_filename(f, p)) for f in self.formats for p in PRECISIONS if p in self.precisions]
+    def format_options(self, fmt: str) -> dict[str, Any]:
+        """The values of the options only ``fmt`` reads ({"onnx_int8_scope": "backbone", ...})."""
+        return {option.field: getattr(self, option.field) for option in get_format(fmt).options}

@@ -2,10 +2,10 @@
 
 Per file: on validation normals the Spearman rank correlation of image scores and the Pearson
 correlation of anomaly maps (all pixels) against the fp32 torch graph, plus max |Δ| (fp32 parity);
-on the test split, when the dataset has one, image AUROC and pixel AUROC (edge.metrics; mean over
-categories, as MVTec AD reports them).  The guard: an int8 file must stay within
-``max_image_auroc_drop`` / ``max_pixel_auroc_drop`` AUROC points of fp32 and reach a score Spearman
-of ``min_score_spearman``; an fp32 file must equal torch within ``PARITY_ATOL``.
+on the test split, when the dataset has one, image AUROC and pixel AUROC (the metric table of
+edge.accuracy; mean over categories, as MVTec AD reports them).  The guard: an int8 file must pass
+edge.accuracy's int8 guard (AUROC drops in points vs fp32, score Spearman); an fp32 file must equal torch
+within ``PARITY_ATOL``.
 """
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edge.metrics import MetricWarning, image_auroc, pixel_auroc
+from edge.accuracy import (GuardLimits, auroc_drop_points, category_means, category_table, defined, guard_failures,
+                           pearson, spearman)
+from edge.metrics import MetricWarning
 from edge.preprocess import PreprocessSpec
 
-from .calibration_data import ExportData, ImageSet
+from .datasets import ExportData, ImageSet
 
 # fp32 file vs torch, map and score: within 1e-4 × max(1, the reference map's largest |value|), since a
 # float32 rounding error scales with the map (cosine maps are ≤ 2 per level, memory-bank distances ~10–100).
@@ -83,54 +85,23 @@ def load_file_engine(path: Path, threads: int) -> Any:
     return load_engine(path, threads=threads)
 
 
-def average_ranks(x: np.ndarray) -> np.ndarray:
-    """0-based ranks with ties sharing their average rank (as in Spearman's ρ with ties)."""
-    _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
-    end = np.cumsum(counts)
-    return ((end - counts + end - 1) / 2.0)[inverse.ravel()]
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two flattened arrays (nan if either is constant)."""
-    a = np.asarray(a, np.float64).ravel()
-    b = np.asarray(b, np.float64).ravel()
-    a, b = a - a.mean(), b - b.mean()
-    denom = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / denom) if denom > 0 else float("nan")
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's ρ = Pearson correlation of the (tie-averaged) ranks."""
-    return pearson(average_ranks(a), average_ranks(b))
-
-
 def _finite(x: np.ndarray | None) -> bool:
     return x is None or bool(np.isfinite(x).all())
 
 
-def _safe(metric: Callable[..., float], *args: Any) -> float | None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MetricWarning)
-        value = metric(*args)
-    return None if np.isnan(value) else float(value)
+SPLIT_METRICS = ("image_auroc", "pixel_auroc")  # AU-PRO and F1-max are dcam-eval's, not the guard's
 
 
 def split_metrics(test: ImageSet, maps: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
-    """Image and pixel AUROC per category and their mean over categories (None where undefined)."""
-    per: dict[str, dict[str, Any]] = {}
-    cats = np.asarray(test.categories)
-    for cat in sorted(set(test.categories)):
-        idx = np.flatnonzero(cats == cat)
-        per[cat] = {"n_images": int(idx.size), "n_anomalous": int(test.labels[idx].sum()),
-                    "image_auroc": _safe(image_auroc, test.labels[idx], scores[idx]),
-                    "pixel_auroc": _safe(pixel_auroc, test.masks[idx], maps[idx]) if test.masks is not None else None}
-
-    def mean(key: str) -> float | None:
-        values = [r[key] for r in per.values() if r[key] is not None]
-        return float(np.mean(values)) if values else None
-
-    return {"n_images": len(test), "n_anomalous": int(test.labels.sum()), "image_auroc": mean("image_auroc"),
-            "pixel_auroc": mean("pixel_auroc"), "per_category": per}
+    """Image and pixel AUROC per category (sorted) and their mean over categories (None where undefined)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)  # undefined figures are recorded as None
+        table = category_table(test.categories, test.labels, scores, test.masks, maps, SPLIT_METRICS)
+    per = {cat: {"n_images": table[cat]["n_images"], "n_anomalous": table[cat]["n_anomalous"],
+                 **{k: defined(table[cat][k]) for k in SPLIT_METRICS}} for cat in sorted(table)}
+    means = category_means(per, SPLIT_METRICS)
+    return {"n_images": len(test), "n_anomalous": int(test.labels.sum()),
+            **{k: defined(means[k]) for k in SPLIT_METRICS}, "per_category": per}
 
 
 def file_accuracy(ref: Outputs, out: Outputs, data: ExportData, ref_test: dict[str, Any] | None,
@@ -153,8 +124,7 @@ def file_accuracy(ref: Outputs, out: Outputs, data: ExportData, ref_test: dict[s
         t = split_metrics(data.test, out.test_maps, out.test_scores)
         if ref_test is not None:
             t["reference"] = {"image_auroc": ref_test["image_auroc"], "pixel_auroc": ref_test["pixel_auroc"]}
-            t["drop_points"] = {k: (100.0 * (ref_test[k] - t[k]) if ref_test[k] is not None and t[k] is not None
-                                    else None) for k in ("image_auroc", "pixel_auroc")}
+            t["drop_points"] = {k: auroc_drop_points(ref_test[k], t[k]) for k in SPLIT_METRICS}
         result["test"] = t
     else:
         result["test"] = None
@@ -175,13 +145,11 @@ def guard_violations(precision: str, accuracy: dict[str, Any], max_image_auroc_d
             if val[key] > tolerance:
                 problems.append(f"fp32 parity: {key} {val[key]:.3g} > {tolerance:.3g} vs torch")
         return problems
-    rho = val["score_spearman"]
-    if rho is not None and not rho >= min_score_spearman:  # `not >=` also catches nan (constant scores)
-        problems.append(f"score Spearman {rho:.3f} < {min_score_spearman:g} vs fp32 on {val['n_images']} "
-                        f"validation normals")
     drops = (accuracy.get("test") or {}).get("drop_points") or {}
-    for key, limit in (("image_auroc", max_image_auroc_drop), ("pixel_auroc", max_pixel_auroc_drop)):
-        drop = drops.get(key)
-        if drop is not None and drop > limit + 1e-9:  # "within 1.0 point" includes exactly 1.0 (float noise)
-            problems.append(f"{key.replace('_', ' ')} drop {drop:.2f} points > {limit:g} vs fp32")
-    return problems
+    limits = GuardLimits(max_image_auroc_drop, max_pixel_auroc_drop, min_score_spearman)
+    failed = guard_failures(drops.get("image_auroc"), drops.get("pixel_auroc"), val["score_spearman"], limits)
+    messages = {"score_spearman": lambda rho: f"score Spearman {rho:.3f} < {min_score_spearman:g} vs fp32 on "
+                                              f"{val['n_images']} validation normals",
+                "image_auroc_drop": lambda d: f"image auroc drop {d:.2f} points > {max_image_auroc_drop:g} vs fp32",
+                "pixel_auroc_drop": lambda d: f"pixel auroc drop {d:.2f} points > {max_pixel_auroc_drop:g} vs fp32"}
+    return [message(failed[check]) for check, message in messages.items() if check in failed]

@@ -9,6 +9,8 @@ cannot read a ``.onnx.data`` side file).
 int8: ``quant_pre_process`` (ORT optimisation + symbolic shapes), then ``quantize_static`` in QDQ format,
 per-channel int8 weights, uint8 activations (int8 activations measured slower here), calibrated on
 training normals, with the distance head excluded by structure (export.head_scope) so it stays fp32.
+
+``write_fp32`` / ``write_int8``: this format's writer interface (export.writers).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import numpy as np
 from .config import ExportError, require
 from .graph import FusedGraph
 from .head_scope import GraphNode, find_head, is_ones_vector_product, is_single_axis_reduction
+from .writers import WriteJob, try_export
 
 INPUT_NAME, MAP_NAME, SCORE_NAME = "image", "anomaly_map", "score"
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
@@ -44,13 +47,8 @@ def export_onnx(graph: FusedGraph, path: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.export deprecation chatter
         raw = Path(tmp) / "raw.onnx"
-        try:
-            torch.onnx.export(graph.module, (graph.example_input(),), str(raw), input_names=[INPUT_NAME],
-                              output_names=[MAP_NAME, SCORE_NAME], external_data=False, optimize=False,
-                              verbose=False)
-        except Exception as exc:
-            raise ExportError(f"{path}: torch.onnx.export failed ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        torch.onnx.export(graph.module, (graph.example_input(),), str(raw), input_names=[INPUT_NAME],
+                          output_names=[MAP_NAME, SCORE_NAME], external_data=False, optimize=False, verbose=False)
         model = ir.load(str(raw))
     optimizer.fold_constants(model)
     passes.RemoveUnusedNodesPass()(model)
@@ -123,26 +121,18 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration_images: np.ndarra
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
-        try:
-            shape_inference.quant_pre_process(str(fp32_path), str(pre))
-        except Exception as exc:
-            raise ExportError(f"{fp32_path}: ONNX Runtime quant_pre_process failed "
-                              f"({type(exc).__name__}: {exc})") from None
+        shape_inference.quant_pre_process(str(fp32_path), str(pre))
         model = onnx.load(str(pre))
         nodes = onnx_graph_nodes(model)
         head = find_head(nodes)
         op_types = sorted(WEIGHTED_OPS) if scope == "conv" else None
         extra = {"CalibPercentile": 99.999} if calibration == "percentile" else {}
-        try:
-            q.quantize_static(str(pre), str(out_path), ArrayCalibrationReader(calibration_images),
-                              quant_format=q.QuantFormat.QDQ, per_channel=True,
-                              activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                              op_types_to_quantize=op_types, nodes_to_exclude=sorted(head),
-                              calibrate_method=getattr(q.CalibrationMethod, CALIBRATION_METHODS[calibration]),
-                              use_external_data_format=False, extra_options=extra)
-        except Exception as exc:
-            raise ExportError(f"{out_path}: ONNX Runtime quantize_static failed "
-                              f"({type(exc).__name__}: {exc})") from None
+        q.quantize_static(str(pre), str(out_path), ArrayCalibrationReader(calibration_images),
+                          quant_format=q.QuantFormat.QDQ, per_channel=True,
+                          activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                          op_types_to_quantize=op_types, nodes_to_exclude=sorted(head),
+                          calibrate_method=getattr(q.CalibrationMethod, CALIBRATION_METHODS[calibration]),
+                          use_external_data_format=False, extra_options=extra)
     head_types = sorted({n.op_type for n in nodes if n.name in head})
     return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weights": "int8 per-channel",
             "activations": "uint8", "calibration": calibration, "scope": scope,
@@ -150,3 +140,15 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration_images: np.ndarra
             "fp32_nodes_kept": {"count": len(head), "op_types": head_types,
                                 "rule": "distance head (export.head_scope)" +
                                         (" + every non-Conv/MatMul/Gemm node" if scope == "conv" else "")}}
+
+
+@try_export("onnx", "fp32")
+def write_fp32(job: WriteJob) -> None:
+    export_onnx(job.graph, job.path)
+
+
+@try_export("onnx", "int8")
+def write_int8(job: WriteJob) -> dict[str, Any]:
+    assert job.source is not None and job.calibration is not None
+    return quantize_onnx(job.source, job.path, job.calibration, job.options["onnx_int8_scope"],
+                         job.options["onnx_calibration"])

@@ -7,6 +7,8 @@ measured traps are designed around (toolchain facts):
   ``INFERENCE_PRECISION_HINT="f32"`` — the manifest records that hint and edge.engines compiles with it.
 int8: ``nncf.quantize`` (post-training static, min-max on training normals) with an IgnoredScope naming
 the head nodes found by structure (export.head_scope), ``validate=False``.
+
+``write_fp32`` / ``write_int8``: this format's writer interface (export.writers).
 """
 from __future__ import annotations
 
@@ -20,8 +22,11 @@ import numpy as np
 
 from .config import ExportError, require
 from .head_scope import GraphNode, find_head, is_ones_vector_product, is_single_axis_reduction
+from .writers import WriteJob, try_export
 
 INFERENCE_PRECISION_HINT = "f32"
+RUNTIME_NOTE = (f"compile with INFERENCE_PRECISION_HINT={INFERENCE_PRECISION_HINT!r}: on AMX CPUs OpenVINO otherwise "
+                f"runs bf16 silently")
 WEIGHTED_OPS = frozenset({"Convolution", "GroupConvolution", "ConvolutionBackpropData",
                           "GroupConvolutionBackpropData", "MatMul"})
 REDUCE_OPS = frozenset({"ReduceSum", "ReduceMean", "ReduceL1", "ReduceL2", "ReduceMax", "ReduceMin", "ReduceProd"})
@@ -31,10 +36,7 @@ def export_openvino(onnx_path: Path, xml_path: Path) -> Path:
     """fp32 IR (``.xml`` + ``.bin``, fp32 weights) from the fp32 ONNX file."""
     ov = require("openvino", "OpenVINO export")
     xml_path = Path(xml_path)
-    try:
-        model = ov.convert_model(str(onnx_path))
-    except Exception as exc:
-        raise ExportError(f"{onnx_path}: openvino.convert_model failed ({type(exc).__name__}: {exc})") from None
+    model = ov.convert_model(str(onnx_path))
     left = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name().startswith("BatchNorm")]
     if left:
         raise ExportError(f"{xml_path}: BatchNorm ops left in the OpenVINO model: {left[:5]}")
@@ -83,16 +85,25 @@ def quantize_openvino(fp32_xml: Path, out_xml: Path, calibration_images: np.ndar
     ignored = sorted(n.name for n in nodes if n.name in head and n.op_type not in ("Constant", "Parameter", "Result"))
     data = [np.ascontiguousarray(x[None], dtype=np.float32) for x in calibration_images]
     logging.getLogger("nncf").setLevel(logging.ERROR)  # NNCF logs every step at INFO
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            quantized = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data),
-                                      fast_bias_correction=bias_correction == "fast",
-                                      ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
-    except Exception as exc:
-        raise ExportError(f"{out_xml}: nncf.quantize failed ({type(exc).__name__}: {exc})") from None
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantized = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data),
+                                  fast_bias_correction=bias_correction == "fast",
+                                  ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
     ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     head_types = sorted({n.op_type for n in nodes if n.name in ignored})
     return {"tool": f"nncf.quantize {getattr(nncf, '__version__', '')}".strip(), "mode": "post-training static, "
             "int8 weights and activations", "bias_correction": bias_correction, "calibration_images": len(data),
             "fp32_nodes_kept": {"count": len(ignored), "op_types": head_types,
                                 "rule": "distance head (export.head_scope) as nncf.IgnoredScope"}}
+
+
+@try_export("openvino", "fp32")
+def write_fp32(job: WriteJob) -> None:
+    assert job.fp32_of is not None
+    export_openvino(job.fp32_of("onnx"), job.path)  # one graph behind every format: convert the fp32 ONNX file
+
+
+@try_export("openvino", "int8")
+def write_int8(job: WriteJob) -> dict[str, Any]:
+    assert job.source is not None and job.calibration is not None
+    return quantize_openvino(job.source, job.path, job.calibration, job.options["openvino_bias_correction"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import sys
 import tempfile
 import warnings
@@ -12,18 +13,18 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .calibration_data import CalibrationWarning, ExportData, load_export_data
-from .config import FORMATS, AccuracyGuardError, ExportConfig, ExportError, model_filename, require
+from edge.formats import FORMAT_NAMES, PRECISIONS, get_format, model_filename
+from edge.manifest import forget_entry
+from train.models import method_spec
+
+from .config import MODEL_STEM, AccuracyGuardError, ExportConfig, ExportError, require
+from .datasets import CalibrationWarning, ExportData, load_export_data
 from .graph import FusedGraph, load_fused_graph
 from .guard import (PARITY_ATOL, Outputs, file_accuracy, guard_violations, load_file_engine, score_outputs,
                     split_metrics)
 from .manifest_writer import build_manifest, write_file_manifest
 from .thresholds import file_thresholds
-
-# Packages each format needs (checked before any slow work so a missing extra fails in a second).
-CONVERTERS = {"onnx": {"fp32": ("onnx", "onnxscript", "onnxruntime"), "int8": ("onnxruntime.quantization",)},
-              "openvino": {"fp32": ("onnx", "onnxscript", "openvino"), "int8": ("nncf",)},
-              "tflite": {"fp32": ("litert_torch", "ai_edge_litert"), "int8": ("ai_edge_quantizer",)}}
+from .writers import WriteJob, Written
 
 
 @dataclass
@@ -36,6 +37,7 @@ class ExportedFile:
     violations: list[str]
     threshold: float
     size_bytes: int
+    seconds: float = 0.0  # time its writer took (conversion / quantisation)
 
 
 @dataclass
@@ -66,11 +68,19 @@ class ExportResult:
         return "\n".join(lines)
 
 
+def plan_files(cfg: ExportConfig) -> list[tuple[str, str, str]]:
+    """(format, precision, file name) of every requested file in export order: formats as edge.formats
+    orders them, fp32 before int8."""
+    return [(fmt, p, model_filename(MODEL_STEM, fmt, p)) for fmt in FORMAT_NAMES if fmt in cfg.formats
+            for p in PRECISIONS if p in cfg.precisions]
+
+
 def check_converters(cfg: ExportConfig) -> None:
-    """ExportError naming the extra to install when a requested format's converter is missing."""
+    """ExportError naming the extra to install when a requested format's converter is missing (checked before
+    any slow work, so a missing extra fails in a second)."""
     for fmt in cfg.formats:
-        for precision in ("fp32", *cfg.precisions):
-            for module in CONVERTERS[fmt][precision]:
+        for precision in ("fp32", *cfg.precisions):  # int8 is quantised from the fp32 file
+            for module in get_format(fmt).converters[precision]:
                 require(module, f"{fmt} {precision} export")
 
 
@@ -83,7 +93,7 @@ class _Exporter:
         self.tmp, self.result = tmp, result
         self.out = Path(cfg.out)
         self._calibration: np.ndarray | None = None
-        self._fp32: dict[str, Path] = {}
+        self._fp32: dict[str, Written] = {}
 
     @property
     def calibration(self) -> np.ndarray:
@@ -92,47 +102,29 @@ class _Exporter:
         return self._calibration
 
     def fp32_path(self, fmt: str) -> Path:
-        """Where the fp32 file of a format goes: --out if requested, else a temp dir (int8 source only)."""
-        folder = self.out if "fp32" in self.cfg.precisions else self.tmp
-        return folder / model_filename(fmt, "fp32")
+        """Where the fp32 file of a format goes: --out if requested, else a temp dir (a conversion source only:
+        int8 is quantised from it, OpenVINO converts the ONNX one)."""
+        requested = fmt in self.cfg.formats and "fp32" in self.cfg.precisions
+        return (self.out if requested else self.tmp) / model_filename(MODEL_STEM, fmt, "fp32")
 
-    def fp32(self, fmt: str) -> Path:
-        """Produce (once) the fp32 file of a format; OpenVINO converts the fp32 ONNX graph."""
+    def fp32(self, fmt: str) -> Written:
+        """Produce (once) the fp32 file of a format with its writer (edge.formats names the module)."""
         if fmt not in self._fp32:
-            path = self.fp32_path(fmt)
-            if fmt == "onnx":
-                from .onnx_export import export_onnx
-                export_onnx(self.graph, path)
-            elif fmt == "openvino":
-                from .onnx_export import export_onnx
-                from .openvino_export import export_openvino
-                # One graph behind every format: OpenVINO converts the fp32 ONNX file (a temp one if not requested).
-                onnx_path = (self.fp32("onnx") if "onnx" in self.cfg.formats
-                             else export_onnx(self.graph, self.tmp / model_filename("onnx", "fp32")))
-                export_openvino(onnx_path, path)
-            else:
-                from .tflite_export import export_tflite
-                export_tflite(self.graph, path)
-            self._fp32[fmt] = path
+            job = WriteJob(self.graph, self.fp32_path(fmt), self.cfg.format_options(fmt),
+                           fp32_of=lambda other: self.fp32(other).path)
+            self._fp32[fmt] = _writer(fmt).write_fp32(job)
         return self._fp32[fmt]
 
-    def int8(self, fmt: str) -> tuple[Path, dict[str, Any]]:
-        path = self.out / model_filename(fmt, "int8")
-        source = self.fp32(fmt)
-        if fmt == "onnx":
-            from .onnx_export import quantize_onnx
-            info = quantize_onnx(source, path, self.calibration, self.cfg.onnx_int8_scope, self.cfg.onnx_calibration)
-        elif fmt == "openvino":
-            from .openvino_export import quantize_openvino
-            info = quantize_openvino(source, path, self.calibration, self.cfg.openvino_bias_correction)
-        else:
-            from .tflite_export import quantize_tflite
-            info = quantize_tflite(source, path, self.calibration, self.cfg.tflite_int8)
-        return path, info
+    def int8(self, fmt: str) -> Written:
+        job = WriteJob(self.graph, self.out / model_filename(MODEL_STEM, fmt, "int8"), self.cfg.format_options(fmt),
+                       source=self.fp32(fmt).path, calibration=self.calibration)
+        return _writer(fmt).write_int8(job)
 
-    def finish(self, fmt: str, precision: str, path: Path, quantization: dict[str, Any] | None) -> ExportedFile:
-        """Evaluate a file through edge.engines, calibrate its own thresholds and write its manifest."""
-        cfg = self.cfg
+    def finish(self, written: Written) -> ExportedFile:
+        """Evaluate a file through edge.engines, calibrate its own thresholds and write its manifest (with the
+        output names the engine found, read back exactly at run time)."""
+        cfg, fmt, precision, path = self.cfg, written.format, written.precision, written.path
+        forget_entry(path)  # a previous export's entry describes the replaced file: never let the engine read it
         engine = load_file_engine(path, cfg.threads)
         outputs = score_outputs(engine.run, self.data, self.graph.spec, desc=path.name, progress=cfg.progress)
         accuracy = file_accuracy(self.ref, outputs, self.data, self.ref_test, cfg.threads)
@@ -149,14 +141,16 @@ class _Exporter:
         export_info = {"tool": "dcam-export", "config": {k: (list(v) if isinstance(v, tuple) else v)
                                                          for k, v in dataclasses.asdict(cfg).items()},
                        "data": self.data.sources, "warnings": list(self.result.warnings)}
-        manifest = write_file_manifest(path, build_manifest(path, fmt, precision, self.graph, threshold, accuracy,
-                                                            quantization, export_info))
-        size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if fmt == "openvino" else 0)
-        return ExportedFile(fmt, precision, path, manifest, accuracy, violations, float(threshold["global"]), size)
+        manifest = write_file_manifest(path, build_manifest(
+            fmt, precision, self.graph, threshold, accuracy, written.quantization, export_info, engine.graph_io,
+            runtime_note=getattr(_writer(fmt), "RUNTIME_NOTE", None)))
+        return ExportedFile(fmt, precision, path, manifest, accuracy, violations, float(threshold["global"]),
+                            written.size_bytes, written.seconds)
 
 
-# Methods whose graph has no int8 path yet, and why (the one-line reason users see).
-FP32_ONLY_METHODS = {"knn": "the int8 quantisers do not yet keep its nearest-bank distance product in fp32"}
+def _writer(fmt: str) -> Any:
+    """The export module that writes ``fmt`` (write_fp32 / write_int8, export.writers)."""
+    return importlib.import_module(get_format(fmt).writer)
 
 
 def run_export(cfg: ExportConfig) -> ExportResult:
@@ -165,16 +159,16 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     check_converters(cfg)
     out = Path(cfg.out)
     result = ExportResult(out)
-    plan = [(fmt, p) for fmt in FORMATS if fmt in cfg.formats for p in ("fp32", "int8") if p in cfg.precisions]
+    plan = [(fmt, p) for fmt, p, _ in plan_files(cfg)]
     with tqdm(total=3 + len(plan), desc="dcam-export", unit="step", file=sys.stderr, disable=not cfg.progress) as bar:
         bar.set_postfix_str("fusing the inference graph")
         graph, train_cfg = load_fused_graph(cfg.run, seed=cfg.seed)
-        if train_cfg.model.method in FP32_ONLY_METHODS and any(p == "int8" for _, p in plan):
+        fp32_only = method_spec(train_cfg.model.method).fp32_only  # why this method has no int8 path yet
+        if fp32_only and any(p == "int8" for _, p in plan):
             plan = [(fmt, p) for fmt, p in plan if p != "int8"]
             if not plan:
-                raise ExportError(f"--precisions int8: {train_cfg.model.method} exports fp32 only "
-                                  f"({FP32_ONLY_METHODS[train_cfg.model.method]})")
-            message = f"{train_cfg.model.method}: int8 skipped, fp32 only ({FP32_ONLY_METHODS[train_cfg.model.method]})"
+                raise ExportError(f"--precisions int8: {train_cfg.model.method} exports fp32 only ({fp32_only})")
+            message = f"{train_cfg.model.method}: int8 skipped, fp32 only ({fp32_only})"
             result.warnings.append(message)
             tqdm.write(f"warning: {message}", file=sys.stderr)
             bar.total = 3 + len(plan)
@@ -197,12 +191,9 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         with tempfile.TemporaryDirectory(prefix="dcam-export-") as tmp:
             exporter = _Exporter(cfg, graph, data, ref, ref_test, Path(tmp), result)
             for fmt, precision in plan:
-                bar.set_postfix_str(f"{model_filename(fmt, precision)}")
-                if precision == "fp32":
-                    path, info = exporter.fp32(fmt), None
-                else:
-                    path, info = exporter.int8(fmt)
-                result.files.append(exporter.finish(fmt, precision, path, info))
+                bar.set_postfix_str(model_filename(MODEL_STEM, fmt, precision))
+                written = exporter.fp32(fmt) if precision == "fp32" else exporter.int8(fmt)
+                result.files.append(exporter.finish(written))
                 bar.update()
     if not result.guard_passed and not cfg.allow_accuracy_drop:
         failed = [f"{f.path.name}: {'; '.join(f.violations)}" for f in result.files if f.violations]

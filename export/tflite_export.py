@@ -6,6 +6,8 @@ backbone's CONV_2D / DEPTHWISE_CONV_2D ops (found by structure, export.head_scop
 "static" (int8 weights + int8 activations, calibrated on training normals; measured 7.4 ms, map
 correlation 0.988) or "dynamic" (int8 weights, activations quantised at run time; 9.3 ms, 0.9925).
 Everything else (the distance head included) stays fp32.
+
+``write_fp32`` / ``write_int8``: this format's writer interface (export.writers).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from torch import nn
 from .config import ExportError, require
 from .graph import FusedGraph
 from .head_scope import GraphNode, find_head, is_ones_vector_product, is_single_axis_reduction
+from .writers import WriteJob, try_export
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "image"
@@ -60,15 +63,11 @@ def export_tflite(graph: FusedGraph, path: Path) -> Path:
     """fp32 .tflite of the fused graph (signature "serving_default": image → anomaly_map, score)."""
     litert_torch = _import_litert_torch()
     path = Path(path)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.export deprecation chatter
-            edge_model = litert_torch.convert(NamedOutputs(graph.module).eval(),
-                                              sample_kwargs={INPUT_NAME: graph.example_input()})
-            edge_model.export(str(path))
-    except Exception as exc:
-        raise ExportError(f"{path}: litert_torch.convert failed ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.export deprecation chatter
+        edge_model = litert_torch.convert(NamedOutputs(graph.module).eval(),
+                                          sample_kwargs={INPUT_NAME: graph.example_input()})
+        edge_model.export(str(path))
     return path
 
 
@@ -137,19 +136,16 @@ def quantize_tflite(fp32_path: Path, out_path: Path, calibration_images: np.ndar
         else:
             qt.add_dynamic_config(regex, getattr(op_names, op), num_bits=8)
     logging.getLogger("absl").setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # interpreter/numpy cast warnings of the quantizer's internals
-            calib = None
-            if qt.need_calibration:
-                data = {SIGNATURE: [{INPUT_NAME: np.ascontiguousarray(x[None], dtype=np.float32)}
-                                    for x in calibration_images]}
-                calib = qt.calibrate(data, num_threads=max(1, os.cpu_count() or 1))
-            result = qt.quantize(calib, enable_progress_bar=False, enable_progress_report=False)
-        Path(out_path).unlink(missing_ok=True)
-        result.export_model(str(out_path), overwrite=True)
-    except Exception as exc:
-        raise ExportError(f"{out_path}: ai-edge-quantizer failed ({type(exc).__name__}: {exc})") from None
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # interpreter/numpy cast warnings of the quantizer's internals
+        calib = None
+        if qt.need_calibration:
+            data = {SIGNATURE: [{INPUT_NAME: np.ascontiguousarray(x[None], dtype=np.float32)}
+                                for x in calibration_images]}
+            calib = qt.calibrate(data, num_threads=max(1, os.cpu_count() or 1))
+        result = qt.quantize(calib, enable_progress_bar=False, enable_progress_report=False)
+    Path(out_path).unlink(missing_ok=True)
+    result.export_model(str(out_path), overwrite=True)
     kept = sorted({n.op_type for n in nodes if n.name in head})
     return {"tool": "ai_edge_quantizer", "recipe": recipe,
             "weights": "int8 per-channel", "activations": "int8 (static)" if recipe == "static" else
@@ -159,3 +155,14 @@ def quantize_tflite(fp32_path: Path, out_path: Path, calibration_images: np.ndar
             "fp32_nodes_kept": {"count": len(head), "op_types": kept,
                                 "rule": "distance head (export.head_scope); only backbone CONV_2D/DEPTHWISE_CONV_2D "
                                         "are quantised"}}
+
+
+@try_export("tflite", "fp32")
+def write_fp32(job: WriteJob) -> None:
+    export_tflite(job.graph, job.path)
+
+
+@try_export("tflite", "int8")
+def write_int8(job: WriteJob) -> dict[str, Any]:
+    assert job.source is not None and job.calibration is not None
+    return quantize_tflite(job.source, job.path, job.calibration, job.options["tflite_int8"])

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from edge.calibration import CalibrationError, calibrate_thresholds, threshold_section
+from edge.thresholds import CalibrationError, calibrate_thresholds, threshold_section
 
-from .calibration_data import ExportData
+from .datasets import ExportData
 from .config import ExportError
 from .guard import Outputs
 

@@ -12,12 +12,12 @@ from scipy import ndimage
 from scipy.special import softmax
 
 from train.cli import build_parser, config_from_args
-from train.config import ModelConfig, TrainConfig
+from train.config import METHOD_OPTIONS, ModelConfig, TrainConfig
 from train.models import build_model
-from train.models.attention import ChannelAttention, DCAMBlock, SpatialAttention
+from train.models.dcam.attention import ChannelAttention, DCAMBlock, SpatialAttention
+from train.models.dcam.loss import (FeatureMatchingLoss, channel_cosine_distance, channel_kl_divergence,
+                                    normalized_mse, spatial_cosine_distance, spatial_kl_divergence)
 from train.models.head import DistanceHead, bilinear_matrix, channel_sum, gaussian_blur_matrix, pyramid_cosine_head
-from train.models.loss import (FeatureMatchingLoss, channel_cosine_distance, channel_kl_divergence, normalized_mse,
-                               spatial_cosine_distance, spatial_kl_divergence)
 
 rng = np.random.default_rng(0)
 
@@ -204,10 +204,18 @@ def test_method_presets_and_table_rows_from_flags():
 def test_every_config_field_has_exactly_one_flag():
     parser = build_parser()
     dests = {a.dest for a in parser._actions}
-    for cls in (TrainConfig, ModelConfig):
+    def expected(cls: type, prefix: str):  # a method's option group (ModelConfig.rd) has one flag per option
         for field in dataclasses.fields(cls):
-            if field.name != "model":
-                assert f"{cls.__name__}.{field.name}" in dests, field.name
+            option_group = METHOD_OPTIONS.get(field.name) if cls is ModelConfig else None
+            if option_group is not None:
+                yield from expected(option_group, f"{prefix}.{field.name}")
+            elif field.name != "model":
+                yield f"{prefix}.{field.name}"
+
+    for cls in (TrainConfig, ModelConfig):
+        for dest in expected(cls, cls.__name__):
+            assert dest in dests, dest
+    assert "ModelConfig.rd.loss_mode" in dests and "ModelConfig.knn.bank_size" in dests
 
 
 def test_bad_option_values_are_one_line_errors():
@@ -250,3 +258,53 @@ def test_student_sharing_the_teachers_first_level_learns_only_the_later_levels()
     assert amap.shape == (2, 1, 64, 64) and torch.isfinite(score).all()
     with pytest.raises(ValueError, match="--student-shared-levels"):
         ModelConfig(method="dcam", levels=(0, 1, 2), student_shared_levels=1)
+
+
+def test_feature_standardisation_uses_the_teachers_channel_statistics_of_the_training_normals() -> None:
+    from train.models.feature_transform import MatchedFeatureTransform
+    torch.manual_seed(0)
+    batches = [[torch.randn(3, 4, 5, 6) * torch.tensor([1.0, 2.0, 5.0, 0.5]).view(1, 4, 1, 1) + 3.0,
+                torch.randn(3, 2, 3, 3)] for _ in range(2)]
+    transform = MatchedFeatureTransform([4, 2], standardize=True, neighbourhood=1)
+    transform.fit(iter(batches))
+    level0 = torch.cat([b[0] for b in batches]).double()  # independent: all positions of all images, per channel
+    mean = level0.mean(dim=(0, 2, 3))
+    std = level0.var(dim=(0, 2, 3), unbiased=False).sqrt()
+    assert torch.allclose(transform.mean_0.flatten().double(), mean, atol=1e-5)
+    assert torch.allclose(transform.std_0.flatten().double(), std, atol=1e-5)
+    out = transform([batches[0][0], batches[0][1]])
+    assert torch.allclose(out[0], (batches[0][0] - mean.float().view(1, 4, 1, 1)) / std.float().view(1, 4, 1, 1),
+                          atol=1e-5)
+    averaged = MatchedFeatureTransform([4], standardize=False, neighbourhood=3)([batches[0][0]])[0]
+    x = batches[0][0]
+    assert torch.allclose(averaged[:, :, 2, 3], x[:, :, 1:4, 2:5].mean(dim=(2, 3)), atol=1e-6)  # interior: 3×3 mean
+    assert torch.allclose(averaged[:, :, 0, 0], x[:, :, 0:2, 0:2].mean(dim=(2, 3)), atol=1e-6)  # corner: valid part
+
+
+def test_standardised_dcam_fits_statistics_before_training_and_exports_them_in_its_graph() -> None:
+    cfg = ModelConfig(method="dcam", backbone="efficientnet_lite0", pretrained=False, feature_standardize=True)
+    model = build_model(cfg).eval()
+    images = torch.randn(2, 3, 64, 64)
+    model.fit_training_statistics(iter([images]))
+    assert not torch.allclose(model.feature_transform.std_1, torch.ones_like(model.feature_transform.std_1))
+    inference = model.inference_model()
+    with torch.no_grad():
+        teacher = [model.teacher(images)[i] for i in cfg.levels]
+        student = [model.student(images)[i] for i in cfg.levels]
+        t, s = model.feature_transform(teacher), model.feature_transform(student)
+        expected, _ = model.head([1 - F.cosine_similarity(a, b, dim=1, eps=1e-8).unsqueeze(1) for a, b in zip(t, s)],
+                                 images.shape[-2:])
+        anomaly_map, _ = inference(images)
+    assert torch.allclose(anomaly_map, expected, atol=1e-4)
+    assert "feature_transform.mean_1" in model.state_dict()
+
+
+def test_hard_feature_loss_averages_only_the_worst_positions() -> None:
+    from train.models.dcam.loss import hard_mean
+    values = torch.arange(100, dtype=torch.float32)
+    assert float(hard_mean(values, 0.0)) == pytest.approx(49.5)
+    assert float(hard_mean(values, 0.9)) == pytest.approx(float(values[values >= torch.quantile(values, 0.9)].mean()))
+    with pytest.raises(ValueError, match="--loss-hard-quantile"):
+        ModelConfig(method="dcam", loss_hard_quantile=1.0)
+    with pytest.raises(ValueError, match="--feature-neighbourhood"):
+        ModelConfig(method="dcam", feature_neighbourhood=2)

@@ -15,7 +15,7 @@ import pytest
 from edge import devices
 from edge.config import ConfigError, RunConfig, SourceConfig, parse_config
 from edge.devices import DeviceError, candidates, default_trt_cache_dir, guard_covers
-from edge.engines import EXTENSIONS, DeviceUnavailable, EngineError, load_engine
+from edge.engines import DeviceUnavailable, EngineError, load_engine
 from edge.manifest import load_manifest, write_manifest
 from test_edge_runtime import S, _images, make_tiny_onnx, reference, write_tiny_manifest
 
@@ -74,11 +74,19 @@ def fake_ort(monkeypatch):
 
 # ---- the table --------------------------------------------------------------------------------------
 def test_one_table_drives_extensions_formats_and_bench() -> None:
-    from bench.files import ENGINE_FOR_FORMAT, MODEL_EXTENSIONS
-    from edge.manifest import FORMATS
-    assert EXTENSIONS == {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "litert"}
-    assert FORMATS == MODEL_EXTENSIONS == {".onnx": "onnx", ".xml": "openvino", ".tflite": "tflite"}
-    assert ENGINE_FOR_FORMAT == {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}
+    from bench.gemm import ENGINE_GEMM
+    from edge.engines import ENGINE_CLASSES
+    from edge.formats import FORMATS, format_for_path
+    engine_by_suffix = {f.suffix: f.engine for f in FORMATS.values()}
+    assert engine_by_suffix == {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "litert"}
+    by_suffix = {s: format_for_path(f"m{s.upper()}").name for s in engine_by_suffix}
+    assert by_suffix == {s: e.format for e in devices.ENGINES for s in e.suffixes} == \
+        {".onnx": "onnx", ".xml": "openvino", ".tflite": "tflite"}
+    assert {name: f.engine for name, f in FORMATS.items()} == {"onnx": "onnxruntime", "openvino": "openvino",
+                                                               "tflite": "litert"}
+    # One device entry and one engine class per format, in the registry's order; bench's GEMM map follows it.
+    assert list(devices.ENGINE_BY_FORMAT) == list(FORMATS) and set(ENGINE_CLASSES) == set(engine_by_suffix.values())
+    assert {engine for engine, _ in ENGINE_GEMM} == {"onnxruntime", "openvino", "torch-eager"}
     supported = {t.device for e in devices.ENGINES for t in e.devices}
     assert supported == set(devices.DEVICES) == set(devices.AUTO_ORDER)
     assert all(e.devices[0].device == "cpu" for e in devices.ENGINES)  # cpu first: the default target
@@ -343,11 +351,11 @@ def test_run_reports_the_device_in_log_status_and_summary(tmp_path: Path, onnx_m
                                                          caplog) -> None:
     import io
 
-    from edge.metrics_runtime import RuntimeMetrics
+    from edge.counters import RuntimeCounters
     from edge.runner import run
     fake_ort["available"] = [CUDA, ORT]
     imgs = str(_images(tmp_path / "i", [100, 120]))
-    metrics = RuntimeMetrics()
+    metrics = RuntimeCounters()
     with caplog.at_level(logging.INFO, logger="edge.runner"):
         summary = run(RunConfig(model=str(onnx_model), device="cuda", source=SourceConfig(source=imgs)),
                       out=io.StringIO(), metrics=metrics, sinks=[])

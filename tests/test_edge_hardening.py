@@ -1,4 +1,4 @@
-"""Edge runtime hardening (issue #13): calibration guards, odd input files, non-finite manifests, option
+"""Edge runtime hardening: calibration guards, odd input files, non-finite manifests, option
 checks, fast-failing files, torch-free entry points and credential redaction in logs."""
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import pytest
 
 from edge.cli import calibrate_main, run_main
 from edge.config import RunConfig, SourceConfig
+from edge.counters import RuntimeCounters
 from edge.manifest import ManifestError, load_manifest, manifest_path_for
-from edge.metrics_runtime import RuntimeMetrics
 from edge.runner import run
 from edge.sources import OpenCvSource, ResilientSource, SourceOpenError, make_raw_source
 from test_edge_runtime import make_tiny_onnx, write_tiny_manifest
@@ -125,7 +125,7 @@ def test_decompression_bomb_png_is_skipped_and_logged(model: Path, tmp_path: Pat
     bomb = _decompression_bomb_png(d / "001b.png")
     with pytest.raises(cv2.error):  # the file really makes the decoder raise (not just return None)
         cv2.imdecode(np.fromfile(str(bomb), np.uint8), cv2.IMREAD_COLOR)
-    metrics = RuntimeMetrics()
+    metrics = RuntimeCounters()
     with caplog.at_level("WARNING", logger="edge.sources"):
         frames = list(ResilientSource(make_raw_source(source=str(d)), metrics=metrics))
     assert [Path(f.path).name for f in frames] == ["000.png", "001.png", "002.png", "003.png"]

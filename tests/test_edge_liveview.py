@@ -1,4 +1,4 @@
-"""Live view of the status endpoint (issue #13 item 14): GET / is one self-contained HTML page; /live.json and
+"""Live view of the status endpoint: GET / is one self-contained HTML page; /live.json and
 /trace.json are bounded; alarm snapshots are served from memory; the runner feeds it.  127.0.0.1 only."""
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
+import edge.publisher as publisher
 import edge.runner as runner
 from edge.config import DecisionConfig, RunConfig, SourceConfig
+from edge.counters import RuntimeCounters
 from edge.liveview import MAX_ALARMS, LiveView
-from edge.metrics_runtime import RuntimeMetrics
 from edge.status import StatusServer
 from test_edge_runtime import _images, make_tiny_onnx, write_tiny_manifest
 
@@ -44,7 +45,7 @@ class FakeSink:
 
 
 def test_root_is_a_self_contained_html_page() -> None:
-    with StatusServer(RuntimeMetrics()) as server:
+    with StatusServer(RuntimeCounters()) as server:
         code, headers, body = request(server.url + "/")
         head = request(server.url + "/", "HEAD")
         post = request(server.url + "/", "POST")
@@ -79,7 +80,7 @@ def test_trace_json_shape_max_per_bucket_and_bounded() -> None:
 
 
 def test_live_json_and_alarm_snapshots(tmp_path: Path) -> None:
-    m = RuntimeMetrics()
+    m = RuntimeCounters()
     for i in range(5):
         m.record_frame(12.0, 0.2 * i, alarm_active=i == 4)
     m.record_alarm()
@@ -121,7 +122,7 @@ def test_run_feeds_the_live_view(tmp_path: Path, monkeypatch) -> None:
         servers.append(StatusServer(metrics, sinks=sinks).start())
         return servers[-1]
 
-    monkeypatch.setattr(runner, "_start_status", start_status)
+    monkeypatch.setattr(publisher, "start_status", start_status)
     d = _images(tmp_path / "imgs", [127, 255, 255, 255, 127, 127, 127, 127, 127, 127])
     cfg = RunConfig(model=str(model), source=SourceConfig(source=str(d)), decision=DecisionConfig(threshold=0.5))
     runner.run(cfg, out=io.StringIO())

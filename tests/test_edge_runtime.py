@@ -23,7 +23,7 @@ import pytest
 from edge.config import CalibrateConfig, DecisionConfig, RunConfig, SourceConfig
 from edge.engines import EngineError, load_engine
 from edge.manifest import load_manifest, write_manifest
-from edge.metrics_runtime import RuntimeMetrics
+from edge.counters import RuntimeCounters
 from edge.preprocess import PreprocessSpec
 from edge.runner import calibrate, run
 from edge.sdnotify import SystemdNotifier
@@ -243,7 +243,7 @@ def test_run_reconnects_and_continues_with_sinks(tmp_path: Path, tiny_models: di
     cam = FlakyCamera()
     import io
     buf = io.StringIO()
-    metrics = RuntimeMetrics()
+    metrics = RuntimeCounters()
     summary = run(cfg, raw_source=cam, sinks=[rec, Broken()], out=buf, metrics=metrics)
     recs = _lines(buf.getvalue())
     assert len(recs) == 10 and summary["stopped_by"] == "max-frames"
@@ -392,8 +392,8 @@ def test_config_file_and_flag_precedence(tmp_path: Path, tiny_models: dict[str, 
 
 
 def test_edge_modules_never_import_torch() -> None:
-    code = ("import sys, edge, edge.cli, edge.runner, edge.engines, edge.sources, edge.calibration, "
-            "edge.manifest, edge.overlay, edge.decision, edge.config, edge.metrics_runtime, edge.preprocess, "
+    code = ("import sys, edge, edge.cli, edge.runner, edge.engines, edge.sources, edge.thresholds, "
+            "edge.manifest, edge.overlay, edge.decision, edge.config, edge.counters, edge.preprocess, "
             "edge.entrypoints, edge.redact, edge.status, edge.liveview, edge.devices\n"
             "import edge.config as c; c._external_groups(c.RunConfig)\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'train', 'export'))\n"

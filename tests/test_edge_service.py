@@ -1,4 +1,4 @@
-"""edge-run as a service (issue #13 items 8, 9, 10, 13): systemd READY=1/STATUS=/WATCHDOG=1, stalls of a
+"""edge-run as a service: systemd READY=1/STATUS=/WATCHDOG=1, stalls of a
 read that hangs (reconnect, /healthz 503, fps decay, watchdog only while the reading loop lives),
 engine error messages, install.sh into a temporary root.  Tiny ONNX models, fake sources, short timeouts."""
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from edge.config import ConfigError, DecisionConfig, RunConfig, SourceConfig, parse_config
+from edge.counters import RuntimeCounters
 from edge.engines import ARM_INT8_IR_HINT, EngineError, _first_line, load_engine
-from edge.metrics_runtime import RuntimeMetrics
 from edge.runner import run
 from edge.sdnotify import SystemdNotifier
 from edge.sources import RawSource, ResilientSource, SourceFailure, SourceOpenError
@@ -41,7 +41,7 @@ def model(tmp_path: Path) -> Path:
 class FakeNotifier(SystemdNotifier):
     """Records every message with its time; pings the watchdog on every call (no rate limit)."""
 
-    def __init__(self, metrics: RuntimeMetrics | None = None) -> None:
+    def __init__(self, metrics: RuntimeCounters | None = None) -> None:
         super().__init__({})
         self.metrics = metrics
         self.calls: list[tuple[float, str]] = []
@@ -124,7 +124,7 @@ def _cfg(model: Path, **source) -> RunConfig:
 
 # ---- 8. READY=1 once the first frame is scored ------------------------------------------------------
 def test_ready_only_after_the_first_scored_frame_with_status_lines(model: Path) -> None:
-    metrics = RuntimeMetrics()
+    metrics = RuntimeCounters()
     notifier = FakeNotifier(metrics)
     cam = FreezingCamera(first_delay=1.2, description="slow camera")  # opens at once, first frame after 1.2 s
     cfg = _cfg(model, stall_timeout=5.0)
@@ -142,7 +142,7 @@ def test_ready_only_after_the_first_scored_frame_with_status_lines(model: Path) 
 
 # ---- 9. stalls ---------------------------------------------------------------------------------------
 def test_hung_read_is_a_stall_healthz_503_and_reconnect() -> None:
-    metrics = RuntimeMetrics()
+    metrics = RuntimeCounters()
     cam = FreezingCamera(freeze_at={3})
     health_at_open = []
     cam.on_open = lambda c: health_at_open.append(health(metrics.snapshot(), 10.0))
@@ -168,7 +168,7 @@ def test_stall_opens_a_replica_and_never_closes_a_capture_inside_read() -> None:
     family: list[ReplicatingCamera] = []
     first = ReplicatingCamera(family, freeze_at={2}, good=threading.Event())
     first.good.set()  # replicas are healthy
-    src = ResilientSource(first, metrics=RuntimeMetrics(), stall_timeout=0.15, sleep=lambda s: None)
+    src = ResilientSource(first, metrics=RuntimeCounters(), stall_timeout=0.15, sleep=lambda s: None)
     got = []
     for frame in src:
         got.append(frame)
@@ -187,7 +187,7 @@ def test_too_many_hung_reads_mark_the_loop_dead_until_one_returns() -> None:
     family: list[ReplicatingCamera] = []
     good = threading.Event()
     first = ReplicatingCamera(family, freeze_at={1}, good=good)  # every read of every replica hangs
-    src = ResilientSource(first, metrics=RuntimeMetrics(), stall_timeout=0.1, max_stuck_reads=2,
+    src = ResilientSource(first, metrics=RuntimeCounters(), stall_timeout=0.1, max_stuck_reads=2,
                           sleep=lambda s: time.sleep(s))
     got: list = []
     thread = threading.Thread(target=lambda: [got.append(f) or src.halt() for f in src], daemon=True)
@@ -213,7 +213,7 @@ def test_too_many_hung_reads_mark_the_loop_dead_until_one_returns() -> None:
 
 def test_waiting_for_a_camera_is_not_a_hang() -> None:
     cam = FreezingCamera(freeze_at={2}, open_failures=1)  # stall, then one failed reopen → 1 s backoff
-    src = ResilientSource(cam, metrics=RuntimeMetrics(), stall_timeout=0.1, backoff_initial=1.0)
+    src = ResilientSource(cam, metrics=RuntimeCounters(), stall_timeout=0.1, backoff_initial=1.0)
     got: list = []
     thread = threading.Thread(target=lambda: [got.append(f) or src.halt() for f in src if cam.opens > 1],
                               daemon=True)
@@ -226,7 +226,7 @@ def test_waiting_for_a_camera_is_not_a_hang() -> None:
 
 
 def test_run_stall_reconnects_and_keeps_feeding_the_watchdog_while_waiting(model: Path) -> None:
-    metrics = RuntimeMetrics()
+    metrics = RuntimeCounters()
     notifier = FakeNotifier(metrics)
     cam = FreezingCamera(freeze_at={4}, open_failures=2)  # frozen read, then unplugged for 0.5 + 1 s backoff
     fps_at_reopen = []
@@ -247,7 +247,7 @@ def test_run_stall_reconnects_and_keeps_feeding_the_watchdog_while_waiting(model
 
 
 def test_run_stops_feeding_the_watchdog_when_reads_hang_for_good(model: Path, caplog) -> None:
-    metrics = RuntimeMetrics()
+    metrics = RuntimeCounters()
     notifier = FakeNotifier(metrics)
     family: list[ReplicatingCamera] = []
     cam = ReplicatingCamera(family, freeze_at={1})
@@ -269,7 +269,7 @@ def test_run_stops_feeding_the_watchdog_when_reads_hang_for_good(model: Path, ca
 
 
 def test_fps_decays_to_zero_without_frames_and_metrics_expose_stalls() -> None:
-    m = RuntimeMetrics(fps_window_s=10.0)
+    m = RuntimeCounters(fps_window_s=10.0)
     for _ in range(11):
         m.record_frame(1.0, 0.0, False)
         time.sleep(0.01)

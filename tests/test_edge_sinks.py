@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.metrics_runtime import RuntimeMetrics
+from edge.counters import RuntimeCounters
 from edge.sinks import (SinkConfig, SinkConfigError, add_sink_arguments, build_sinks, close_sinks,
                         sink_config_from_args)
 from edge.sinks.base import Sink, alarm_id, event_payload
@@ -125,7 +125,7 @@ class _BlockingSink(Sink):
 
 
 def test_full_queue_drops_and_counts_instead_of_blocking():
-    metrics = RuntimeMetrics()
+    metrics = RuntimeCounters()
     sink = _BlockingSink(queue_size=2, metrics=metrics).start()
     sink.handle(make_event(0))
     assert wait_until(sink.entered.is_set, 5)
@@ -346,11 +346,11 @@ def test_webhook_down_then_up_delivers_every_alarm_across_restart(tmp_path):
     assert (stats["queued"], stats["backlog"]) == (2, 0)
     assert first[0].stats()["queued"] == 3 and first[0].stats()["delivered"] == 0
     assert first[0].stats()["failed"] >= 1  # refused connections are failed attempts, not "handled"
-    text = render_metrics(RuntimeMetrics().snapshot(), {"webhook": stats})
+    text = render_metrics(RuntimeCounters().snapshot(), {"webhook": stats})
     assert 'dcam_edge_sink_delivered_total{sink="webhook"} 5' in text
     assert 'dcam_edge_sink_queued_total{sink="webhook"} 2' in text
     assert 'dcam_edge_sink_handled_total{sink="webhook"} 5' in text
-    with StatusServer(RuntimeMetrics(), sinks=second) as server:
+    with StatusServer(RuntimeCounters(), sinks=second) as server:
         import urllib.request
         with urllib.request.urlopen(server.url + "/status", timeout=5) as response:
             status = json.loads(response.read())
@@ -493,7 +493,7 @@ def test_command_runs_argv_without_shell(tmp_path):
 
 
 def test_command_failure_and_timeout_are_counted(tmp_path):
-    metrics = RuntimeMetrics()
+    metrics = RuntimeCounters()
     failing = CommandSink((sys.executable, "-c", "import sys; sys.exit(3)"), metrics=metrics).start()
     failing.handle(make_event(1))
     failing.close(20)

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.metrics_runtime import RuntimeMetrics
+from edge.counters import RuntimeCounters
 from edge.sources import (EndOfInput, LatestFrame, OpenCvSource, RawSource, ResilientSource,
                           Roi, SourceError, SourceFailure, SourceOpenError, make_raw_source)
 
@@ -73,7 +73,7 @@ def test_stream_dies_and_comes_back() -> None:
     # Fails twice (a read error and an OS error), ends unexpectedly once, is unplugged for 3 reopen attempts.
     raw = FakeLive([1, 2, "fail", 3, "oserror", 4, "end", 5, 6], reopen_failures=3)
     # Exhausting the script raises EndOfInput → a live source keeps reconnecting; stop it after frame 6.
-    metrics, clock = RuntimeMetrics(), FakeClock()
+    metrics, clock = RuntimeCounters(), FakeClock()
     src = ResilientSource(raw, metrics=metrics, sleep=clock.sleep, clock=clock, backoff_initial=0.5, backoff_max=2.0)
     got = []
     for f in src:
@@ -89,7 +89,7 @@ def test_stream_dies_and_comes_back() -> None:
 
 
 def test_corrupt_frames_are_counted_not_fatal_and_too_many_reconnect() -> None:
-    metrics = RuntimeMetrics()
+    metrics = RuntimeCounters()
     raw = FakeLive([1, "corrupt", 2, "corrupt", "corrupt", "corrupt", 3])
     src = ResilientSource(raw, metrics=metrics, max_consecutive_corrupt=3, sleep=lambda s: None)
     got = []
@@ -129,7 +129,7 @@ def test_image_directory_and_glob_sorted_with_paths(tmp_path: Path) -> None:
     _write_images(tmp_path / "imgs", ["b.png", "a.png", "c.jpg"])
     (tmp_path / "imgs" / "notes.txt").write_text("not an image")
     (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG garbage")
-    metrics = RuntimeMetrics()
+    metrics = RuntimeCounters()
     frames = list(ResilientSource(make_raw_source(source=str(tmp_path / "imgs")), metrics=metrics))
     assert [Path(f.path).name for f in frames] == ["a.png", "b.png", "c.jpg"]
     assert metrics.corrupt == 1 and metrics.reconnects == 0
@@ -143,7 +143,7 @@ def test_video_file_end_is_end_of_input_and_roi_crops(tmp_path: Path) -> None:
     for i in range(7):
         w.write(np.full((24, 32, 3), 30 * i, np.uint8))
     w.release()
-    metrics = RuntimeMetrics()
+    metrics = RuntimeCounters()
     raw = make_raw_source(source=str(path))
     assert not raw.live
     frames = list(ResilientSource(raw, metrics=metrics, roi=Roi.parse("2,4,16,8")))
@@ -167,7 +167,7 @@ def test_roi_and_source_option_errors(tmp_path: Path) -> None:
 
 def test_latest_frame_drops_stale_frames() -> None:
     """A fast producer with a slow consumer: only the newest frame is handed out, drops are counted."""
-    metrics = RuntimeMetrics()
+    metrics = RuntimeCounters()
     n = 50
 
     class Burst(RawSource):

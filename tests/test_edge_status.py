@@ -1,4 +1,4 @@
-"""Status endpoint: /metrics parsed as Prometheus text and checked against RuntimeMetrics inputs,
+"""Status endpoint: /metrics parsed as Prometheus text and checked against RuntimeCounters inputs,
 /healthz 200/503, /latest.jpg decodes; config merging.  Only 127.0.0.1, every request has a timeout."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.metrics_runtime import RuntimeMetrics
+from edge.counters import RuntimeCounters
 from edge.status import (PROMETHEUS_CONTENT_TYPE, StatusConfig, StatusError, StatusServer, add_status_arguments,
                          health, render_metrics, status_config_from_args)
 
@@ -75,8 +75,8 @@ def value(samples, name, **labels) -> float:
 
 
 @pytest.fixture
-def fed_metrics() -> tuple[RuntimeMetrics, list[float], np.ndarray]:
-    m = RuntimeMetrics(latency_window=50)
+def fed_metrics() -> tuple[RuntimeCounters, list[float], np.ndarray]:
+    m = RuntimeCounters(latency_window=50)
     latencies = [float(x) for x in np.random.default_rng(0).uniform(5, 80, 70)]  # more than the window
     for i, lat in enumerate(latencies):
         m.record_frame(lat, score=0.01 * i, alarm_active=i == len(latencies) - 1)
@@ -138,7 +138,7 @@ def test_metrics_endpoint_matches_fed_runtime_metrics(fed_metrics):
 
 
 def test_metrics_before_any_frame_are_nan_not_errors():
-    samples, _ = parse_prometheus(render_metrics(RuntimeMetrics().snapshot()))
+    samples, _ = parse_prometheus(render_metrics(RuntimeCounters().snapshot()))
     assert value(samples, "frames_total") == 0
     assert math.isnan(value(samples, "fps")) and math.isnan(value(samples, "latency_seconds", quantile="0.99"))
 
@@ -154,7 +154,7 @@ def test_healthz_ok_stalled_and_starting(fed_metrics):
         assert json.loads(body)["last_frame_age_s"] >= 31.0
         code, _, body = get(server.url + "/nope")
         assert code == 404
-    with StatusServer(RuntimeMetrics()) as server:
+    with StatusServer(RuntimeCounters()) as server:
         code, _, body = get(server.url + "/healthz")
         assert code == 503 and json.loads(body)["status"] == "starting"
 
@@ -168,7 +168,7 @@ def test_health_boundary_is_stall_seconds():
 
 def test_latest_jpg_404_then_decodes(fed_metrics):
     m, _, overlay = fed_metrics
-    empty = RuntimeMetrics()
+    empty = RuntimeCounters()
     with StatusServer(empty) as server:
         assert get(server.url + "/latest.jpg")[0] == 404
         empty.set_latest_jpeg(m.latest_jpeg())
@@ -200,7 +200,7 @@ def test_status_config_flags_override_file_and_errors():
                                   {"port": 1, "host": "0.0.0.0", "stall_s": 30})
     assert cfg == StatusConfig(port=9811, host="0.0.0.0", stall_s=30.0)
     assert status_config_from_args(parser.parse_args([]), None) == StatusConfig()
-    assert StatusServer.from_config(StatusConfig(), RuntimeMetrics()) is None  # disabled by default
+    assert StatusServer.from_config(StatusConfig(), RuntimeCounters()) is None  # disabled by default
     with pytest.raises(StatusError, match=r"\[status\] prot: unknown key"):
         status_config_from_args(parser.parse_args([]), {"prot": 1})
     with pytest.raises(StatusError, match="--status-stall-s"):
@@ -209,7 +209,7 @@ def test_status_config_flags_override_file_and_errors():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         with pytest.raises(StatusError, match="cannot listen"):
-            StatusServer(RuntimeMetrics(), port=busy.getsockname()[1])
+            StatusServer(RuntimeCounters(), port=busy.getsockname()[1])
 
 
 # ---- service files (edge/service) ---------------------------------------------------------------------

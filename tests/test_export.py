@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge.calibration import calibrate_thresholds
+from edge.thresholds import calibrate_thresholds
 from edge.engines import load_engine
 from edge.manifest import load_manifest, manifest_path_for, sha256_file
 from edge.preprocess import load_image
@@ -79,8 +79,12 @@ def test_manifest_schema_and_provenance(tiny_export, run_model, synthetic_root):
     for name in SIX:
         path = tiny_export / name
         m = load_manifest(path).data  # one flat dict per file, whatever edge.manifest's on-disk layout
-        assert m["schema_version"] == 1 and m["model_file"] == name and m["model_sha256"] == sha256_file(path)
+        assert m["schema_version"] == 2 and m["model_file"] == name and m["model_sha256"] == sha256_file(path)
         assert m["format"] == {"onnx": "onnx", "xml": "openvino", "tflite": "tflite"}[name.rsplit(".", 1)[1]]
+        # Output names resolved at export by the engine that evaluated the file; the runtime reads them back.
+        engines = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}
+        assert m["runtime"]["engine"] == engines[m["format"]]
+        assert load_engine(path).graph_io.to_json() == m["graph_io"] and "score" in m["graph_io"]["score"]
         assert m["runtime"]["inference_precision_hint"] == "f32"
         assert m["input"]["shape"] == [1, 3, 64, 64] and m["input"]["layout"] == "NCHW"
         assert m["input"]["dtype"] == "float32" and m["input"]["color"] == "RGB"

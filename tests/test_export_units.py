@@ -9,11 +9,13 @@ import pytest
 import torch
 from torch import nn
 
+from edge.formats import model_filename
 from edge.preprocess import PreprocessSpec, load_image
-from export.calibration_data import CalibrationWarning, load_export_data
-from export.config import ExportConfig, ExportError, model_filename
+from export.config import ExportConfig, ExportError
+from export.datasets import CalibrationWarning, load_export_data
 from export.graph import conv_bn_pairs, fold_batchnorm, fuse_module, remaining_batchnorms
-from export.guard import average_ranks, guard_violations, pearson, spearman
+from edge.accuracy import average_ranks, pearson, spearman
+from export.guard import guard_violations
 from export.head_scope import GraphNode, find_head, is_ones_vector_product, is_single_axis_reduction
 from train.models.head import DistanceHead, pyramid_cosine_head
 
@@ -196,7 +198,7 @@ def test_rank_statistics_match_scipy():
     rng = np.random.default_rng(0)
     a = rng.normal(size=50)
     b = np.round(a + rng.normal(scale=0.5, size=50), 1)  # ties in b
-    np.testing.assert_allclose(average_ranks(b), scipy_stats.rankdata(b) - 1)
+    np.testing.assert_allclose(average_ranks(b), scipy_stats.rankdata(b))
     assert spearman(a, b) == pytest.approx(scipy_stats.spearmanr(a, b)[0], abs=1e-12)
     assert pearson(a, b) == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-12)
     assert np.isnan(pearson(a, np.ones(50)))
@@ -225,10 +227,11 @@ def test_guard_violations(precision, acc, expected):
 
 
 def test_config_names_and_errors():
+    from export.pipeline import plan_files
     cfg = ExportConfig(run="r", out="o")
-    assert [name for _, _, name in cfg.files()] == ["dcam.onnx", "dcam.int8.onnx", "dcam.xml", "dcam.int8.xml",
-                                                    "dcam.tflite", "dcam.int8.tflite"]
-    assert model_filename("openvino", "int8") == "dcam.int8.xml"
+    assert [name for _, _, name in plan_files(cfg)] == ["dcam.onnx", "dcam.int8.onnx", "dcam.xml", "dcam.int8.xml",
+                                                        "dcam.tflite", "dcam.int8.tflite"]
+    assert model_filename("dcam", "openvino", "int8") == "dcam.int8.xml"
     with pytest.raises(ExportError, match="--formats: unknown value.*expected one or more of onnx, openvino, tflite"):
         ExportConfig(run="r", out="o", formats="onnx,coreml")
     with pytest.raises(ExportError, match="--precisions"):
@@ -237,6 +240,54 @@ def test_config_names_and_errors():
         ExportConfig(run="r", out="o", target_fpr=0.0)
     with pytest.raises(ExportError, match="--openvino-bias-correction: expected one of full, fast"):
         ExportConfig(run="r", out="o", openvino_bias_correction="none")
+
+
+def test_each_format_checks_only_its_own_options():
+    with pytest.raises(ExportError, match="--tflite-int8: expected one of static, dynamic, got 'none'"):
+        ExportConfig(run="r", out="o", formats="tflite", tflite_int8="none")
+    cfg = ExportConfig(run="r", out="o", formats="onnx", tflite_int8="none")  # not exported: not read
+    assert cfg.format_options("onnx") == {"onnx_int8_scope": "backbone", "onnx_calibration": "minmax"}
+    assert cfg.format_options("openvino") == {"openvino_bias_correction": "full"}
+
+
+def test_every_format_has_a_writer_module_and_its_options_are_config_fields():
+    import dataclasses as dc
+    import importlib
+
+    from edge.formats import FORMATS
+    fields = {f.name for f in dc.fields(ExportConfig)}
+    for fmt in FORMATS.values():
+        module = importlib.import_module(fmt.writer)
+        assert callable(module.write_fp32) and callable(module.write_int8), fmt.name
+        assert {o.field for o in fmt.options} <= fields
+
+
+def test_writers_share_timing_size_and_one_line_failures(tmp_path):
+    from export.writers import WriteJob, try_export
+
+    @try_export("openvino", "fp32")
+    def writes(job):
+        job.path.write_bytes(b"12345")
+        job.path.with_suffix(".bin").write_bytes(b"678")
+
+    written = writes(WriteJob(graph=None, path=tmp_path / "dcam.xml"))
+    assert written.size_bytes == 8 and written.seconds >= 0 and written.quantization is None
+    assert (written.format, written.precision, written.path) == ("openvino", "fp32", tmp_path / "dcam.xml")
+
+    @try_export("onnx", "int8")
+    def fails(job):
+        raise RuntimeError("converter exploded\nwith a long C++ trace\nbelow")
+
+    with pytest.raises(ExportError, match=r"^\S*dcam.int8.onnx: onnx int8 export failed \(RuntimeError: converter "
+                                          r"exploded\)$"):
+        fails(WriteJob(graph=None, path=tmp_path / "dcam.int8.onnx"))
+
+    @try_export("onnx", "fp32")
+    def refuses(job):
+        raise ExportError("dcam.onnx: BatchNormalization nodes left after folding: ['bn']")
+
+    with pytest.raises(ExportError, match=r"^dcam.onnx: BatchNormalization nodes left"):  # ours: unchanged
+        refuses(WriteJob(graph=None, path=tmp_path / "dcam.onnx"))
 
 
 def test_calib_data_folder_without_the_runs_dataset(tmp_path):

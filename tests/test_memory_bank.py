@@ -12,7 +12,7 @@ from tests.conftest import tiny_train_config
 
 
 def test_nearest_distance_map_equals_brute_force_nearest_neighbour() -> None:
-    from train.models.memory_bank import nearest_distance_map
+    from train.models.knn.model import nearest_distance_map
 
     g = torch.Generator().manual_seed(0)
     patches = torch.randn(2, 5, 3, 4, generator=g) * 3
@@ -25,7 +25,7 @@ def test_nearest_distance_map_equals_brute_force_nearest_neighbour() -> None:
 
 
 def test_greedy_coreset_is_the_k_center_sequence_and_covers_outliers() -> None:
-    from train.models.memory_bank import greedy_coreset
+    from train.models.knn.model import greedy_coreset
 
     g = torch.Generator().manual_seed(1)
     points = torch.cat([torch.randn(200, 4, generator=g) * 0.1, torch.tensor([[50.0, 0, 0, 0], [0, -50.0, 0, 0]])])
@@ -40,7 +40,7 @@ def test_greedy_coreset_is_the_k_center_sequence_and_covers_outliers() -> None:
 
 
 def test_patch_features_average_neighbourhood_and_align_levels() -> None:
-    from train.models.memory_bank import PatchFeatures
+    from train.models.knn.model import PatchFeatures
 
     class Levels(torch.nn.Module):
         channels = [1, 2, 3]
@@ -63,7 +63,7 @@ def test_knn_fits_without_gradients_evaluates_and_exports(synthetic_root, tmp_pa
     from train.trainer import train
 
     cfg = tiny_train_config(synthetic_root, tmp_path / "knn", epochs=5,
-                            model=ModelConfig(method="knn", backbone="efficientnet_lite0", knn_bank_size=300))
+                            model=ModelConfig(method="knn", backbone="efficientnet_lite0", knn=dict(bank_size=300)))
     run = train(cfg)
     history = json.loads((run / "history.json").read_text())
     assert len(history) == 1 and history[0]["val_loss"] > 0  # one pass, not 5 epochs
@@ -90,7 +90,7 @@ def test_knn_rejects_bad_levels() -> None:
     with pytest.raises(ValueError, match="--levels: rd"):
         ModelConfig(method="rd", levels=(1, 2))
     with pytest.raises(ValueError, match="--knn-coreset"):
-        ModelConfig(method="knn", knn_coreset="kmeans")
+        ModelConfig(method="knn", knn=dict(coreset="kmeans"))
 
 
 def test_levels_flag_takes_several_values_and_knn_defaults_to_strides_8_and_16() -> None:

@@ -11,7 +11,7 @@ import pytest
 from edge.preprocess import (ImageReadError, PreprocessSpec, bgr_to_rgb, decode_image, load_image, load_mask,
                              preprocess_rgb)
 from edge.sources import ImageFilesSource
-from export.calibration_data import load_image_set
+from export.datasets import load_image_set
 from train.data import ImageDataset, list_train_samples
 
 SPEC = PreprocessSpec.for_normalization("half", 64)

@@ -94,3 +94,31 @@ def test_default_dcam_student_batchnorm_follows_its_fast_changing_weights() -> N
     assert momenta("paper") == ({0.01}, {0.01})
     with pytest.raises(ValueError, match="--student-bn-momentum"):
         ModelConfig(student_bn_momentum=0.0)
+
+
+def test_methods_and_presets_come_from_the_registry() -> None:
+    from train.models import METHOD_REGISTRY, MethodSpec, register_method
+    assert METHODS == tuple(METHOD_REGISTRY) and set(METHODS) == {"stfpm", "dcam", "rd", "dskd", "mrkd", "knn"}
+    for method, spec in METHOD_REGISTRY.items():
+        assert spec.model_class().__name__ in spec.model  # every registered model module imports
+        assert METHOD_PRESETS[method] == dict(spec.paper_model) and TRAIN_PRESETS[method] == dict(spec.paper_train)
+    with pytest.raises(ValueError, match="registered twice"):
+        register_method(MethodSpec(name="dcam", paper="", model="dcam.model:STFPMModel"))
+    with pytest.raises(ValueError, match="--method: unknown method 'nope'; expected one of stfpm, dcam"):
+        ModelConfig(method="nope")
+
+
+def test_method_options_are_their_own_group_with_flags_and_old_flat_runs_migrate(tmp_path) -> None:
+    from train.cli import build_parser, config_from_args
+    from train.runs import load_config
+    cfg = config_from_args(build_parser().parse_args(
+        ["--data", "x", "--method", "dskd", "--rd-loss-mode", "flat", "--dskd-g", "0", "--no-mrkd-fmm"]))
+    assert (cfg.model.rd.loss_mode, cfg.model.dskd.g, cfg.model.mrkd.fmm, cfg.model.knn.bank_size) == \
+        ("flat", 0, False, 16384)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # saved and loaded as one group
+    saved = cfg.to_dict()
+    model = saved["model"]
+    for group in ("rd", "dskd", "mrkd", "knn"):  # the layout runs were saved in before the registry
+        model.update({f"{group}_{k}": v for k, v in model.pop(group).items()})
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert load_config(tmp_path) == cfg

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from train.config import ModelConfig
 from train.models import build_model
 from train.models.decoder import ReverseDecoder, decoder_spec
-from train.models.dskd import GlobalContextCondensingBlock
-from train.models.mrkd import FeatureMaskModule
-from train.models.rd import MultiScaleFusion, OneClassBottleneck
-from train.models.rd_loss import contextual_affinity_loss, contextual_affinity_map, cosine_loss
-from train.models.scsatt import CRU, SRU, SCSAtt, SimAM
+from train.models.dskd.model import GlobalContextCondensingBlock
+from train.models.mrkd.model import FeatureMaskModule
+from train.models.rd.model import MultiScaleFusion, OneClassBottleneck
+from train.models.rd.loss import contextual_affinity_loss, contextual_affinity_map, cosine_loss
+from train.models.mrkd.scsatt import CRU, SRU, SCSAtt, SimAM
 
 SIZE = 64
 METHODS = ("rd", "dskd", "mrkd")
@@ -169,7 +169,7 @@ def test_fmm_is_training_only_and_absent_from_inference() -> None:
     assert "fmm" not in parts
     inference = model.inference_model()
     assert not any(isinstance(m, FeatureMaskModule) for m in inference.modules())
-    no_fmm = tiny_model("mrkd", mrkd_fmm=False, mrkd_scconv=False, mrkd_simam=False)
+    no_fmm = tiny_model("mrkd", mrkd=dict(fmm=False, scconv=False, simam=False))
     assert no_fmm.fmm is None and no_fmm.bottleneck.attention is None
 
 
@@ -183,12 +183,12 @@ def test_rd_family_blurs_with_sigma_4_unless_set(method: str) -> None:
     assert ModelConfig(method="dcam", preset="paper").blur_sigma == 0.0
 
 
-@pytest.mark.parametrize("field, value, flag", [("dskd_global_loss", "kl", "--dskd-global-loss"),
-                                                ("mrkd_mask_rate", 1.0, "--mrkd-mask-rate"),
-                                                ("rd_loss_mode", "mse", "--rd-loss-mode")])
-def test_bad_rd_options_name_the_flag(field: str, value, flag: str) -> None:
+@pytest.mark.parametrize("group, field, value, flag", [("dskd", "global_loss", "kl", "--dskd-global-loss"),
+                                                       ("mrkd", "mask_rate", 1.0, "--mrkd-mask-rate"),
+                                                       ("rd", "loss_mode", "mse", "--rd-loss-mode")])
+def test_bad_rd_options_name_the_flag(group: str, field: str, value, flag: str) -> None:
     with pytest.raises(ValueError, match=flag):
-        build_model(ModelConfig(method="dskd", pretrained=False, **{field: value}))
+        build_model(ModelConfig(method="dskd", pretrained=False, **{group: {field: value}}))
 
 
 # --- training step -----------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ def test_bad_rd_options_name_the_flag(field: str, value, flag: str) -> None:
     ("dskd", "resnet18", {}),
     ("mrkd", "resnet18", {}),
     ("rd", "efficientnet_lite0", {}),
-    ("dskd", "efficientnet_lite0", dict(dskd_local_loss="ca", dskd_global_loss="pi", dskd_g=0)),
+    ("dskd", "efficientnet_lite0", dict(dskd=dict(local_loss="ca", global_loss="pi", g=0))),
 ])
 def test_one_training_step(method: str, backbone: str, fields: dict) -> None:
     model = tiny_model(method, backbone, **fields)

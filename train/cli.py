@@ -14,7 +14,8 @@ import sys
 import typing
 from typing import Any
 
-from .config import METHODS, ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig
+from .models import METHODS
 
 HELP = {
     "data": "dataset root in MVTec AD layout (<category>/train/good, test/<defect>, ground_truth/<defect>)",
@@ -43,17 +44,25 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_fields(parser: argparse.ArgumentParser, cls: type, skip: set[str]) -> None:
+def _add_fields(parser: argparse.ArgumentParser, cls: type, skip: set[str], dest: str = "", prefix: str = "") -> None:
+    """One flag per dataclass field; a method's option group (ModelConfig.rd, ...) becomes --rd-<option>."""
     hints = typing.get_type_hints(cls)
+    dest = dest or cls.__name__
     for field in dataclasses.fields(cls):
         if field.name in skip:
             continue
         hint = hints[field.name]
+        if dataclasses.is_dataclass(hint):
+            _add_fields(parser, hint, set(), f"{dest}.{field.name}", f"{prefix}{field.name}_")
+            continue
+        name = prefix + field.name
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        kwargs: dict[str, Any] = {"dest": f"{cls.__name__}.{field.name}", "default": argparse.SUPPRESS,
-                                  "help": f"{HELP.get(field.name, field.name.replace('_', ' '))} (default: {default})"}
+        kwargs: dict[str, Any] = {"dest": f"{dest}.{field.name}", "default": argparse.SUPPRESS,
+                                  "help": f"{HELP.get(name, name.replace('_', ' '))} (default: {default})"}
         args = typing.get_args(hint)
         base = next((a for a in args if a is not type(None)), hint) if args and type(None) in args else hint
+        if base is not bool:
+            kwargs["metavar"] = name.upper()
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(base) is tuple:
@@ -61,7 +70,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, skip: set[str]) -> N
             kwargs.update(nargs="+" if Ellipsis in items else len(items), type=items[0])
         else:
             kwargs["type"] = base
-        parser.add_argument(_flag(field.name), **kwargs)
+        parser.add_argument(_flag(name), **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,10 +85,14 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
     train_kwargs: dict[str, Any] = {}
     model_kwargs: dict[str, Any] = {}
     for key, value in vars(ns).items():
-        if key.startswith("TrainConfig."):
-            train_kwargs[key.split(".", 1)[1]] = value
-        elif key.startswith("ModelConfig."):
-            model_kwargs[key.split(".", 1)[1]] = value
+        owner, _, path = key.partition(".")
+        target = {"TrainConfig": train_kwargs, "ModelConfig": model_kwargs}.get(owner)
+        if target is None:
+            continue
+        *groups, name = path.split(".")
+        for group in groups:  # a method's option group: ModelConfig.rd.loss_mode → model_kwargs["rd"]["loss_mode"]
+            target = target.setdefault(group, {})
+        target[name] = value
     if not train_kwargs.get("data"):
         raise ValueError("--data is required (a dataset root in MVTec AD layout)")
     return TrainConfig(model=ModelConfig(**model_kwargs), **train_kwargs)

@@ -7,42 +7,33 @@ from typing import Any
 
 from edge.preprocess import RESIZE_METHODS
 
-METHODS = ("stfpm", "dcam", "rd", "dskd", "mrkd", "knn")
-CORESETS = ("greedy", "random")
-LR_SCHEDULES = ("constant", "cosine")
-REVERSE_DISTILLATION_METHODS = ("rd", "dskd", "mrkd")
-RD_LOSS_MODES = ("pixel", "flat")  # RD Eq. 2 per position | the official RD4AD code's flattened maps
-STUDENT_LOSSES = ("pi", "ca")  # DSKD Table 5: per-pixel cosine | contextual affinity
-ATTENTIONS = ("none", "channel", "spatial", "both")
+from .models import METHOD_REGISTRY, METHODS, method_spec  # noqa: F401  (METHODS re-exported)
+from .models.dskd import DSKDOptions
+from .models.knn import KNNOptions
+from .models.mrkd import MRKDOptions
+from .models.rd import RDOptions
 
+# ModelConfig fields holding a method's own option dataclass: CLI flags --<field>-<option>, TOML [model.<field>].
+METHOD_OPTIONS: dict[str, type] = {"rd": RDOptions, "dskd": DSKDOptions, "mrkd": MRKDOptions, "knn": KNNOptions}
+
+LR_SCHEDULES = ("constant", "cosine")
+ATTENTIONS = ("none", "channel", "spatial", "both")
 PRESETS = ("default", "paper")
 
-# Paper presets fill every field left as None (DCAM paper Table 6 best row; STFPM = Table 1 baseline).
-METHOD_PRESETS: dict[str, dict[str, Any]] = {
-    "stfpm": dict(attention="none", loss_mse=1.0, loss_channel_cosine=0.0, loss_spatial_cosine=0.0,
-                  loss_channel_kl=0.0, loss_spatial_kl=0.0),
-    "dcam": dict(attention="channel", loss_mse=0.0, loss_channel_cosine=1.0, loss_spatial_cosine=0.0,
-                 loss_channel_kl=0.0, loss_spatial_kl=0.5),
-    # Reverse-distillation family: RD, DSKD and masked RD smooth the map with a Gaussian σ = 4 before the max.
-    "rd": dict(blur_sigma=4.0),
-    "dskd": dict(blur_sigma=4.0),
-    "mrkd": dict(blur_sigma=4.0),
-    "knn": dict(blur_sigma=4.0, levels=(1, 2)),  # PatchCore: strides 8 + 16, map smoothed with σ = 4
-}
-# The "default" preset: the paper's values, overridden where real-image measurements (bench-quality, README
-# "Measured quality") found better ones at the 20-epoch CPU budget. `--preset paper` gives the paper exactly.
-MEASURED_METHOD_PRESETS: dict[str, dict[str, Any]] = {
-    method: dict(student_bn_momentum=0.1, blur_sigma=4.0, levels=(1, 2)) for method in ("stfpm", "dcam")
-}
+# Paper presets fill every field left as None; the "default" preset adds the overrides real-image measurements
+# (bench-quality, README "Measured quality") found better at the 20-epoch CPU budget. Both live in each method's
+# MethodSpec (train/models/<method>/config.py); these views are read by the configuration and the tests.
+METHOD_PRESETS: dict[str, dict[str, Any]] = {m: dict(s.paper_model) for m, s in METHOD_REGISTRY.items()}
 
 
 def method_preset(method: str, preset: str) -> dict[str, Any]:
     """The model fields a method's preset fills (paper values, plus the measured overrides for "default")."""
     if preset not in PRESETS:
         raise ValueError(f"--preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
-    values = dict(METHOD_PRESETS.get(method, {}))
+    spec = method_spec(method)
+    values = dict(spec.paper_model)
     if preset == "default":
-        values.update(MEASURED_METHOD_PRESETS.get(method, {}))
+        values.update(spec.measured_model)
     return values
 
 
@@ -63,11 +54,19 @@ class ModelConfig:
     attention_kernel: int = 7  # spatial attention conv, paper: 7×7
     attention_at_inference: bool = False  # the paper drops it; keep it to measure that choice
     # BatchNorm momentum of a random-init student (None = the backbone's own: Lite0 keeps TF's 0.01, whose running
-    # statistics lag far behind a student that changes fast in a short training; measured: see MEASURED_METHOD_PRESETS).
+    # statistics lag far behind a student that changes fast in a short training; measured: see train/models/dcam/config.py).
     student_bn_momentum: float | None = None
     # Teacher levels the student shares (frozen) instead of computing them: 0 = a whole student (the papers);
     # 1 = the student maps the teacher's stride-4 features to strides 8 and 16 (fewer layers to learn).
     student_shared_levels: int | None = None
+    # Forward distillation (stfpm/dcam): what teacher and student maps are compared as. Standardise each channel by
+    # the teacher's mean/std over the training normals (else a few large channels decide the cosine); average over
+    # a p×p neighbourhood (PatchCore's local aggregation, so the student predicts what is predictable in a texture).
+    feature_standardize: bool | None = None
+    feature_neighbourhood: int | None = None
+    # Hard feature loss (EfficientAD §3.2): only positions whose distance is above this quantile of the batch's
+    # distances count in the channel-cosine / MSE terms (0 = every position, the papers' mean).
+    loss_hard_quantile: float | None = None
     # Feature-matching loss weights (paper §3.2–3.3 and STFPM's L2-normalised MSE).
     loss_channel_cosine: float | None = None
     loss_spatial_cosine: float | None = None
@@ -79,31 +78,17 @@ class ModelConfig:
     kl_reduction: str = "mean"
     # Inference head: Gaussian blur σ before the image max (0 = off; None = method preset: RD family 4, else 0).
     blur_sigma: float | None = None
-    # --- reverse-distillation family (rd / dskd / mrkd) fields: below this line ---
-    # RD (Deng & Li 2022): "pixel" = Eq. 2, mean over positions of 1 − cos along C; "flat" = the official
-    # RD4AD code, 1 − cos of each level's flattened C·h·w map. Used by rd, mrkd and DSKD's "pi" students.
-    rd_loss_mode: str = "pixel"
-    # Residual blocks of the one-class bottleneck's stride-2 stage; 0 = RD's count (3 Bottleneck / 2 BasicBlock).
-    rd_bottleneck_layers: int = 0
-    # DSKD: GCCB channels g (Table 6; 0 = no GCCB, "w/o"; g equal to the bottleneck width = no 1×1 convs).
-    dskd_g: int = 1024
-    dskd_temperature: float = 1.0  # T of the contextual affinity, Eq. 4 and 6 (paper: 1)
-    dskd_local_loss: str = "pi"  # "pi" per-pixel cosine (Eq. 2) | "ca" contextual affinity (Eq. 7); Table 5
-    dskd_global_loss: str = "ca"
-    # Masked RD: feature-mask module (FMM, §3.7) and SCSAtt parts (Tables 5–6 ablations).
-    mrkd_fmm: bool = True
-    mrkd_mask_rate: float = 0.2  # λ, share of masked positions (not in the paper; Jiang et al.'s MRKD code: 0.2)
-    mrkd_fmm_weight: float = 1.0  # weight of the FMM term next to the direct decoder term
-    mrkd_scconv: bool = True
-    mrkd_simam: bool = True
-    # Memory bank (knn, PatchCore): p×p local averaging, bank entries, how they are selected.
-    knn_neighbourhood: int = 3
-    knn_bank_size: int = 16384
-    knn_coreset: str = "greedy"
+    # Each method's own options (train/models/<method>/config.py); the RD family (rd, dskd, mrkd) reads `rd`.
+    rd: RDOptions = field(default_factory=RDOptions)
+    dskd: DSKDOptions = field(default_factory=DSKDOptions)
+    mrkd: MRKDOptions = field(default_factory=MRKDOptions)
+    knn: KNNOptions = field(default_factory=KNNOptions)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"--method: unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
+        method_spec(self.method)  # an unknown --method fails here, with the list of known ones
+        for name, cls in METHOD_OPTIONS.items():
+            if isinstance(getattr(self, name), dict):  # from JSON / TOML
+                setattr(self, name, cls(**getattr(self, name)))
         for key, value in method_preset(self.method, self.preset).items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
@@ -115,9 +100,8 @@ class ModelConfig:
         if not self.levels or sorted(set(self.levels)) != list(self.levels) or not set(self.levels) <= {0, 1, 2}:
             raise ValueError(f"--levels: expected increasing distinct teacher levels from 0 (stride 4), 1 (stride 8), "
                              f"2 (stride 16), got {list(self.levels)}")
-        if self.method in REVERSE_DISTILLATION_METHODS and self.levels != (0, 1, 2):
+        if method_spec(self.method).needs_all_levels and self.levels != (0, 1, 2):
             raise ValueError(f"--levels: {self.method} reconstructs all three teacher levels; expected 0 1 2")
-        self._check_reverse_distillation_fields()
         if self.attention is None:
             self.attention = "none"
         if self.attention not in ATTENTIONS:
@@ -136,60 +120,44 @@ class ModelConfig:
         if not 0 <= self.student_shared_levels <= 2 or min(self.levels) < self.student_shared_levels:
             raise ValueError(f"--student-shared-levels: expected 0 .. {min(self.levels)} (a shared level is not "
                              f"distilled; --levels {' '.join(map(str, self.levels))}), got {self.student_shared_levels}")
+        self.feature_standardize = bool(self.feature_standardize)
+        if self.feature_neighbourhood is None:
+            self.feature_neighbourhood = 1
+        if self.feature_neighbourhood < 1 or self.feature_neighbourhood % 2 == 0:
+            raise ValueError(f"--feature-neighbourhood: expected an odd size >= 1, got {self.feature_neighbourhood}")
+        if self.loss_hard_quantile is None:
+            self.loss_hard_quantile = 0.0
+        if not 0.0 <= self.loss_hard_quantile < 1.0:
+            raise ValueError(f"--loss-hard-quantile: expected a value in [0, 1), got {self.loss_hard_quantile}")
         if self.student_bn_momentum is not None and not 0 < self.student_bn_momentum <= 1:
             raise ValueError(f"--student-bn-momentum: expected a value in (0, 1], got {self.student_bn_momentum}")
 
-    def _check_reverse_distillation_fields(self) -> None:
-        checks = [
-            (self.rd_loss_mode in RD_LOSS_MODES,
-             f"--rd-loss-mode: expected one of {', '.join(RD_LOSS_MODES)}, got {self.rd_loss_mode!r}"),
-            (self.rd_bottleneck_layers >= 0,
-             f"--rd-bottleneck-layers: expected >= 0 (0 = RD's count), got {self.rd_bottleneck_layers}"),
-            (self.dskd_g >= 0, f"--dskd-g: expected >= 0 (0 = no GCCB), got {self.dskd_g}"),
-            (self.dskd_temperature > 0, f"--dskd-temperature: expected > 0, got {self.dskd_temperature}"),
-            (self.dskd_local_loss in STUDENT_LOSSES,
-             f"--dskd-local-loss: expected one of {', '.join(STUDENT_LOSSES)}, got {self.dskd_local_loss!r}"),
-            (self.dskd_global_loss in STUDENT_LOSSES,
-             f"--dskd-global-loss: expected one of {', '.join(STUDENT_LOSSES)}, got {self.dskd_global_loss!r}"),
-            (0.0 <= self.mrkd_mask_rate < 1.0, f"--mrkd-mask-rate: expected a value in [0, 1), got {self.mrkd_mask_rate}"),
-            (self.mrkd_fmm_weight >= 0, f"--mrkd-fmm-weight: expected >= 0, got {self.mrkd_fmm_weight}"),
-            (self.knn_neighbourhood >= 1 and self.knn_neighbourhood % 2 == 1,
-             f"--knn-neighbourhood: expected an odd size >= 1, got {self.knn_neighbourhood}"),
-            (self.knn_bank_size >= 1, f"--knn-bank-size: expected >= 1, got {self.knn_bank_size}"),
-            (self.knn_coreset in CORESETS,
-             f"--knn-coreset: expected one of {', '.join(CORESETS)}, got {self.knn_coreset!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
 
-
-# Optimiser / schedule defaults per method: DCAM §4.2 (SGD lr 0.1, 400 epochs, batch 32; STFPM uses DCAM's
-# settings for a fair comparison), RD (Deng & Li 2022: Adam lr 0.005, betas (0.5, 0.999), 200 epochs, batch 16),
-# DSKD follows RD, masked RD §4.2 (Adam lr 1e-3).
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "stfpm": dict(optimizer="sgd", lr=0.1, epochs=400, batch_size=32),
-    "dcam": dict(optimizer="sgd", lr=0.1, epochs=400, batch_size=32),
-    "rd": dict(optimizer="adam", lr=0.005, epochs=200, batch_size=16),
-    "dskd": dict(optimizer="adam", lr=0.005, epochs=200, batch_size=16),
-    # Masked RD §4.2: Adam lr 1e-3 (its L2 regularisation has no stated coefficient: none here).
-    "mrkd": dict(optimizer="adam", lr=0.001, epochs=200, batch_size=16),
-    # knn is fitted in one pass, not trained: epochs / optimizer are unused.
-    "knn": dict(optimizer="adam", lr=0.001, epochs=1, batch_size=16),
-}
-MEASURED_TRAIN_PRESETS: dict[str, dict[str, Any]] = {}
+# Optimiser / schedule defaults per method (each MethodSpec's paper_train; measured overrides in measured_train).
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {m: dict(s.paper_train) for m, s in METHOD_REGISTRY.items()}
 
 
 def train_preset(method: str, preset: str) -> dict[str, Any]:
     """Optimiser / schedule preset of a method (paper values, plus the measured overrides for "default")."""
-    values = dict(lr_schedule="constant", **TRAIN_PRESETS.get(method, TRAIN_PRESETS["dcam"]))
+    spec = method_spec(method)
+    values = dict(lr_schedule="constant", **spec.paper_train)
     if preset == "default":
-        values.update(MEASURED_TRAIN_PRESETS.get(method, {}))
+        values.update(spec.measured_train)
     return values
 
 
 # Learning rate when only --optimizer is overridden: that optimizer's paper default (DCAM for SGD, RD for Adam).
 TRAIN_PRESETS_BY_OPTIMIZER = {p["optimizer"]: p["lr"] for p in (TRAIN_PRESETS["dcam"], TRAIN_PRESETS["rd"])}
+
+
+def nest_method_options(model_fields: dict[str, Any]) -> dict[str, Any]:
+    """Runs saved before the method registry kept method options flat (rd_loss_mode): move them into their group."""
+    out = {k: v for k, v in model_fields.items()}
+    for group in METHOD_OPTIONS:
+        flat = {k[len(group) + 1:]: out.pop(k) for k in list(out) if k.startswith(group + "_")}
+        if flat:
+            out[group] = {**flat, **dict(out.get(group) or {})}
+    return out
 
 
 @dataclass
@@ -265,6 +233,6 @@ class TrainConfig:
         model_fields.setdefault("preset", "paper")
         d.setdefault("lr_schedule", "constant")
         d.setdefault("resize", "linear")
-        model = ModelConfig(**model_fields)
+        model = ModelConfig(**nest_method_options(model_fields))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(model=model, **{k: v for k, v in d.items() if k in known})

@@ -1,8 +1,8 @@
 """``dcam-eval``: score a run's model on MVTec-layout test sets and report the standard metrics.
 
 Per category: image AUROC, pixel AUROC, AU-PRO up to FPR 0.3 (MVTec AD, Bergmann et al. IJCV 2021),
-image F1-max, and the measured inference time. Metrics come from edge.metrics (numpy only), so export
-and bench can reuse ``evaluate_scores`` on the outputs of exported graphs.
+image F1-max, and the measured inference time. The metric table is edge.accuracy's (numpy only), the one
+dcam-export and bench-latency report too; ``evaluate_scores`` applies it to any scorer's outputs.
 
 ms_per_image: wall time of the inference model's forward pass (attention-free graph incl. the distance
 head: upsample, sum, blur, max), including the host→device copy of the batch and the device→host copy
@@ -27,14 +27,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from edge.accuracy import AUPRO_FPR_LIMIT, COUNT_KEYS, METRIC_KEYS, category_means, category_metrics, category_table
 from edge.jsonsafe import write_json as write_strict_json
-from edge.metrics import MetricWarning, aupro, f1_max, image_auroc, pixel_auroc
+from edge.metrics import MetricWarning, image_auroc
 from edge.preprocess import PreprocessSpec
 from train.device import resolve_device
 
-AUPRO_FPR_LIMIT = 0.3  # MVTec AD's integration limit
-METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
-COUNT_KEYS = ("n_images", "n_anomalous")
 RESULT_KEYS = METRIC_KEYS + ("ms_per_image",) + COUNT_KEYS
 
 
@@ -131,29 +129,11 @@ def score_samples(inference_model: nn.Module, samples: Sequence, spec: Preproces
     return scored.maps, scored.scores
 
 
-def category_metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None = None,
-                     maps: np.ndarray | None = None, fpr_limit: float = AUPRO_FPR_LIMIT) -> dict[str, float]:
-    """Metrics of one category. Pixel metrics are nan when masks/maps are not given."""
-    labels = np.asarray(labels).astype(np.int64)
-    pixel = masks is not None and maps is not None
-    return {
-        "image_auroc": image_auroc(labels, scores),
-        "pixel_auroc": pixel_auroc(masks, maps) if pixel else float("nan"),
-        "aupro": aupro(masks, maps, fpr_limit) if pixel else float("nan"),
-        "image_f1_max": f1_max(labels, scores)[0],
-        "n_images": int(labels.size),
-        "n_anomalous": int(labels.sum()),
-    }
-
-
 def summarize(per_category: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
-    """The "mean" row: metric means over categories (nan categories skipped; nan if all are),
-    ms_per_image averaged per image (total time / total images), n_images / n_anomalous summed."""
+    """The "mean" row: edge.accuracy's metric means over categories, ms_per_image averaged per image
+    (total time / total images), n_images / n_anomalous summed."""
     rows = list(per_category.values())
-    mean: dict[str, float] = {}
-    for key in METRIC_KEYS:
-        values = [float(r[key]) for r in rows if math.isfinite(float(r[key]))]
-        mean[key] = float(np.mean(values)) if values else float("nan")
+    mean = category_means(per_category, METRIC_KEYS)
     timed = [(float(r["ms_per_image"]), int(r["n_images"])) for r in rows if math.isfinite(float(r["ms_per_image"]))]
     n_timed = sum(n for _, n in timed)
     mean["ms_per_image"] = sum(ms * n for ms, n in timed) / n_timed if n_timed else float("nan")
@@ -172,31 +152,12 @@ def evaluate_scores(sample_categories: Sequence[str], labels: np.ndarray, scores
     nan without them); ms_per_image is one figure for all categories or a per-category mapping.
     Returns {"categories": {cat: {...RESULT_KEYS}}, "mean": {...}}; categories in first-seen order.
     """
-    cats = np.asarray(list(sample_categories), dtype=object)
-    labels, scores = np.asarray(labels), np.asarray(scores)
-    if not (cats.shape[0] == labels.shape[0] == scores.shape[0]):
-        raise EvalError(f"sample_categories, labels and scores: lengths differ "
-                        f"({cats.shape[0]}, {labels.shape[0]}, {scores.shape[0]})")
     per_category: dict[str, dict[str, Any]] = {}
-    for cat in dict.fromkeys(cats.tolist()):
-        idx = np.flatnonzero(cats == cat)
-        pick = (lambda a: None if a is None else np.asarray(a)[idx])
-        row = _category_row(cat, labels[idx], scores[idx], pick(masks), pick(maps), fpr_limit)
+    for cat, row in category_table(sample_categories, labels, scores, masks, maps, fpr_limit=fpr_limit).items():
         ms = ms_per_image.get(cat) if isinstance(ms_per_image, Mapping) else ms_per_image
         row["ms_per_image"] = float("nan") if ms is None else float(ms)
         per_category[cat] = {k: row[k] for k in RESULT_KEYS}
     return {"categories": per_category, "mean": summarize(per_category)}
-
-
-def _category_row(category: str, labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None,
-                  maps: np.ndarray | None, fpr_limit: float) -> dict[str, Any]:
-    # Degenerate categories (e.g. no anomalous test image) are reported as nan: say which category.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", MetricWarning)
-        row = category_metrics(labels, scores, masks, maps, fpr_limit)
-    for w in caught:
-        warnings.warn(f"{category}: {w.message}", w.category, stacklevel=3)
-    return row
 
 
 def evaluate_model(inference_model: nn.Module, spec: PreprocessSpec, data: str | Path, categories: Sequence[str],
@@ -224,7 +185,7 @@ def evaluate_model(inference_model: nn.Module, spec: PreprocessSpec, data: str |
                   file=sys.stderr)
         scored = _score(model, samples, spec, batch_size, dev, with_masks=with_masks, desc=f"{cat}",
                         progress=progress)
-        row = _category_row(cat, scored.labels, scored.scores, scored.masks, scored.maps, AUPRO_FPR_LIMIT)
+        row = category_metrics(scored.labels, scored.scores, scored.masks, scored.maps, category=cat)
         row["ms_per_image"] = 1000.0 * scored.forward_s / max(len(samples), 1)
         per_category[cat] = {k: row[k] for k in RESULT_KEYS}
         per_category[cat]["defects"] = defect_aurocs(samples, scored.labels, scored.scores)

@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from .base import Sink, alarm_id, event_json, event_payload
 from .config import (COMMAND_PLACEHOLDERS, SinkConfig, SinkConfigError, add_sink_arguments,
                      sink_config_from_args)
 
 __all__ = ["Sink", "SinkConfig", "SinkConfigError", "COMMAND_PLACEHOLDERS", "add_sink_arguments",
-           "sink_config_from_args", "build_sinks", "close_sinks", "alarm_id", "event_json", "event_payload"]
+           "sink_config_from_args", "build_sinks", "close_sinks", "sink_stats", "alarm_id", "event_json",
+           "event_payload"]
 
 
 def build_sinks(config: SinkConfig, metrics: Any = None) -> list[Sink]:
     """Create and start every sink the config enables (in the order log, snapshot, webhook, mqtt, gpio, command).
 
-    `metrics` (edge.metrics_runtime.RuntimeMetrics) gets ``record_sink_error()`` for dropped/failed events.
+    `metrics` (edge.counters.RuntimeCounters) gets ``record_sink_error()`` for dropped/failed events.
     Raises SinkConfigError (naming the option) when a sink cannot be set up — e.g. an unwritable
     directory, a missing optional dependency, no GPIO hardware; sinks already started are closed first.
     """
@@ -56,6 +57,21 @@ def close_sinks(sinks: list[Sink], timeout: float = 5.0) -> None:
         t.start()
     for t in closers:
         t.join(max(0.0, deadline - time.monotonic()))
+
+
+def sink_stats(sinks: Iterable[Any]) -> dict[str, dict[str, int]]:
+    """{sink name: its stats()} (remote sinks: queued / delivered / failed / backlog ...).
+
+    Sinks without counters (test doubles) or whose stats() fails are left out: a broken sink must not
+    break the summary or the status endpoint.
+    """
+    out = {}
+    for sink in sinks:
+        try:
+            out[str(getattr(sink, "name", type(sink).__name__))] = dict(sink.stats())
+        except Exception:
+            continue
+    return out
 
 
 def _sink_class(name: str) -> Any:

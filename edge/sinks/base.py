@@ -15,17 +15,17 @@ import queue
 import threading
 import time
 import uuid
-from pathlib import PurePath
 from typing import Any, ClassVar
 
 import numpy as np
 
+from edge.jsonsafe import json_safe
 from edge.redact import redact_credentials
 
 log = logging.getLogger("edge.sinks")
 
 _STOP = object()
-_ERROR_COUNTERS = frozenset({"dropped", "failed"})  # these also bump RuntimeMetrics.sink_errors
+_ERROR_COUNTERS = frozenset({"dropped", "failed"})  # these also bump RuntimeCounters.sink_errors
 # Alarm ids are uuid5(process namespace, event content): identical for every sink of one process
 # (so a webhook, MQTT and log line of one alarm can be joined) and never reused by another process.
 _PROCESS_NAMESPACE = uuid.uuid4()
@@ -34,32 +34,13 @@ _ID_KEYS = ("time", "frame", "event", "path", "category", "model", "score")
 
 def alarm_id(event: dict) -> str:
     """Idempotency id of an event (stable within the process, unique across processes)."""
-    key = "|".join(repr(_jsonable(event.get(k))) for k in _ID_KEYS)
+    key = "|".join(repr(json_safe(event.get(k), default=str)) for k in _ID_KEYS)
     return str(uuid.uuid5(_PROCESS_NAMESPACE, key))
-
-
-def _jsonable(value: Any) -> Any:
-    """numpy scalars/arrays, paths and non-finite floats → plain JSON values."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # strict JSON has no NaN/Infinity
-    if isinstance(value, PurePath):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 def event_payload(event: dict) -> dict:
     """The JSON object every sink emits for an event: {"id": ..., **event}."""
-    payload = _jsonable(event)
+    payload = json_safe(event, default=str)  # paths and other objects as text
     for key in ("source", "path"):
         if isinstance(payload.get(key), str):
             payload[key] = redact_credentials(payload[key])
@@ -84,7 +65,7 @@ class Sink:
     def __init__(self, *, queue_size: int = 256, on_clear: bool = False, metrics: Any = None) -> None:
         self.name = self.kind
         self._on_clear = on_clear
-        self._metrics = metrics  # edge.metrics_runtime.RuntimeMetrics or None
+        self._metrics = metrics  # edge.counters.RuntimeCounters or None
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._counts_lock = threading.Lock()
         self._counts = {"handled": 0, "dropped": 0, "failed": 0}

@@ -3,7 +3,7 @@
     python tests/manual/liveview_demo.py                       # http://127.0.0.1:9811/ until Ctrl-C
     python tests/manual/liveview_demo.py --screenshot /tmp/liveview.png   # + headless Chromium, then exit
 
-The real StatusServer with a RuntimeMetrics fed like the frame loop would: a synthetic part with a
+The real StatusServer with a RuntimeCounters fed like the frame loop would: a synthetic part with a
 heat-map overlay, five minutes of score history with two alarms, sink counters.  Not a pytest test.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from edge.metrics_runtime import RuntimeMetrics  # noqa: E402
+from edge.counters import RuntimeCounters  # noqa: E402
 from edge.overlay import encode_jpeg, overlay_heatmap  # noqa: E402
 from edge.status import StatusServer  # noqa: E402
 
@@ -50,7 +50,7 @@ def part_image(defect: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return img, cv2.GaussianBlur(amap, (5, 5), 0)
 
 
-def feed(server: StatusServer, metrics: RuntimeMetrics) -> None:
+def feed(server: StatusServer, metrics: RuntimeCounters) -> None:
     rng = np.random.default_rng(0)
     now = time.time()
     iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")  # noqa: E731
@@ -90,7 +90,7 @@ def main() -> int:
     ap.add_argument("--window-size", default="1200,900")
     ap.add_argument("--empty", action="store_true", help="no data yet (the page right after start-up)")
     args = ap.parse_args()
-    metrics = RuntimeMetrics()
+    metrics = RuntimeCounters()
     sinks = [DemoSink("log", {"handled": 2, "dropped": 0, "failed": 0, "backlog": 0}),
              DemoSink("snapshot", {"handled": 2, "dropped": 0, "failed": 0, "backlog": 0}),
              DemoSink("webhook", {"handled": 1, "dropped": 0, "failed": 4, "backlog": 1, "queued": 2, "delivered": 1})]

@@ -1,46 +1,32 @@
-"""Model registry: ``build_model(cfg)`` for every --method."""
+"""Models, one folder per method (each registers a MethodSpec on import); ``build_model(cfg)`` for every --method.
+
+Shared parts stay here: the model contract (base), the distance head, the RD-family decoder, feature transforms.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from ..config import ModelConfig
-from .base import DistillationModel
+from . import dcam, rd, dskd, mrkd, knn  # noqa: F401, I001  (registration order = the order of METHODS)
+from .registry import METHOD_REGISTRY, MethodSpec, method_spec, register_method
 
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+    from .base import DistillationModel
 
-def _stfpm(cfg: ModelConfig) -> DistillationModel:
-    from .stfpm import STFPMModel
-    return STFPMModel(cfg)
-
-
-def _rd(cfg: ModelConfig) -> DistillationModel:
-    from .rd import ReverseDistillationModel
-    return ReverseDistillationModel(cfg)
+METHODS: tuple[str, ...] = tuple(METHOD_REGISTRY)
 
 
-def _dskd(cfg: ModelConfig) -> DistillationModel:
-    from .dskd import DualStudentModel
-    return DualStudentModel(cfg)
+def build_model(cfg: "ModelConfig") -> "DistillationModel":
+    """The method's model for a configuration (its module is imported here, not at configuration time)."""
+    return method_spec(cfg.method).model_class()(cfg)
 
 
-def _mrkd(cfg: ModelConfig) -> DistillationModel:
-    from .mrkd import MaskedReverseDistillationModel
-    return MaskedReverseDistillationModel(cfg)
+def __getattr__(name: str):  # DistillationModel imports torch: only on use
+    if name == "DistillationModel":
+        from .base import DistillationModel
+        return DistillationModel
+    raise AttributeError(name)
 
 
-def _knn(cfg: ModelConfig) -> DistillationModel:
-    from .memory_bank import MemoryBankModel
-    return MemoryBankModel(cfg)
-
-
-BUILDERS: dict[str, Callable[[ModelConfig], DistillationModel]] = {"stfpm": _stfpm, "dcam": _stfpm,
-                                                                   "rd": _rd, "dskd": _dskd, "mrkd": _mrkd,
-                                                                   "knn": _knn}
-
-
-def build_model(cfg: ModelConfig) -> DistillationModel:
-    if cfg.method not in BUILDERS:
-        raise ValueError(f"--method {cfg.method!r} is not available; expected one of {', '.join(sorted(BUILDERS))}")
-    return BUILDERS[cfg.method](cfg)
-
-
-__all__ = ["BUILDERS", "DistillationModel", "build_model"]
+__all__ = ["METHODS", "METHOD_REGISTRY", "DistillationModel", "MethodSpec", "build_model", "method_spec",
+           "register_method"]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..config import RD_LOSS_MODES as LOSS_MODES
-from ..config import STUDENT_LOSSES
-from .head import EPS, channel_sum, cosine_distance_map
+from ..dskd.config import STUDENT_LOSSES
+from ..head import EPS, channel_sum, cosine_distance_map
+from .config import LOSS_MODES
 
 
 def cosine_loss(teacher: torch.Tensor, student: torch.Tensor, mode: str = "pixel") -> torch.Tensor:

@@ -108,69 +108,94 @@ def _dataset_available(data: str, categories: Sequence[str]) -> bool:
     return bool(root and categories and all((root / c / "train" / "good").is_dir() for c in categories))
 
 
+Item = tuple[Any, str]  # (image path, category)
+
+
+def _dataset_normals(cfg: Any, categories: Sequence[str]) -> tuple[list[Item], list[Item]]:
+    """The run's own train/good split: (training part, validation part), as dcam-train split it."""
+    from train.data.mvtec import MVTecLayoutError, list_train_samples, split_train_val
+
+    try:
+        train_part, val_part = split_train_val(list_train_samples(cfg.data, list(categories)),
+                                               cfg.val_fraction, cfg.seed)
+    except MVTecLayoutError as exc:
+        raise ExportError(str(exc)) from None
+    return [(s.path, s.category) for s in train_part], [(s.path, s.category) for s in val_part]
+
+
+def _hold_out(items: list[Item], seed: int) -> tuple[list[Item], list[Item]]:
+    """Seeded split of --calib-data into (calibration, validation = HELD_OUT_FRACTION of it)."""
+    n_val = max(1, round(HELD_OUT_FRACTION * len(items))) if len(items) > 1 else 0
+    chosen = set(random.Random(f"{seed}:calib-val").sample(range(len(items)), n_val))
+    return [it for i, it in enumerate(items) if i not in chosen], [items[i] for i in sorted(chosen)]
+
+
+def _select_normals(cfg: Any, categories: Sequence[str], calib_data: str | None,
+                    seed: int) -> tuple[list[Item], list[Item], dict[str, Any]]:
+    """(calibration items, validation items, where each came from) — see the module docstring."""
+    have_dataset = _dataset_available(cfg.data, categories)
+    if not have_dataset and calib_data is None:
+        raise ExportError(f"the run's dataset {cfg.data or '(none)'} is not reachable for categories "
+                          f"{list(categories) or '?'}; pass --calib-data DIR with normal images")
+    sources: dict[str, Any] = {}
+    train_items: list[Item] = []
+    val_items: list[Item] = []
+    if have_dataset:
+        train_items, val_items = _dataset_normals(cfg, categories)
+        sources["validation"] = (f"{cfg.data}: train/good validation split "
+                                 f"(val_fraction {cfg.val_fraction}, seed {cfg.seed})")
+    if calib_data is None:
+        calib_items = train_items
+        sources["calibration"] = f"{cfg.data}: train/good training split"
+    else:
+        single = categories[0] if len(categories) == 1 else "all"
+        calib_items = [(p, single) for p in list_images(calib_data)]
+        if not have_dataset:
+            calib_items, val_items = _hold_out(calib_items, seed)
+            sources["validation"] = f"--calib-data {calib_data}: seeded {HELD_OUT_FRACTION:.0%} hold-out"
+        sources["calibration"] = f"--calib-data {calib_data}"
+    if not val_items:
+        raise ExportError("no validation normals: thresholds and the accuracy guard need at least one held-out "
+                          "normal image (check the run's --val-fraction or --calib-data)")
+    return calib_items, val_items, sources
+
+
+def _load_normals(items: list[Item], image_size: int, desc: str, progress: bool, resize: str) -> ImageSet:
+    return load_image_set([p for p, _ in items], [c for _, c in items], [0] * len(items), image_size,
+                          desc=desc, progress=progress, resize=resize)
+
+
+def _load_test_set(cfg: Any, categories: Sequence[str], image_size: int, progress: bool,
+                   resize: str) -> tuple[ImageSet | None, str | None]:
+    """The run's labelled test split and its description, or (None, None) when the dataset has none here."""
+    from train.data.mvtec import MVTecLayoutError, list_test_samples
+
+    if not (_dataset_available(cfg.data, categories)
+            and all((Path(cfg.data) / c / "test").is_dir() for c in categories)):
+        return None, None
+    try:
+        samples = list_test_samples(cfg.data, list(categories))
+    except MVTecLayoutError as exc:
+        raise ExportError(str(exc)) from None
+    # Image-level labels only (no mask for some anomalous image): no pixel metrics.
+    masks = [s.mask_path for s in samples] if all(s.mask_path for s in samples if s.label) else None
+    test = load_image_set([s.path for s in samples], [s.category for s in samples], [s.label for s in samples],
+                          image_size, desc="test images", mask_paths=masks, progress=progress, resize=resize)
+    return test, f"{cfg.data}: test split ({len(samples)} images)"
+
+
 def load_export_data(cfg: Any, categories: Sequence[str], image_size: int, calib_data: str | None = None,
                      calib_samples: int = RECOMMENDED_CALIB_SAMPLES, seed: int = 0,
                      progress: bool = True) -> ExportData:
     """Calibration, validation and test images for a run (``cfg``: its TrainConfig)."""
-    from train.data.mvtec import MVTecLayoutError, list_test_samples, list_train_samples, split_train_val
-
-    sources: dict[str, Any] = {}
-    have_dataset = _dataset_available(cfg.data, categories)
-    train_part: list = []
-    val_part: list = []
-    val_items: list = []
-    if have_dataset:
-        try:
-            train_part, val_part = split_train_val(list_train_samples(cfg.data, list(categories)),
-                                                   cfg.val_fraction, cfg.seed)
-        except MVTecLayoutError as exc:
-            raise ExportError(str(exc)) from None
-        sources["validation"] = (f"{cfg.data}: train/good validation split "
-                                 f"(val_fraction {cfg.val_fraction}, seed {cfg.seed})")
-    elif calib_data is None:
-        raise ExportError(f"the run's dataset {cfg.data or '(none)'} is not reachable for categories "
-                          f"{list(categories) or '?'}; pass --calib-data DIR with normal images")
-    if calib_data is not None:
-        files = list_images(calib_data)
-        single = categories[0] if len(categories) == 1 else "all"
-        calib_items = [(p, single) for p in files]
-        if not have_dataset:
-            n_val = max(1, round(HELD_OUT_FRACTION * len(files))) if len(files) > 1 else 0
-            chosen = set(random.Random(f"{seed}:calib-val").sample(range(len(files)), n_val))
-            val_items = [calib_items[i] for i in sorted(chosen)]
-            calib_items = [it for i, it in enumerate(calib_items) if i not in chosen]
-            sources["validation"] = f"--calib-data {calib_data}: seeded {HELD_OUT_FRACTION:.0%} hold-out"
-        sources["calibration"] = f"--calib-data {calib_data}"
-    else:
-        calib_items = [(s.path, s.category) for s in train_part]
-        sources["calibration"] = f"{cfg.data}: train/good training split"
-    if have_dataset:
-        val_items = [(s.path, s.category) for s in val_part]
-    if not val_items:
-        raise ExportError("no validation normals: thresholds and the accuracy guard need at least one held-out "
-                          "normal image (check the run's --val-fraction or --calib-data)")
+    calib_items, val_items, sources = _select_normals(cfg, categories, calib_data, seed)
     calib_items = _subset(calib_items, calib_samples, seed)
     if len(calib_items) < RECOMMENDED_CALIB_SAMPLES:
         warnings.warn(f"int8 calibration uses {len(calib_items)} normal images (< {RECOMMENDED_CALIB_SAMPLES} "
                       f"recommended); activation ranges may be unrepresentative", CalibrationWarning, stacklevel=2)
     sources["calibration_images"] = len(calib_items)
     resize = getattr(cfg, "resize", "area")  # the run's resize policy (runs saved before it: "linear")
-    calibration = load_image_set([p for p, _ in calib_items], [c for _, c in calib_items], [0] * len(calib_items),
-                                 image_size, desc="calibration images", progress=progress, resize=resize)
-    validation = load_image_set([p for p, _ in val_items], [c for _, c in val_items], [0] * len(val_items),
-                                image_size, desc="validation normals", progress=progress, resize=resize)
-    test = None
-    if have_dataset and all((Path(cfg.data) / c / "test").is_dir() for c in categories):
-        try:
-            samples = list_test_samples(cfg.data, list(categories))
-        except MVTecLayoutError as exc:
-            raise ExportError(str(exc)) from None
-        test = load_image_set([s.path for s in samples], [s.category for s in samples], [s.label for s in samples],
-                              image_size, desc="test images",
-                              mask_paths=([s.mask_path for s in samples]  # image-level labels only: no pixel metrics
-                                          if all(s.mask_path for s in samples if s.label) else None),
-                              progress=progress, resize=resize)
-        sources["test"] = f"{cfg.data}: test split ({len(samples)} images)"
-    else:
-        sources["test"] = None
+    calibration = _load_normals(calib_items, image_size, "calibration images", progress, resize)
+    validation = _load_normals(val_items, image_size, "validation normals", progress, resize)
+    test, sources["test"] = _load_test_set(cfg, categories, image_size, progress, resize)
     return ExportData(calibration, validation, test, sources)

@@ -13,13 +13,13 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..backbones import build_backbone
-from ..config import ModelConfig
-from .base import DistillationModel
-from .decoder import ReverseDecoder, decoder_spec
-from .head import DistanceHead
-from .rd import OneClassBottleneck
-from .rd_loss import student_distance_maps, student_loss
+from ...backbones import build_backbone
+from ...config import ModelConfig
+from ..base import DistillationModel
+from ..decoder import ReverseDecoder, decoder_spec
+from ..head import DistanceHead
+from ..rd.model import OneClassBottleneck
+from ..rd.loss import student_distance_maps, student_loss
 
 SIGMA_FLOOR = 1e-6
 
@@ -68,11 +68,11 @@ class DualStudents(nn.Module):
 
     def __init__(self, cfg: ModelConfig, channels: list[int]) -> None:
         super().__init__()
-        spec = decoder_spec(cfg.backbone, cfg.rd_bottleneck_layers)
+        spec = decoder_spec(cfg.backbone, cfg.rd.bottleneck_layers)
         self.local_bottleneck = OneClassBottleneck(channels, spec, "concat")
         self.local_decoder = ReverseDecoder(channels, self.local_bottleneck.out_channels, spec)
         ocbe_global = OneClassBottleneck(channels, spec, "last")
-        gccb = GlobalContextCondensingBlock(ocbe_global.out_channels, cfg.dskd_g) if cfg.dskd_g else nn.Identity()
+        gccb = GlobalContextCondensingBlock(ocbe_global.out_channels, cfg.dskd.g) if cfg.dskd.g else nn.Identity()
         self.global_bottleneck = nn.Sequential(ocbe_global, gccb)
         self.global_decoder = ReverseDecoder(channels, ocbe_global.out_channels, spec)
 
@@ -92,8 +92,8 @@ class DualStudentInference(nn.Module):
         self.students = students
         self.standardizer = standardizer
         self.head = head
-        self.kinds = (cfg.dskd_local_loss, cfg.dskd_global_loss)
-        self.temperature = cfg.dskd_temperature
+        self.kinds = (cfg.dskd.local_loss, cfg.dskd.global_loss)
+        self.temperature = cfg.dskd.temperature
 
     def level_maps(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """M_loc^l and M_glo^l, each student scored with its own loss's discrepancy (Eq. 1 or Eq. 6, §3.5)."""
@@ -124,10 +124,10 @@ class DualStudentModel(DistillationModel):
         with torch.no_grad():
             teacher_features = self.teacher(images)
         local_features, global_features = self.students(teacher_features)
-        local = student_loss(teacher_features, local_features, cfg.dskd_local_loss, cfg.dskd_temperature,
-                             cfg.rd_loss_mode)
-        global_ = student_loss(teacher_features, global_features, cfg.dskd_global_loss, cfg.dskd_temperature,
-                               cfg.rd_loss_mode)
+        local = student_loss(teacher_features, local_features, cfg.dskd.local_loss, cfg.dskd.temperature,
+                             cfg.rd.loss_mode)
+        global_ = student_loss(teacher_features, global_features, cfg.dskd.global_loss, cfg.dskd.temperature,
+                               cfg.rd.loss_mode)
         return local + global_, {"local": float(local.detach()), "global": float(global_.detach())}
 
     @torch.no_grad()

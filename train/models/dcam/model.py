@@ -7,14 +7,17 @@ L2-normalised MSE.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
-from ..backbones import build_backbone
-from ..config import ModelConfig
+from ...backbones import build_backbone
+from ...config import ModelConfig
+from ..base import DistillationModel
+from ..feature_transform import MatchedFeatureTransform
+from ..head import DistanceHead, pyramid_cosine_head
 from .attention import DistributedAttention
-from .base import DistillationModel
-from .head import DistanceHead, pyramid_cosine_head
 from .loss import FeatureMatchingLoss
 
 
@@ -34,14 +37,15 @@ def student_pyramid(student: nn.Module, images: torch.Tensor, teacher_features: 
 
 
 def matched_features(all_teacher: list[torch.Tensor], student: nn.Module, images: torch.Tensor,
-                     levels: tuple[int, ...], shared_levels: int, attention: nn.Module | None
-                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The teacher's and the (attention-refined) student's maps at the distilled levels: what loss and map compare."""
+                     levels: tuple[int, ...], shared_levels: int, attention: nn.Module | None,
+                     transform: MatchedFeatureTransform) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The teacher's and the (attention-refined) student's maps at the distilled levels, both through the same
+    standardise/average transform: what loss and anomaly map compare."""
     teacher_features = select_levels(all_teacher, levels)
     student_features = select_levels(student_pyramid(student, images, all_teacher, shared_levels), levels)
     if attention is not None:
         student_features = attention(student_features)
-    return teacher_features, student_features
+    return transform(teacher_features), transform(student_features)
 
 
 class FeaturePyramidInference(nn.Module):
@@ -49,8 +53,9 @@ class FeaturePyramidInference(nn.Module):
 
     def __init__(self, teacher: nn.Module, student: nn.Module, head: DistanceHead,
                  attention: nn.Module | None = None, levels: tuple[int, ...] = (0, 1, 2),
-                 shared_levels: int = 0) -> None:
+                 shared_levels: int = 0, transform: MatchedFeatureTransform | None = None) -> None:
         super().__init__()
+        self.transform = transform if transform is not None else MatchedFeatureTransform([], False, 1)
         self.teacher = teacher
         self.student = student
         self.attention = attention
@@ -60,7 +65,7 @@ class FeaturePyramidInference(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         teacher_features, student_features = matched_features(self.teacher(images), self.student, images, self.levels,
-                                                              self.shared_levels, self.attention)
+                                                              self.shared_levels, self.attention, self.transform)
         return pyramid_cosine_head(self.head, teacher_features, student_features, images.shape[-2:])
 
 
@@ -82,15 +87,22 @@ class STFPMModel(DistillationModel):
                                                cfg.attention_kernel)
                           if cfg.attention != "none" else None)
         self.loss = FeatureMatchingLoss(cfg.loss_channel_cosine, cfg.loss_spatial_cosine, cfg.loss_channel_kl,
-                                        cfg.loss_spatial_kl, cfg.loss_mse, cfg.kl_reduction)
+                                        cfg.loss_spatial_kl, cfg.loss_mse, cfg.kl_reduction,
+                                        cfg.loss_hard_quantile)
         self.head = DistanceHead(cfg.blur_sigma)
+        self.feature_transform = MatchedFeatureTransform([self.teacher.channels[i] for i in cfg.levels],
+                                                         cfg.feature_standardize, cfg.feature_neighbourhood)
+
+    def fit_training_statistics(self, normal_batches: Iterable[torch.Tensor]) -> None:
+        """The teacher's channel mean/std on the training normals (--feature-standardize)."""
+        self.feature_transform.fit(select_levels(self.teacher(images), self.cfg.levels) for images in normal_batches)
 
     def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher features (no grad) and the student's features refined by DCAM (training view)."""
         with torch.no_grad():
             all_teacher = self.teacher(images)
         return matched_features(all_teacher, self.student, images, self.cfg.levels, self.cfg.student_shared_levels,
-                                self.attention)
+                                self.attention, self.feature_transform)
 
     def compute_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         teacher_features, student_features = self.features(images)
@@ -99,4 +111,4 @@ class STFPMModel(DistillationModel):
     def inference_model(self) -> nn.Module:
         attention = self.attention if self.cfg.attention_at_inference else None
         return FeaturePyramidInference(self.teacher, self.student, self.head, attention, self.cfg.levels,
-                                       self.cfg.student_shared_levels)
+                                       self.cfg.student_shared_levels, self.feature_transform)

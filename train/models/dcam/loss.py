@@ -9,13 +9,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .head import EPS
+from ..head import EPS
 
 
-def channel_cosine_distance(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
-    """CD_channel for one level: 1/(HW) Σ_h Σ_w (1 − cos(f_t, f_s)), vectors along C (DCAM Eq. 3)."""
+def hard_mean(values: torch.Tensor, quantile: float) -> torch.Tensor:
+    """Mean of the values at or above their `quantile` (EfficientAD's hard feature loss, §3.2); 0 = plain mean."""
+    if quantile <= 0.0:
+        return values.mean()
+    flat = values.flatten()
+    threshold = torch.quantile(flat.detach().float(), quantile)
+    return flat[flat >= threshold].mean()
+
+
+def channel_cosine_distance(teacher: torch.Tensor, student: torch.Tensor, hard_quantile: float = 0.0) -> torch.Tensor:
+    """CD_channel for one level: 1/(HW) Σ_h Σ_w (1 − cos(f_t, f_s)), vectors along C (DCAM Eq. 3); with a hard
+    quantile only the worst-matched positions of the batch are averaged."""
     cos = F.cosine_similarity(teacher, student, dim=1, eps=EPS)  # B×H×W
-    return (1.0 - cos).mean()
+    return hard_mean(1.0 - cos, hard_quantile)
 
 
 def spatial_cosine_distance(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
@@ -48,35 +58,37 @@ def spatial_kl_divergence(teacher: torch.Tensor, student: torch.Tensor, reductio
     return per_image.mean()
 
 
-def normalized_mse(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+def normalized_mse(teacher: torch.Tensor, student: torch.Tensor, hard_quantile: float = 0.0) -> torch.Tensor:
     """STFPM's loss for one level: 1/(2HW) Σ_h Σ_w ‖f̂_t − f̂_s‖², f̂ = f/‖f‖ along channels (STFPM Eq. 1)."""
     t = F.normalize(teacher, dim=1, eps=EPS)
     s = F.normalize(student, dim=1, eps=EPS)
-    return 0.5 * ((t - s) ** 2).sum(dim=1).mean()
+    return hard_mean(0.5 * ((t - s) ** 2).sum(dim=1), hard_quantile)
 
 
 class FeatureMatchingLoss(nn.Module):
     """L = Σ_k [w_cc·CD_ch + w_cs·CD_sp + w_kc·KLD_ch + w_ks·KLD_sp + w_mse·MSE] (DCAM §3.2–3.3, Table 6: 1·CD_ch + 0.5·KLD_sp)."""
 
     def __init__(self, channel_cosine: float = 1.0, spatial_cosine: float = 0.0, channel_kl: float = 0.0,
-                 spatial_kl: float = 0.5, mse: float = 0.0, kl_reduction: str = "sum") -> None:
+                 spatial_kl: float = 0.5, mse: float = 0.0, kl_reduction: str = "sum",
+                 hard_quantile: float = 0.0) -> None:
         super().__init__()
         self.weights = {"channel_cosine": channel_cosine, "spatial_cosine": spatial_cosine,
                         "channel_kl": channel_kl, "spatial_kl": spatial_kl, "mse": mse}
         if not any(w > 0 for w in self.weights.values()):
             raise ValueError("at least one loss weight must be > 0 (--loss-channel-cosine, --loss-spatial-kl, ...)")
         self.kl_reduction = kl_reduction
+        self.hard_quantile = hard_quantile
 
     def _term(self, name: str, teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
         if name == "channel_cosine":
-            return channel_cosine_distance(teacher, student)
+            return channel_cosine_distance(teacher, student, self.hard_quantile)
         if name == "spatial_cosine":
             return spatial_cosine_distance(teacher, student)
         if name == "channel_kl":
             return channel_kl_divergence(teacher, student, self.kl_reduction)
         if name == "spatial_kl":
             return spatial_kl_divergence(teacher, student, self.kl_reduction)
-        return normalized_mse(teacher, student)
+        return normalized_mse(teacher, student, self.hard_quantile)
 
     def forward(self, teacher_features: list[torch.Tensor], student_features: list[torch.Tensor]
                 ) -> tuple[torch.Tensor, dict[str, float]]:

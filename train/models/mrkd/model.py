@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from .decoder import DecoderSpec, init_rd_weights
-from .rd import OneClassBottleneck, ReverseDistillationModel
-from .rd_loss import multi_level_cosine_loss
+from ...config import ModelConfig
+from ..decoder import DecoderSpec, init_rd_weights
+from ..rd.model import OneClassBottleneck, ReverseDistillationModel
+from ..rd.loss import multi_level_cosine_loss
 from .scsatt import SCSAtt
 
 
@@ -51,21 +51,21 @@ class MaskedReverseDistillationModel(ReverseDistillationModel):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        self.fmm = FeatureMaskModule(self.teacher.channels, cfg.mrkd_mask_rate) if cfg.mrkd_fmm else None
+        self.fmm = FeatureMaskModule(self.teacher.channels, cfg.mrkd.mask_rate) if cfg.mrkd.fmm else None
 
     def build_bottleneck(self, channels: list[int], spec: DecoderSpec) -> OneClassBottleneck:
-        use_attention = self.cfg.mrkd_scconv or self.cfg.mrkd_simam
-        attention = SCSAtt(channels[2], self.cfg.mrkd_scconv, self.cfg.mrkd_simam) if use_attention else None
+        use_attention = self.cfg.mrkd.scconv or self.cfg.mrkd.simam
+        attention = SCSAtt(channels[2], self.cfg.mrkd.scconv, self.cfg.mrkd.simam) if use_attention else None
         return OneClassBottleneck(channels, spec, "msff", attention)
 
     def compute_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         teacher_features = self.teacher_features(images)
         student_features = self.reconstruct(teacher_features)
-        loss = multi_level_cosine_loss(teacher_features, student_features, self.cfg.rd_loss_mode)
+        loss = multi_level_cosine_loss(teacher_features, student_features, self.cfg.rd.loss_mode)
         parts = {"cosine": float(loss.detach())}
         # Masking is a training-time regulariser: validation losses stay deterministic and comparable.
         if self.fmm is not None and self.training:
-            fmm_loss = multi_level_cosine_loss(teacher_features, self.fmm(student_features), self.cfg.rd_loss_mode)
+            fmm_loss = multi_level_cosine_loss(teacher_features, self.fmm(student_features), self.cfg.rd.loss_mode)
             parts["fmm"] = float(fmm_loss.detach())
-            loss = loss + self.cfg.mrkd_fmm_weight * fmm_loss
+            loss = loss + self.cfg.mrkd.fmm_weight * fmm_loss
         return loss, parts

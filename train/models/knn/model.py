@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..backbones import build_backbone
-from ..config import ModelConfig
-from .base import DistillationModel
-from .head import DistanceHead, channel_sum
+from ...backbones import build_backbone
+from ...config import ModelConfig
+from ..base import DistillationModel
+from ..feature_transform import local_average
+from ..head import DistanceHead, channel_sum
 
 CORESET_PROJECTION_DIM = 128  # PatchCore §3.2: Johnson–Lindenstrauss projection for the k-center search
 # Each k-center step reads every candidate: pre-sample at most this many candidates per bank entry (CPU cost).
@@ -47,9 +48,7 @@ class PatchFeatures(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.teacher(images)
         chosen = [features[i] for i in self.levels]
-        if self.neighbourhood > 1:
-            chosen = [F.avg_pool2d(f, self.neighbourhood, 1, self.neighbourhood // 2, count_include_pad=False)
-                      for f in chosen]
+        chosen = [local_average(f, self.neighbourhood) for f in chosen]
         size = chosen[0].shape[-2:]
         chosen = [f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
                   for f in chosen]
@@ -118,7 +117,7 @@ class MemoryBankModel(DistillationModel):
         self.cfg = cfg
         self.teacher = build_backbone(cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.teacher_weights)
         self.freeze_teacher()
-        self.patch_features = PatchFeatures(self.teacher, cfg.levels, cfg.knn_neighbourhood)
+        self.patch_features = PatchFeatures(self.teacher, cfg.levels, cfg.knn.neighbourhood)
         self.register_buffer("bank", torch.zeros(0, self.patch_features.channels))
         self.head = DistanceHead(cfg.blur_sigma)
 
@@ -136,8 +135,8 @@ class MemoryBankModel(DistillationModel):
         if not patches:
             raise ValueError("knn: no training images to build the memory bank from")
         everything = torch.cat(patches).float()
-        size = min(self.cfg.knn_bank_size, everything.shape[0])
-        if self.cfg.knn_coreset == "greedy":
+        size = min(self.cfg.knn.bank_size, everything.shape[0])
+        if self.cfg.knn.coreset == "greedy":
             keep = greedy_coreset(everything, size)
         else:
             keep = torch.randperm(everything.shape[0], generator=torch.Generator().manual_seed(0))[:size]

@@ -1,4 +1,4 @@
-"""edge.manifest (round trip, sha256 checks, backups) and edge.calibration (quantile, tail fit, F1)."""
+"""edge.manifest (round trip, sha256 checks, backups) and edge.thresholds (quantile, tail fit, F1)."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.calibration import (CalibrationConfig, CalibrationError, calibrate_threshold, calibrate_thresholds,
+from edge.thresholds import (CalibrationConfig, CalibrationError, calibrate_threshold, calibrate_thresholds,
                               gpd_tail_fit, threshold_section)
-from edge.manifest import (ManifestError, load_manifest, manifest_path_for, sha256_file, update_threshold,
-                           write_manifest)
+from edge.manifest import (SCHEMA_VERSION, GraphIO, ManifestError, load_manifest, manifest_path_for, read_document,
+                           sha256_file, update_threshold, write_manifest)
 from edge.preprocess import PreprocessSpec
 
 
@@ -41,7 +41,7 @@ def test_manifest_round_trip_and_naming(model_file: Path) -> None:
     assert m.data["model_sha256"] == sha256_file(model_file)
     import hashlib
     assert m.data["model_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
-    assert m.data["schema_version"] == 1 and m.format == "onnx" and m.precision == "int8"
+    assert m.data["schema_version"] == SCHEMA_VERSION == 2 and m.format == "onnx" and m.precision == "int8"
     assert m.inference_precision_hint == "f32"
     assert m.preprocess_spec() == PreprocessSpec.for_normalization("half", 16)
     assert m.threshold() == 0.5 and m.threshold("b") == 0.6
@@ -61,7 +61,7 @@ def test_manifest_errors_name_the_file(model_file: Path, tmp_path: Path) -> None
     manifest_path_for(model_file).write_text("{ not json")
     with pytest.raises(ManifestError, match="dcam.int8.json: corrupt manifest"):
         load_manifest(model_file)
-    manifest_path_for(model_file).write_text(json.dumps({"schema_version": 2}))
+    manifest_path_for(model_file).write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1}))  # a newer writer
     with pytest.raises(ManifestError, match="schema_version"):
         load_manifest(model_file)
     with pytest.raises(ManifestError, match="unknown model extension"):
@@ -128,6 +128,98 @@ def test_update_threshold_keeps_backup_and_other_categories(model_file: Path) ->
     m = load_manifest(model_file)
     assert m.threshold() == pytest.approx(0.9) and m.data["threshold"]["fit"] == "empirical-quantile"
     assert len(list(model_file.parent.glob("dcam.int8.json.bak-*"))) == 1
+
+
+# ---- schema versions -----------------------------------------------------------------------------
+V1_EXAMPLE = Path(__file__).parent / "data" / "manifest-v1"  # written by the schema-1 writer (its README.md)
+
+
+@pytest.fixture
+def v1_export(tmp_path: Path) -> Path:
+    for f in V1_EXAMPLE.iterdir():
+        if f.suffix != ".py" and f.suffix != ".md":
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    return tmp_path
+
+
+def test_v1_manifest_is_read_as_v2(v1_export: Path) -> None:
+    raw = json.loads((v1_export / "dcam.json").read_text())
+    assert raw["schema_version"] == 1 and raw["files"]["dcam.tflite"]["runtime"]["engine"] == "ai-edge-litert"
+    doc = read_document(v1_export / "dcam.json")
+    assert doc.schema_version == 2 and sorted(doc.files) == ["dcam.onnx", "dcam.tflite", "dcam.xml"]
+    assert not doc.unreadable and doc.model["method"] == "dcam"
+    for name, fmt, engine in (("dcam.onnx", "onnx", "onnxruntime"), ("dcam.xml", "openvino", "openvino"),
+                              ("dcam.tflite", "tflite", "litert")):
+        m = load_manifest(v1_export / name)  # sha256 of the committed files still verify
+        assert m.format == fmt and m.precision == "fp32" and m.entry.runtime["engine"] == engine
+        assert m.threshold() == raw["files"][name]["threshold"]["global"] and m.categories == ["a", "b"]
+        assert m.preprocess_spec().image_size == 32 and m.data["threshold"] == raw["files"][name]["threshold"]
+    assert load_manifest(v1_export / "dcam.xml").entry.weights_file == "dcam.bin"
+    # graph_io was written by the v1 exporter and is what the runtime now reads (TFLite's converter names).
+    assert load_manifest(v1_export / "dcam.tflite").graph_io == GraphIO(
+        "serving_default_anomaly_map_output", "serving_default_score_output", "serving_default_image")
+
+
+def test_v1_manifest_is_rewritten_as_v2_keeping_every_entry(v1_export: Path) -> None:
+    before = json.loads((v1_export / "dcam.json").read_text())
+    update_threshold(v1_export / "dcam.onnx", {"global": 9.0}, backup=False)
+    after = json.loads((v1_export / "dcam.json").read_text())
+    assert after["schema_version"] == 2 and sorted(after["files"]) == sorted(before["files"])
+    assert after["files"]["dcam.tflite"]["runtime"]["engine"] == "litert"
+    for name in ("dcam.xml", "dcam.tflite"):  # the other entries: same content apart from the engine's name
+        old, new = before["files"][name], after["files"][name]
+        assert {**old, "runtime": new["runtime"]} == new
+    assert load_manifest(v1_export / "dcam.onnx").threshold() == 9.0
+    assert load_manifest(v1_export / "dcam.tflite").threshold() == before["files"]["dcam.tflite"]["threshold"]["global"]
+
+
+def test_v1_files_run_with_the_output_names_of_their_manifest(v1_export: Path) -> None:
+    from edge.engines import load_engine
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    scores = {}
+    for name in ("dcam.onnx", "dcam.xml", "dcam.tflite"):
+        pytest.importorskip({"dcam.onnx": "onnxruntime", "dcam.xml": "openvino", "dcam.tflite": "ai_edge_litert"}[name])
+        m = load_manifest(v1_export / name)
+        engine = load_engine(v1_export / name, threads=1, manifest=m)
+        assert engine.graph_io == m.graph_io  # selected by the manifest's names, not guessed
+        amap, scores[name] = engine.run(x)
+        np.testing.assert_allclose(scores[name], amap.reshape(2, -1).max(1), rtol=1e-5)
+    for name in scores:
+        np.testing.assert_allclose(scores[name], scores["dcam.onnx"], rtol=1e-4)
+
+
+def test_hand_written_v1_manifest_without_graph_io(v1_export: Path) -> None:
+    """A v1 manifest that never had graph_io (hand-written): loaded, and the runtime matches outputs by name/rank."""
+    doc = json.loads((v1_export / "dcam.json").read_text())
+    for entry in doc["files"].values():
+        del entry["graph_io"]
+    (v1_export / "dcam.json").write_text(json.dumps(doc))
+    m = load_manifest(v1_export / "dcam.tflite")
+    assert m.graph_io is None and m.output_name("score") == "score"
+    pytest.importorskip("ai_edge_litert")
+    from edge.engines import load_engine
+    engine = load_engine(v1_export / "dcam.tflite", threads=1)
+    assert engine.graph_io.anomaly_map == "serving_default_anomaly_map_output"
+
+
+def test_graph_io_that_does_not_name_the_files_outputs_is_refused(v1_export: Path) -> None:
+    from edge.engines import EngineError, load_engine
+    doc = json.loads((v1_export / "dcam.json").read_text())
+    doc["files"]["dcam.onnx"]["graph_io"]["score"] = "not_there"
+    (v1_export / "dcam.json").write_text(json.dumps(doc))
+    with pytest.raises(EngineError, match=r"dcam.onnx: the manifest names output 'not_there' \(graph_io.score\)"):
+        load_engine(v1_export / "dcam.onnx")
+
+
+def test_a_broken_entry_blocks_only_its_own_file(v1_export: Path) -> None:
+    doc = json.loads((v1_export / "dcam.json").read_text())
+    doc["files"]["dcam.xml"]["threshold"]["global"] = "high"
+    (v1_export / "dcam.json").write_text(json.dumps(doc))
+    with pytest.raises(ManifestError, match="dcam.json: threshold.global must be a number"):
+        load_manifest(v1_export / "dcam.xml")
+    update_threshold(v1_export / "dcam.onnx", {"global": 2.0}, backup=False)  # the broken entry is kept verbatim
+    assert json.loads((v1_export / "dcam.json").read_text())["files"]["dcam.xml"] == doc["files"]["dcam.xml"]
+    assert load_manifest(v1_export / "dcam.onnx").threshold() == 2.0
 
 
 # ---- calibration ---------------------------------------------------------------------------------

@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..backbones import build_backbone
-from ..backbones.resnet import conv1x1, conv3x3
-from ..config import ModelConfig
-from .base import DistillationModel
-from .decoder import DecoderSpec, ReverseDecoder, decoder_spec, init_rd_weights, residual_stage
-from .head import DistanceHead, pyramid_cosine_head
-from .rd_loss import multi_level_cosine_loss
+from ...backbones import build_backbone
+from ...backbones.resnet import conv1x1, conv3x3
+from ...config import ModelConfig
+from ..base import DistillationModel
+from ..decoder import DecoderSpec, ReverseDecoder, decoder_spec, init_rd_weights, residual_stage
+from ..head import DistanceHead, pyramid_cosine_head
+from .loss import multi_level_cosine_loss
 
 FUSIONS = ("concat", "msff", "last")
 
@@ -99,7 +99,7 @@ class ReverseDistillationModel(DistillationModel):
         self.teacher = build_backbone(cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.teacher_weights)
         self.freeze_teacher()
         channels = self.teacher.channels
-        self.spec = decoder_spec(cfg.backbone, cfg.rd_bottleneck_layers)
+        self.spec = decoder_spec(cfg.backbone, cfg.rd.bottleneck_layers)
         self.bottleneck = self.build_bottleneck(channels, self.spec)
         self.decoder = ReverseDecoder(channels, self.bottleneck.out_channels, self.spec)
         self.head = DistanceHead(cfg.blur_sigma)
@@ -118,7 +118,7 @@ class ReverseDistillationModel(DistillationModel):
 
     def compute_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         teacher_features = self.teacher_features(images)
-        loss = multi_level_cosine_loss(teacher_features, self.reconstruct(teacher_features), self.cfg.rd_loss_mode)
+        loss = multi_level_cosine_loss(teacher_features, self.reconstruct(teacher_features), self.cfg.rd.loss_mode)
         return loss, {"cosine": float(loss.detach())}
 
     def inference_model(self) -> nn.Module:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 
-class RuntimeMetrics:
+class RuntimeCounters:
     """Counters and gauges of one ``edge-run`` process (all methods are thread-safe).
 
     Attributes read by ``snapshot()``:

@@ -1,4 +1,4 @@
-"""edge.metrics_runtime (bounded, thread-safe counters), edge.overlay and edge.sdnotify."""
+"""edge.counters (bounded, thread-safe counters), edge.overlay and edge.sdnotify."""
 from __future__ import annotations
 
 import threading
@@ -6,13 +6,13 @@ import threading
 import cv2
 import numpy as np
 
-from edge.metrics_runtime import RuntimeMetrics
+from edge.counters import RuntimeCounters
 from edge.overlay import encode_jpeg, overlay_heatmap
 from edge.sdnotify import SystemdNotifier
 
 
 def test_latency_window_is_bounded_and_percentiles_match_numpy() -> None:
-    m = RuntimeMetrics(latency_window=100)
+    m = RuntimeCounters(latency_window=100)
     lat = np.random.default_rng(0).exponential(10.0, size=1000)
     for v in lat:
         m.record_frame(float(v), score=0.1, alarm_active=False)
@@ -27,7 +27,7 @@ def test_latency_window_is_bounded_and_percentiles_match_numpy() -> None:
 
 
 def test_counters_are_thread_safe() -> None:
-    m = RuntimeMetrics()
+    m = RuntimeCounters()
 
     def work() -> None:
         for _ in range(2000):
@@ -45,7 +45,7 @@ def test_counters_are_thread_safe() -> None:
 
 
 def test_latest_jpeg_keeps_only_the_newest() -> None:
-    m = RuntimeMetrics()
+    m = RuntimeCounters()
     assert m.latest_jpeg() is None
     m.set_latest_jpeg(b"a")
     m.set_latest_jpeg(b"b")

@@ -1,0 +1,23 @@
+"""Presets of forward distillation: STFPM (Wang et al. 2021) and DCAM (Jena et al., "Attend, Distill, Detect").
+
+Their options are ModelConfig's forward-distillation fields (attention, loss weights, student_*, feature_*),
+shared by both methods; STFPM is DCAM's baseline (DCAM Table 1): no attention, STFPM's L2-normalised MSE.
+"""
+from __future__ import annotations
+
+from ..registry import MethodSpec
+
+# DCAM §4.2: SGD lr 0.1, 400 epochs, batch 32; STFPM is trained with DCAM's settings for a fair comparison.
+PAPER_TRAIN = dict(optimizer="sgd", lr=0.1, epochs=400, batch_size=32)
+# Real-image measurements (bench-quality, README "Measured quality") at the 20-epoch CPU budget.
+MEASURED_MODEL = dict(student_bn_momentum=0.1, blur_sigma=4.0, levels=(1, 2))
+
+STFPM = MethodSpec(name="stfpm", paper="Wang et al., BMVC 2021 (STFPM)", model="dcam.model:STFPMModel",
+                   paper_model=dict(attention="none", loss_mse=1.0, loss_channel_cosine=0.0, loss_spatial_cosine=0.0,
+                                    loss_channel_kl=0.0, loss_spatial_kl=0.0),
+                   paper_train=PAPER_TRAIN, measured_model=MEASURED_MODEL)
+# DCAM Table 6, best row: channel attention, 1·CD_channel + 0.5·KLD_spatial.
+DCAM = MethodSpec(name="dcam", paper="Jena et al., Attend, Distill, Detect (DCAM)", model="dcam.model:STFPMModel",
+                  paper_model=dict(attention="channel", loss_mse=0.0, loss_channel_cosine=1.0, loss_spatial_cosine=0.0,
+                                   loss_channel_kl=0.0, loss_spatial_kl=0.5),
+                  paper_train=PAPER_TRAIN, measured_model=MEASURED_MODEL)
