@@ -18,7 +18,6 @@ state shared between engines, and a file that fails to load or crashes becomes a
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -27,7 +26,7 @@ import shlex
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,8 @@ from bench.files import (BenchError, ModelFile, dataset_samples, describe_file, 
 from bench.gemm import ENGINE_GEMM
 from bench.rows import build_rows
 from bench.runner import Job, run_group, run_once
-from edge.devices import DEVICE_CHOICES, DeviceError, parse_devices
+from edge.cliconfig import ConfigCli, option, run_cli
+from edge.devices import DEVICE_CHOICES, parse_devices
 from edge.formats import FORMATS
 
 Arch = tuple[str, str, int]  # (method, backbone, image size): what an eager baseline is built from
@@ -48,28 +48,43 @@ Arch = tuple[str, str, int]  # (method, backbone, image size): what an eager bas
 
 @dataclass
 class BenchConfig:
-    """bench-latency options (one field per flag)."""
+    """bench-latency options (one field per flag and ``--config`` key)."""
 
-    model: list[str] = field(default_factory=list)
-    models: str | None = None
-    threads: tuple[int, ...] = (1, 2)
-    runs: int = 200
-    warmup: int = 20
-    rounds: int = 10  # the runs of a comparison group are interleaved in this many rounds (bench.runner)
-    e2e_runs: int = 50  # end-to-end frames (decode + preprocess + inference) per file × threads
-    data: str | None = None  # MVTec-layout root: accuracy on its test split, frames for E2E
-    categories: str | None = None  # None: the manifest's categories (all of the dataset if absent)
-    run: list[str] = field(default_factory=list)  # dcam-train run dirs: eager baseline with trained weights
-    eager: bool = True  # time the eager torch pipeline when torch is importable
-    gemm_sizes: tuple[int, ...] = (512, 1024)  # M = K = N of the peak micro-benchmark (best counts); () skips
-    gemm_runs: int = 10
-    frame_size: int = 1024  # side of the generated frame used for E2E without --data (MVTec images are ~1024²)
-    devices: tuple[str, ...] = ("cpu",)  # edge.devices names; each file runs on those its engine supports
-    trt_cache_dir: str | None = None  # TensorRT engine cache (default: edge.devices.default_trt_cache_dir())
-    json: str | None = None
-    markdown: str | None = None
+    model: list[str] = option([], "model files (.onnx, .xml, .tflite)", metavar="FILE")
+    models: str | None = option(None, "bench every .onnx/.xml/.tflite under DIR (recursive)", metavar="DIR")
+    threads: tuple[int, ...] = option((1, 2), "comma-separated thread counts", split=",")
+    # edge.devices names; each file runs on those its engine supports
+    devices: tuple[str, ...] = option(("cpu",), f"comma-separated devices of {', '.join(DEVICE_CHOICES)}: each file "
+                                      "runs on those its engine supports (cuda/tensorrt: .onnx; gpu/npu: .xml)",
+                                      flag="--device", split=parse_devices)
+    # TensorRT engine cache (default: edge.devices.default_trt_cache_dir())
+    trt_cache_dir: str | None = option(None, "TensorRT engine cache (default: $STATE_DIRECTORY/trt-cache, else "
+                                             "$XDG_CACHE_HOME/dcam-edge/trt-cache); the first run on a model builds "
+                                             "its engine (minutes)", metavar="DIR")
+    runs: int = option(200, "timed inference runs per file × threads")
+    warmup: int = option(20, "untimed runs before timing")
+    # the runs of a comparison group are interleaved in this many rounds (bench.runner)
+    rounds: int = option(10, "interleave the models of one comparison in this many rounds (fair ratios under "
+                             "drifting load)")
+    e2e_runs: int = option(50, "frames timed end to end (decode + preprocess + inference); 0 skips")
+    data: str | None = option(None, "MVTec-layout dataset: image/pixel AUROC on its test split", metavar="DIR")
+    categories: str | None = option(None, "comma-separated categories of --data (default: the manifest's)")
+    run: list[str] = option([], "dcam-train run dirs: eager baseline with trained weights (else random weights, "
+                                "same latency)", metavar="RUN_DIR")
+    eager: bool = option(True, "time the eager torch pipeline when torch is importable")
+    # M = K = N of the peak micro-benchmark (best counts); () skips
+    gemm_sizes: tuple[int, ...] = option((512, 1024), "M=K=N of the peak GEMM micro-benchmark, best size counts; "
+                                                      "0 skips", split=",")
+    gemm_runs: int = option(10, "timed GEMM repetitions")
+    # side of the generated frame used for E2E without --data (MVTec images are ~1024²)
+    frame_size: int = option(1024, "side of the generated JPEG frame for end-to-end timing without --data")
+    json: str | None = option(None, "write the rows as a JSON list", metavar="OUT")
+    markdown: str | None = option(None, "write the Markdown report", metavar="OUT")
 
     def __post_init__(self) -> None:
+        self.threads = tuple(dict.fromkeys(self.threads))  # duplicates dropped, order kept
+        if self.gemm_sizes == (0,):  # "--gemm-sizes 0": no peak micro-benchmark
+            self.gemm_sizes = ()
         if bool(self.model) == bool(self.models):
             raise BenchError("give either --model FILE [FILE ...] or --models DIR")
         if not self.devices or any(d not in DEVICE_CHOICES for d in self.devices):
@@ -82,18 +97,6 @@ class BenchConfig:
                           ("frame_size", 32)):
             if getattr(self, name) < low:
                 raise BenchError(f"--{name.replace('_', '-')}: expected an integer ≥ {low}, got {getattr(self, name)}")
-
-
-# ------------------------------------------------------------------------------------------ inputs
-def parse_ints(text: str, flag: str, example: str) -> tuple[int, ...]:
-    """"1,2,4" → (1, 2, 4), duplicates dropped; BenchError naming ``flag`` for anything else."""
-    try:
-        values = tuple(dict.fromkeys(int(t) for t in text.split(",") if t.strip()))
-    except ValueError:
-        values = ()
-    if not values or any(v < 1 for v in values):
-        raise BenchError(f"{flag}: expected comma-separated positive integers such as {example}, got {text!r}")
-    return values
 
 
 # ------------------------------------------------------------------------------------------- plan
@@ -234,51 +237,7 @@ def _load() -> str:
 
 
 # -------------------------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    d = BenchConfig.__dataclass_fields__
-    p = argparse.ArgumentParser(prog="bench-latency", description=__doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", nargs="+", metavar="FILE", help="model files (.onnx, .xml, .tflite)")
-    src.add_argument("--models", metavar="DIR", help="bench every .onnx/.xml/.tflite under DIR (recursive)")
-    p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default: %(default)s)")
-    p.add_argument("--device", default="cpu",
-                   help=f"comma-separated devices of {', '.join(DEVICE_CHOICES)}: each file runs on those its engine "
-                        "supports (cuda/tensorrt: .onnx; gpu/npu: .xml) (default: %(default)s)")
-    p.add_argument("--trt-cache-dir", metavar="DIR",
-                   help="TensorRT engine cache (default: $STATE_DIRECTORY/trt-cache, else "
-                        "$XDG_CACHE_HOME/dcam-edge/trt-cache); the first run on a model builds its engine (minutes)")
-    p.add_argument("--runs", type=int, default=d["runs"].default, help="timed inference runs per file × threads (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=d["warmup"].default, help="untimed runs before timing (default: %(default)s)")
-    p.add_argument("--rounds", type=int, default=d["rounds"].default,
-                   help="interleave the models of one comparison in this many rounds (fair ratios under drifting load) (default: %(default)s)")
-    p.add_argument("--e2e-runs", type=int, default=d["e2e_runs"].default,
-                   help="frames timed end to end (decode + preprocess + inference); 0 skips (default: %(default)s)")
-    p.add_argument("--data", metavar="DIR", help="MVTec-layout dataset: image/pixel AUROC on its test split")
-    p.add_argument("--categories", help="comma-separated categories of --data (default: the manifest's)")
-    p.add_argument("--run", nargs="+", default=[], metavar="RUN_DIR",
-                   help="dcam-train run dirs: eager baseline with trained weights (else random weights, same latency)")
-    p.add_argument("--eager", action=argparse.BooleanOptionalAction, default=True,
-                   help="time the eager torch pipeline when torch is importable")
-    p.add_argument("--gemm-sizes", default=",".join(map(str, d["gemm_sizes"].default)),
-                   help="M=K=N of the peak GEMM micro-benchmark, best size counts; 0 skips (default: %(default)s)")
-    p.add_argument("--gemm-runs", type=int, default=d["gemm_runs"].default, help="timed GEMM repetitions (default: %(default)s)")
-    p.add_argument("--frame-size", type=int, default=d["frame_size"].default,
-                   help="side of the generated JPEG frame for end-to-end timing without --data (default: %(default)s)")
-    p.add_argument("--json", metavar="OUT", help="write the rows as a JSON list")
-    p.add_argument("--markdown", metavar="OUT", help="write the Markdown report")
-    return p
-
-
-def config_from_args(ns: argparse.Namespace) -> BenchConfig:
-    values = {f.name: getattr(ns, f.name) for f in fields(BenchConfig) if hasattr(ns, f.name)}
-    values["model"] = ns.model or []
-    values["threads"] = parse_ints(ns.threads, "--threads", "1,2,4")
-    try:
-        values["devices"] = parse_devices(ns.device)
-    except DeviceError as e:
-        raise BenchError(str(e)) from None
-    values["gemm_sizes"] = () if ns.gemm_sizes.strip() == "0" else parse_ints(ns.gemm_sizes, "--gemm-sizes", "512,1024")
-    return BenchConfig(**values)
+CLI = ConfigCli(BenchConfig, "bench-latency", __doc__.split("\n\n")[0])
 
 
 def bench(cfg: BenchConfig, command: str = "bench-latency") -> tuple[list[dict[str, Any]], str]:
@@ -318,16 +277,9 @@ def bench(cfg: BenchConfig, command: str = "bench-latency") -> tuple[list[dict[s
     return rows, report.render(rows, meta)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    ns = parser.parse_args(args)
-    try:
-        cfg = config_from_args(ns)
-        rows, markdown = bench(cfg, "bench-latency " + shlex.join(args))
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def _bench(args: list[str]) -> int:
+    cfg = CLI.parse(args)
+    rows, markdown = bench(cfg, "bench-latency " + shlex.join(args))
     print(markdown)
     if cfg.json:
         Path(cfg.json).write_text(json.dumps(rows, indent=2) + "\n")
@@ -337,6 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in failed:
         print(f"warning: {report.where(r)} failed: {r['error']}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``bench-latency``: BenchError and the other bad-input ValueErrors → one error line, exit status 2."""
+    return run_cli(lambda: _bench(list(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

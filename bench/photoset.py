@@ -12,13 +12,14 @@ real photographs with real fine structure, where methods differ. Nothing is writ
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from edge.cliconfig import ConfigCli, option, run_cli
 
 DEFECTS = ("scratch", "stain", "foreign", "crack")
 
@@ -180,20 +181,34 @@ def build(out: str | Path, categories: list[str] | None = None, size: int = 320,
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.photoset", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="output root (MVTec AD layout)")
-    p.add_argument("--categories", default="", help=f"comma-separated subset of {', '.join(CATEGORIES)}")
-    p.add_argument("--size", type=int, default=320, help="image side in pixels (default 320)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    try:
-        root = build(args.out, [c for c in args.categories.split(",") if c] or None, args.size, seed=args.seed)
-    except (PhotoSetError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+@dataclass
+class PhotoSetOptions:
+    """Options of ``python -m bench.photoset`` (one field per flag and ``--config`` key)."""
+
+    out: str = option("", "output root (MVTec AD layout)")
+    categories: str = option("", f"comma-separated subset of {', '.join(CATEGORIES)}")
+    size: int = option(320, "image side in pixels")
+    seed: int = option(0, "seed of the views and defects")
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise PhotoSetError("--out: expected an output root")
+
+
+CLI = ConfigCli(PhotoSetOptions, "python -m bench.photoset", __doc__.split("\n\n")[0])
+
+
+def _build(argv: list[str] | None) -> int:
+    options = CLI.parse(argv)
+    root = build(options.out, [c for c in options.categories.split(",") if c] or None, options.size,
+                 seed=options.seed)
     print(f"wrote {root}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Bad options, an unknown category or an unwritable output root → one error line, exit status 2."""
+    return run_cli(lambda: _build(argv), errors=(PhotoSetError, OSError, ValueError))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import math
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from tqdm import tqdm
 
+from edge.cliconfig import ConfigCli, option, run_cli
 from edge.jsonsafe import write_json
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
@@ -50,18 +51,27 @@ class QualityConfig:
 
 @dataclass
 class QualityBenchConfig:
-    """bench-quality options (one field per flag)."""
+    """bench-quality options (one field per flag and ``--config`` key)."""
 
-    data: list[str] = field(default_factory=list)
-    configs: str = str(DEFAULT_CONFIGS)
-    config_names: str = ""  # comma-separated subset of the file's configurations; "" = all
-    epochs: tuple[int, ...] = (20,)
-    image_size: int = 256
-    backbone: str = "efficientnet_lite0"
-    per_category: bool = False
-    device: str = "auto"
-    out: str = "quality"
-    extra: tuple[str, ...] = ()  # more dcam-train flags for every cell
+    data: list[str] = option([], "MVTec-layout data set roots", metavar="DIR")
+    configs: str = option(str(DEFAULT_CONFIGS), "TOML file of [[config]] name/args tables")
+    # comma-separated subset of the file's configurations; "" = all
+    config_names: str = option("", "comma-separated subset of --configs")
+    epochs: tuple[int, ...] = option((20,), "comma-separated training budgets in epochs (one run each)", split=",")
+    image_size: int = option(256, "image side in pixels")
+    backbone: str = option("efficientnet_lite0", "teacher/student backbone")
+    per_category: bool = option(False, "one model per category instead of one unified model per data set")
+    device: str = option("auto", "auto, cpu or cuda[:N]")
+    out: str = option("quality", "output directory (runs, quality.json/.md/.png)")
+    # more dcam-train flags for every cell
+    extra: tuple[str, ...] = option((), "dcam-train flags added to every run", nargs=argparse.REMAINDER)
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise QualityError("--data: expected one or more MVTec-layout data set roots")
+        if not self.epochs or min(self.epochs) <= 0:
+            raise QualityError(f"--epochs: expected comma-separated positive integers, got "
+                               f"{','.join(map(str, self.epochs))!r}")
 
 
 def load_configs(path: str | Path, names: str = "") -> list[QualityConfig]:
@@ -232,43 +242,20 @@ def plot(report: dict[str, Any], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = QualityBenchConfig()
-    p = argparse.ArgumentParser(prog="bench-quality", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", nargs="+", required=True, help="MVTec-layout data set roots")
-    p.add_argument("--configs", default=d.configs, help="TOML file of [[config]] name/args tables")
-    p.add_argument("--config-names", default=d.config_names, help="comma-separated subset of --configs")
-    p.add_argument("--epochs", default="20", help="comma-separated training budgets in epochs (one run each)")
-    p.add_argument("--image-size", type=int, default=d.image_size)
-    p.add_argument("--backbone", default=d.backbone)
-    p.add_argument("--per-category", action=argparse.BooleanOptionalAction, default=d.per_category,
-                   help="one model per category instead of one unified model per data set")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--out", default=d.out, help="output directory (runs, quality.json/.md/.png)")
-    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="dcam-train flags added to every run")
-    return p
+CLI = ConfigCli(QualityBenchConfig, "bench-quality", __doc__.split("\n\n")[0])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        epochs = tuple(int(e) for e in args.epochs.split(",") if e)
-        if not epochs or min(epochs) <= 0:
-            raise ValueError
-    except ValueError:
-        print(f"error: --epochs: expected comma-separated positive integers, got {args.epochs!r}", file=sys.stderr)
-        return 2
-    bench = QualityBenchConfig(data=args.data, configs=args.configs, config_names=args.config_names, epochs=epochs,
-                               image_size=args.image_size, backbone=args.backbone, per_category=args.per_category,
-                               device=args.device, out=args.out, extra=tuple(args.extra))
-    try:
-        report = run_benchmark(bench)
-    except (QualityError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def _benchmark(argv: Sequence[str] | None) -> int:
+    bench = CLI.parse(argv)
+    report = run_benchmark(bench)
     print(markdown(report).split("\n## ")[0])
     print(f"wrote {bench.out}/quality.json, quality.md, quality.png")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``bench-quality``: QualityError and the other bad-input ValueErrors → one error line, exit status 2."""
+    return run_cli(lambda: _benchmark(argv))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ frames/s; alarms raised/cleared; the runner's sink counters.  Exit status 0, 2 o
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -36,13 +35,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any, cast
 
 import numpy as np
 
+from edge.cliconfig import ConfigCli, option, run_cli
 from edge.jsonsafe import json_safe, write_json
 from edge.counters import RuntimeCounters
 from edge.sources import RawSource
@@ -312,71 +312,43 @@ def _no_proxy_for_localhost() -> None:
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class SoakConfig:
-    frames: int = 10000
-    model: str | None = None
-    image_size: int | None = None  # generated model only (default 256)
-    frame_width: int = 640
-    frame_height: int = 480
-    threads: int = 1
-    defect_every: int = 500
-    defect_len: int = 8
-    defect_size: int | None = None  # default: min(frame side) // 12
-    threshold: str = "auto"
-    jsonl: str | None = None
-    jsonl_every: int = 1
-    alarm_log: str | None = None
-    snapshot_dir: str | None = None
-    with_webhook: bool = False
-    fps: float | None = None
-    rss_every: int = 1000
-    seed: int = 0
-    json: str | None = None
-    progress: bool = True
-    log_level: str = "WARNING"
+    """Soak options (one field per flag and ``--config`` key)."""
+
+    frames: int = option(10000, "frames to score")
+    model: str | None = option(None, "exported .onnx/.xml/.tflite with its manifest (default: a generated tiny "
+                                     "ONNX model)", metavar="FILE")
+    image_size: int | None = option(None, "input size of the generated model (default: 256)")
+    frame_size: str = option("640x480", "generated BGR frame size in pixels (N = N×N)", metavar="WxH|N")
+    threads: int = option(1, "inference threads, also OpenCV's")
+    defect_every: int = option(500, "a defect episode every K frames", metavar="K")
+    defect_len: int = option(8, "frames per defect episode, the square moving each frame", metavar="L")
+    defect_size: int | None = option(None, "side of the defect square (default: shorter frame side / 12)",
+                                     metavar="PX")
+    threshold: str = option("auto", "'auto' (midway between the clean frame's and the defect frames' scores, so any "
+                                    "model alarms on the defect), 'manifest', or a number")
+    jsonl: str | None = option(None, "append the frame log here (default: formatted, then discarded)", metavar="PATH")
+    jsonl_every: int = option(1, "frame log: every k-th frame's line (events always)", metavar="K")
+    alarm_log: str | None = option(None, "enable the log sink (alarm JSON lines) to this file", metavar="PATH")
+    snapshot_dir: str | None = option(None, "enable the snapshot sink (frame + overlay per alarm)", metavar="DIR")
+    with_webhook: bool = option(False, "enable the webhook sink, POSTing to a receiver this script runs on 127.0.0.1")
+    fps: float | None = option(None, "pace the source as a live camera at F frames/s (the runner's latest-frame "
+                                     "grabber drops what it cannot score); default: as fast as the loop runs")
+    rss_every: int = option(1000, "RSS sample every N frames", metavar="N")
+    seed: int = option(0, "seed of the generated image")
+    json: str | None = option(None, "write the results as JSON here", metavar="OUT")
+    progress: bool = option(True, "tqdm progress bar")
+    log_level: str = option("WARNING", "edge runtime log level on stderr")
+    frame_width: int = field(init=False)
+    frame_height: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.frame_width, self.frame_height = _parse_frame_size(self.frame_size)
+        self.log_level = self.log_level.upper()
+        _check_soak_options(self)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message}", file=sys.stderr)  # one line, no usage block
-        raise SystemExit(2)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m bench.soak",
-                description="Soak benchmark: N frames through the edge frame loop; RSS over time, latency "
-                            "percentiles, alarms and sink counters.")
-    p.add_argument("--frames", type=int, default=10000, help="frames to score (default: 10000)")
-    p.add_argument("--model", metavar="FILE", help="exported .onnx/.xml/.tflite with its manifest "
-                   "(default: a generated tiny ONNX model)")
-    p.add_argument("--image-size", type=int, help="input size of the generated model (default: 256)")
-    p.add_argument("--frame-size", default="640x480", metavar="WxH|N",
-                   help="generated BGR frame size in pixels (default: 640x480; N = N×N)")
-    p.add_argument("--threads", type=int, default=1, help="inference threads, also OpenCV's (default: 1)")
-    p.add_argument("--defect-every", type=int, default=500, metavar="K", help="a defect episode every K frames "
-                   "(default: 500)")
-    p.add_argument("--defect-len", type=int, default=8, metavar="L",
-                   help="frames per defect episode, the square moving each frame (default: 8)")
-    p.add_argument("--defect-size", type=int, metavar="PX", help="side of the defect square "
-                   "(default: shorter frame side / 12)")
-    p.add_argument("--threshold", default="auto", help="'auto' (midway between the clean frame's and the defect "
-                   "frames' scores, so any model alarms on the defect), 'manifest', or a number (default: auto)")
-    p.add_argument("--jsonl", metavar="PATH", help="append the frame log here (default: formatted, then "
-                   "discarded)")
-    p.add_argument("--jsonl-every", type=int, default=1, metavar="K", help="frame log: every k-th frame's line "
-                   "(events always; default: 1)")
-    p.add_argument("--alarm-log", metavar="PATH", help="enable the log sink (alarm JSON lines) to this file")
-    p.add_argument("--snapshot-dir", metavar="DIR", help="enable the snapshot sink (frame + overlay per alarm)")
-    p.add_argument("--with-webhook", action="store_true",
-                   help="enable the webhook sink, POSTing to a receiver this script runs on 127.0.0.1")
-    p.add_argument("--fps", type=float, help="pace the source as a live camera at F frames/s (the runner's "
-                   "latest-frame grabber drops what it cannot score); default: as fast as the loop runs")
-    p.add_argument("--rss-every", type=int, default=1000, metavar="N", help="RSS sample every N frames "
-                   "(default: 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated image (default: 0)")
-    p.add_argument("--json", metavar="OUT", help="write the results as JSON here")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
-    p.add_argument("--log-level", default="WARNING", help="edge runtime log level on stderr (default: WARNING)")
-    return p
+CLI = ConfigCli(SoakConfig, "python -m bench.soak", "Soak benchmark: N frames through the edge frame loop; RSS over "
+                "time, latency percentiles, alarms and sink counters.")
 
 
 def _parse_frame_size(text: str) -> tuple[int, int]:
@@ -392,14 +364,9 @@ def _parse_frame_size(text: str) -> tuple[int, int]:
     return dims[0], dims[1]
 
 
-def config_from_args(ns: argparse.Namespace) -> SoakConfig:
-    width, height = _parse_frame_size(ns.frame_size)
-    cfg = SoakConfig(frames=ns.frames, model=ns.model, image_size=ns.image_size, frame_width=width,
-                     frame_height=height, threads=ns.threads, defect_every=ns.defect_every, defect_len=ns.defect_len,
-                     defect_size=ns.defect_size, threshold=ns.threshold, jsonl=ns.jsonl, jsonl_every=ns.jsonl_every,
-                     alarm_log=ns.alarm_log, snapshot_dir=ns.snapshot_dir, with_webhook=ns.with_webhook, fps=ns.fps,
-                     rss_every=ns.rss_every, seed=ns.seed, json=ns.json, progress=ns.progress,
-                     log_level=ns.log_level.upper())
+def _check_soak_options(cfg: SoakConfig) -> None:
+    """SoakError naming the first bad option."""
+    width, height = cfg.frame_width, cfg.frame_height
     checks: list[tuple[str, Any, bool, str]] = [("--frames", cfg.frames, cfg.frames >= 1, ">= 1"),
               ("--threads", cfg.threads, cfg.threads >= 1, ">= 1"),
               ("--defect-every", cfg.defect_every, cfg.defect_every >= 2, ">= 2"),
@@ -426,10 +393,9 @@ def config_from_args(ns: argparse.Namespace) -> SoakConfig:
         if not math.isfinite(number):
             raise SoakError(f"--threshold {cfg.threshold!r}: expected a finite number")
     if cfg.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise SoakError(f"--log-level {ns.log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
+        raise SoakError(f"--log-level {cfg.log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
     if cfg.model is not None and not Path(cfg.model).is_file():
         raise SoakError(f"--model {cfg.model}: file not found")
-    return cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,9 +452,9 @@ def soak(cfg: SoakConfig) -> dict[str, Any]:
         else:
             threshold = float(cfg.threshold)
 
-        sinks_cfg = None
+        from edge.sinks import DeliveryOptions, SinkConfig
+        sinks_cfg = SinkConfig()
         if cfg.alarm_log or cfg.snapshot_dir or cfg.with_webhook:
-            from edge.sinks import SinkConfig
             kw: dict[str, Any] = {"on_clear": True}
             if cfg.alarm_log:
                 kw["log_path"] = cfg.alarm_log
@@ -497,8 +463,8 @@ def soak(cfg: SoakConfig) -> dict[str, Any]:
             if cfg.with_webhook:
                 _no_proxy_for_localhost()
                 receiver = WebhookReceiver().start()
-                kw.update(webhook_url=receiver.url, webhook_spool_dir=str(Path(tmp.name) / "spool"),
-                          webhook_timeout=2.0, webhook_backoff=0.2, webhook_backoff_max=2.0)
+                kw.update(webhook_url=receiver.url, webhook=DeliveryOptions(
+                    spool_dir=str(Path(tmp.name) / "spool"), timeout=2.0, backoff=0.2, backoff_max=2.0))
             sinks_cfg = SinkConfig(**kw)
 
         run_cfg = RunConfig(model=model, threads=cfg.threads, max_frames=cfg.frames, jsonl=cfg.jsonl,
@@ -632,22 +598,21 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
-    try:
-        cfg = config_from_args(ns)
-        result = soak(cfg)
-    except ValueError as e:  # SoakError and the edge runtime's error classes (EngineError, ManifestError, …)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def _soak(argv: Sequence[str] | None) -> int:
+    cfg = CLI.parse(argv)
+    result = soak(cfg)
     print(render(result))
     if cfg.json:
         try:
             write_json(cfg.json, result)
         except OSError as e:
-            print(f"error: --json {cfg.json}: cannot write it ({e.strerror or e})", file=sys.stderr)
-            return 2
+            raise SoakError(f"--json {cfg.json}: cannot write it ({e.strerror or e})") from None
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """SoakError and the edge runtime's error classes (EngineError, ManifestError, …) → one error line, exit 2."""
+    return run_cli(lambda: _soak(argv))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ import logging
 import signal
 import sys
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+from edge.cliconfig import run_cli
 from edge.config import CalibrateConfig, RunConfig, parse_config
 from edge.jsonsafe import json_safe
 
@@ -52,17 +53,6 @@ class _StopOnSignal:
             signal.signal(s, h)
 
 
-def _guarded(body: Callable[[], int]) -> int:
-    """Run ``body``; ValueErrors (our error classes) become one ``error:`` line and exit status 2."""
-    try:
-        return body()
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # e.g. `edge-run ... | head`: the reader went away
-        return 0
-
-
 def run_main(argv: Sequence[str] | None = None) -> int:
     """``edge-run``: score frames with an exported model; JSON lines to stdout or --jsonl."""
     def body() -> int:
@@ -74,7 +64,7 @@ def run_main(argv: Sequence[str] | None = None) -> int:
             summary = run(cfg, stop_event=stop)
         log.info("summary %s", json.dumps(json_safe({k: v for k, v in summary.items() if k != "events"})))
         return 0
-    return _guarded(body)
+    return run_cli(body)
 
 
 def _number(x: float | None) -> str:
@@ -99,7 +89,7 @@ def calibrate_main(argv: Sequence[str] | None = None) -> int:
             log.warning("%s", summary["statistics"]["warning"])
         print(json.dumps(json_safe(summary), allow_nan=False))
         return 0
-    return _guarded(body)
+    return run_cli(body)
 
 
 COMMANDS = {"run": run_main, "calibrate": calibrate_main}

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
 from typing import Callable
+
+from edge.cliconfig import run_cli
 
 TORCH_PIN = "torch==2.13.0"  # the CPU wheel; installed before the extra so pip does not pull the CUDA build
 OWN_PACKAGES = ("edge", "train", "export", "bench")
@@ -23,23 +24,29 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _launch(prog: str, target: str, extra: str) -> int:
-    """Run ``module:function`` (argv from sys.argv), or print the install line and return 2 without PyTorch."""
+class MissingExtraError(ValueError):
+    """A torch-side command on an install without its extra (PyTorch, a converter, matplotlib, ...)."""
+
+
+def _main_of(prog: str, target: str, extra: str) -> Callable[[], int | None]:
+    """The ``module:function`` behind ``prog``, or MissingExtraError with the install line."""
     hint = f"pip install {TORCH_PIN} && pip install 'dcam-edge[{extra}]'"
     if not _installed("torch"):
-        print(f"error: {prog} needs PyTorch: {hint}", file=sys.stderr)
-        return 2
+        raise MissingExtraError(f"{prog} needs PyTorch: {hint}")
     module, func = target.split(":")
     try:
-        main: Callable[[], int | None] = getattr(importlib.import_module(module), func)
+        return getattr(importlib.import_module(module), func)
     except ModuleNotFoundError as e:
         if not e.name or e.name.split(".")[0] in OWN_PACKAGES:
             raise  # a bug of this package, not a missing dependency
         # Another part of the extra (a converter, matplotlib, ...) is missing: same one-line answer.
-        print(f"error: {prog} needs the Python package {e.name!r}: pip install 'dcam-edge[{extra}]'",
-              file=sys.stderr)
-        return 2
-    return main() or 0
+        raise MissingExtraError(f"{prog} needs the Python package {e.name!r}: pip install 'dcam-edge[{extra}]'") \
+            from None
+
+
+def _launch(prog: str, target: str, extra: str) -> int:
+    """Run ``module:function`` (argv from sys.argv), or print the install line and return 2 without PyTorch."""
+    return run_cli(lambda: _main_of(prog, target, extra)(), errors=(MissingExtraError,))
 
 
 def train_main() -> int:

@@ -81,7 +81,7 @@ def open_jsonl(path: str) -> IO[str]:
 
 def start_status(config: RunConfig, metrics: RuntimeCounters, sinks: list[Any]) -> StatusServer | None:
     """The started status endpoint, or None when no --status-port is configured."""
-    if config.status is None or getattr(config.status, "port", None) is None:
+    if config.status.port is None:
         return None
     return StatusServer.from_config(config.status, metrics, sinks)
 
@@ -127,7 +127,7 @@ class Publisher:
         return out
 
     def _build_sinks(self) -> list[Any]:
-        return [] if self.config.sinks is None else list(build_sinks(self.config.sinks, self.metrics))
+        return list(build_sinks(self.config.sinks, self.metrics))
 
     def _close_status(self) -> None:
         if self.status is None:

@@ -18,18 +18,18 @@ Read-only (GET/HEAD only), no external assets; bound to 127.0.0.1 unless configu
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import threading
 import re
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
+from edge.cliconfig import option
 from edge.jsonsafe import json_safe
 from edge.liveview import PAGE, LiveView
 from edge.redact import redact_credentials
@@ -49,9 +49,12 @@ class StatusError(ValueError):
 class StatusConfig:
     """Status endpoint settings; flags --status-<field>, TOML section [status] with the field names."""
 
-    port: int | None = None  # None: endpoint disabled
-    host: str = "127.0.0.1"
-    stall_s: float = 10.0  # /healthz answers 503 when no frame was scored for this long
+    config_error: ClassVar[type[ValueError]] = StatusError  # edge.cliconfig raises it for [status] keys
+
+    port: int | None = option(None, "serve /healthz, /metrics, /latest.jpg on this TCP port (0 = any free port; "
+                                    "default: off)")
+    host: str = option("127.0.0.1", "address to bind (0.0.0.0 exposes it to the network)")
+    stall_s: float = option(10.0, "/healthz returns 503 when no frame was scored for this many seconds")
 
     def __post_init__(self) -> None:
         if self.port is not None and not 0 <= self.port <= 65535:
@@ -60,41 +63,6 @@ class StatusConfig:
             raise StatusError(f"--status-stall-s / [status] stall_s: expected seconds > 0, got {self.stall_s!r}")
         if not self.host:
             raise StatusError("--status-host / [status] host: expected an address, got ''")
-
-
-_STATUS_HELP = {
-    "port": "serve /healthz, /metrics, /latest.jpg on this TCP port (0 = any free port; default: off)",
-    "host": "address to bind (default: 127.0.0.1; 0.0.0.0 exposes it to the network)",
-    "stall_s": "/healthz returns 503 when no frame was scored for this many seconds (default: 10)",
-}
-_STATUS_TYPES = {"port": int, "host": str, "stall_s": float}
-
-
-def add_status_arguments(parser: argparse.ArgumentParser) -> None:
-    """--status-port, --status-host, --status-stall-s (default None = not given, the file may set them)."""
-    group = parser.add_argument_group("status endpoint (also settable in the [status] section of --config)")
-    for f in fields(StatusConfig):
-        group.add_argument("--status-" + f.name.replace("_", "-"), dest="status_" + f.name, default=None,
-                           type=_STATUS_TYPES[f.name], help=_STATUS_HELP[f.name])
-
-
-def status_config_from_args(args: argparse.Namespace, file_section: dict | None = None) -> StatusConfig:
-    """StatusConfig from defaults ← `[status]` file section ← CLI flags (later wins)."""
-    values: dict[str, Any] = {}
-    for key, value in (file_section or {}).items():
-        if key not in _STATUS_TYPES:
-            raise StatusError(f"[status] {key}: unknown key; expected one of {', '.join(_STATUS_TYPES)}")
-        kind = _STATUS_TYPES[key]
-        ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
-        if not ok or isinstance(value, bool):
-            raise StatusError(f"[status] {key}: expected {'a number' if kind is float else kind.__name__}, "
-                              f"got {value!r}")
-        values[key] = kind(value)
-    for key in _STATUS_TYPES:
-        value = getattr(args, "status_" + key, None)
-        if value is not None:
-            values[key] = value
-    return StatusConfig(**values)
 
 
 # ---- health and metrics (pure functions of a RuntimeCounters snapshot) ------------------------------

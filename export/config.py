@@ -1,7 +1,7 @@
-"""``dcam-export`` options (one dataclass field per CLI flag) and the export error types.
+"""``dcam-export`` options (one dataclass field per CLI flag and ``--config`` key) and the export error types.
 
 Formats, precisions, the per-format options and their allowed values, and the file-name rule are
-``edge.formats``; the constants below re-export them under the names export.cli uses.
+``edge.formats``; the constants below re-export them under the names this package uses.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from types import ModuleType
 from typing import Any
 
 from edge.accuracy import GuardLimits
-from edge.formats import (FORMAT_NAMES, ONNX_CALIBRATIONS, ONNX_INT8_SCOPES,  # noqa: F401 - export.cli's choices
-                          OPENVINO_BIAS_CORRECTIONS, PRECISIONS, TFLITE_INT8_RECIPES, get_format)
+from edge.cliconfig import option
+from edge.formats import (FORMAT_NAMES, ONNX_CALIBRATIONS, ONNX_INT8_SCOPES, OPENVINO_BIAS_CORRECTIONS, PRECISIONS,
+                          TFLITE_INT8_RECIPES, get_format)
 
 FORMATS = FORMAT_NAMES
 THRESHOLD_MODES = ("fpr", "f1")
@@ -58,33 +59,46 @@ def _parse_list(value: str | list[str] | tuple[str, ...], valid: tuple[str, ...]
 
 @dataclass
 class ExportConfig:
-    """What to export and how (defaults: the issue's guard limits and 1 false alarm per 1000 normal images)."""
+    """What to export and how (defaults: the issue's guard limits and 1 false alarm per 1000 normal images).
 
-    run: str = ""
-    out: str = ""
-    formats: str | tuple[str, ...] = "onnx,openvino,tflite"
-    precisions: str | tuple[str, ...] = "fp32,int8"
-    calib_data: str | None = None  # folder of normal images; default: the run's training normals
-    calib_samples: int = RECOMMENDED_CALIB_SAMPLES
-    threshold_mode: str = "fpr"
-    target_fpr: float = 0.001
-    allow_accuracy_drop: bool = False
+    One field per ``dcam-export`` flag and ``--config`` key (edge.cliconfig)."""
+
+    run: str = option("", "dcam-train run directory (config.json + best.pt)")
+    out: str = option("", "output directory for the model files and manifests")
+    # A comma-separated string is accepted too ("onnx,openvino"): the flag's form.
+    formats: tuple[str, ...] = option(FORMATS, f"comma-separated subset of {','.join(FORMATS)}", split=",")
+    precisions: tuple[str, ...] = option(PRECISIONS, f"comma-separated subset of {','.join(PRECISIONS)}", split=",")
+    calib_data: str | None = option(None, "folder of normal images for int8 calibration (default: the run's "
+                                          "training normals)")
+    calib_samples: int = option(RECOMMENDED_CALIB_SAMPLES, "at most this many calibration images (warning under "
+                                                           f"{RECOMMENDED_CALIB_SAMPLES})")
+    threshold_mode: str = option("fpr", "fpr: false-alarm rate on validation normals; f1: F1-optimal on labelled "
+                                        "test images", choices=THRESHOLD_MODES)
+    target_fpr: float = option(0.001, "false-alarm rate on normal images for --threshold-mode fpr")
+    allow_accuracy_drop: bool = option(False, "exit 0 even when an int8 file fails the accuracy guard")
     # Accuracy guard for int8 vs fp32 (percentage points of AUROC; Spearman of image scores): edge.accuracy's limits.
-    max_image_auroc_drop: float = GuardLimits.max_image_auroc_drop
-    max_pixel_auroc_drop: float = GuardLimits.max_pixel_auroc_drop
-    min_score_spearman: float = GuardLimits.min_score_spearman
-    threads: int = 2
+    max_image_auroc_drop: float = option(GuardLimits.max_image_auroc_drop,
+                                         "guard: largest allowed int8 image-AUROC drop vs fp32, in points")
+    max_pixel_auroc_drop: float = option(GuardLimits.max_pixel_auroc_drop,
+                                         "guard: largest allowed int8 pixel-AUROC drop vs fp32, in points")
+    min_score_spearman: float = option(GuardLimits.min_score_spearman, "guard: smallest allowed Spearman of int8 vs "
+                                       "fp32 image scores on validation normals")
+    threads: int = option(2, "engine threads for evaluation/timing")
     # "backbone" quantises every backbone op (Conv, Add, Clip, ...); "conv" only Conv/MatMul/Gemm (head fp32 in both)
-    onnx_int8_scope: str = "backbone"
-    onnx_calibration: str = "minmax"
+    onnx_int8_scope: str = option("backbone", "backbone: quantise every backbone op; conv: only Conv/MatMul/Gemm "
+                                              "(head always fp32)", choices=ONNX_INT8_SCOPES)
+    onnx_calibration: str = option("minmax", "ONNX Runtime activation-range calibration method",
+                                   choices=ONNX_CALIBRATIONS)
     # "static" = int8 weights + int8 activations for the backbone's CONV_2D / DEPTHWISE_CONV_2D; "dynamic" =
     # int8 weights, activations quantised at run time
-    tflite_int8: str = "static"
+    tflite_int8: str = option("static", "static: int8 conv weights+activations (calibrated); dynamic: int8 weights, "
+                                        "dynamic range", choices=TFLITE_INT8_RECIPES)
     # full: NNCF's BiasCorrection (measured on a 256 px Lite0: map correlation 0.9957 → 0.9978, pixel-AUROC
     # drop 0.95 → 0.48 points); fast: FastBiasCorrection, quicker export
-    openvino_bias_correction: str = "full"
-    seed: int = 0
-    progress: bool = True
+    openvino_bias_correction: str = option("full", "NNCF bias correction after int8 quantisation: full (more "
+                                                   "accurate) or fast", choices=OPENVINO_BIAS_CORRECTIONS)
+    seed: int = option(0, "seed of the calibration-image subset")
+    progress: bool = option(True, "show progress bars (--no-progress hides them)")
 
     def __post_init__(self) -> None:
         self.formats = _parse_list(self.formats, FORMATS, "--formats")
@@ -106,10 +120,10 @@ class ExportConfig:
         if self.threads < 1:
             raise ExportError(f"--threads: expected a positive integer, got {self.threads}")
         for fmt in self.formats:  # each requested format checks its own options (edge.formats)
-            for option in get_format(fmt).options:
-                if getattr(self, option.field) not in option.choices:
-                    raise ExportError(f"{option.flag}: expected one of {', '.join(option.choices)}, "
-                                      f"got {getattr(self, option.field)!r}")
+            for format_option in get_format(fmt).options:
+                if getattr(self, format_option.field) not in format_option.choices:
+                    raise ExportError(f"{format_option.flag}: expected one of {', '.join(format_option.choices)}, "
+                                      f"got {getattr(self, format_option.field)!r}")
         for name in ("max_image_auroc_drop", "max_pixel_auroc_drop"):
             if getattr(self, name) < 0:
                 raise ExportError(f"--{name.replace('_', '-')}: expected >= 0 AUROC points")

@@ -212,10 +212,10 @@ def test_every_config_field_has_exactly_one_flag():
             elif field.name != "model":
                 yield f"{prefix}.{field.name}"
 
-    for cls in (TrainConfig, ModelConfig):
-        for dest in expected(cls, cls.__name__):
+    for cls, prefix in ((TrainConfig, "train"), (ModelConfig, "train.model")):
+        for dest in expected(cls, prefix):
             assert dest in dests, dest
-    assert "ModelConfig.rd.loss_mode" in dests and "ModelConfig.knn.bank_size" in dests
+    assert "train.model.rd.loss_mode" in dests and "train.model.knn.bank_size" in dests
 
 
 def test_bad_option_values_are_one_line_errors():

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.sinks import SinkConfig, build_sinks, close_sinks
+from edge.sinks import DeliveryOptions, SinkConfig, build_sinks, close_sinks
 from edge.sinks.base import alarm_id
 
 pytest.importorskip("paho.mqtt.client", reason="the MQTT sink needs paho-mqtt (pip install 'dcam-edge[mqtt]')")
@@ -36,7 +36,8 @@ TOPIC = "test/line1/alarm"
 # Debian puts the broker in /usr/sbin, which a non-root PATH may lack.
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin:/sbin")
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or shutil.which("mosquitto_passwd", path="/usr/sbin:/sbin")
-FAST = dict(mqtt_timeout=2.0, mqtt_backoff=0.05, mqtt_backoff_max=0.2, mqtt_topic=TOPIC)
+FAST = dict(mqtt_topic=TOPIC)
+FAST_DELIVERY = dict(timeout=2.0, backoff=0.05, backoff_max=0.2)
 
 
 
@@ -171,7 +172,8 @@ def _sink_logs(caplog):
 
 
 def mqtt_config(broker: Broker, spool: Path, **kw) -> SinkConfig:
-    return SinkConfig(mqtt_host="127.0.0.1", mqtt_port=broker.port, mqtt_spool_dir=str(spool), **{**FAST, **kw})
+    return SinkConfig(mqtt_host="127.0.0.1", mqtt_port=broker.port,
+                      mqtt=DeliveryOptions(spool_dir=str(spool), **FAST_DELIVERY), **{**FAST, **kw})
 
 
 def warnings(caplog) -> list[str]:
@@ -325,11 +327,12 @@ def test_mqtt_bad_certificate_file_names_the_option(tmp_path):
     pytest.importorskip("paho.mqtt.client")
     from edge.sinks import SinkConfigError
     with pytest.raises(SinkConfigError, match="--mqtt-ca-file / \\[sinks\\] mqtt_ca_file"):
-        build_sinks(SinkConfig(mqtt_host="127.0.0.1", mqtt_spool_dir=str(tmp_path / "o"),
+        build_sinks(SinkConfig(mqtt_host="127.0.0.1", mqtt=DeliveryOptions(spool_dir=str(tmp_path / "o")),
                                mqtt_ca_file=str(tmp_path / "missing.pem")))
     # Nothing was left locked: a good configuration on the same outbox starts.
     close_sinks(build_sinks(SinkConfig(mqtt_host="127.0.0.1", mqtt_port=free_port(),
-                                       mqtt_spool_dir=str(tmp_path / "o"), **FAST)), 1)
+                                       mqtt=DeliveryOptions(spool_dir=str(tmp_path / "o"), **FAST_DELIVERY),
+                                       **FAST)), 1)
 
 
 # ---- edge-run: the exit summary ---------------------------------------------------------------------------

@@ -6,7 +6,6 @@ Only 127.0.0.1 is used; every wait is bounded in time (wait_until) and loops are
 """
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 import sqlite3
@@ -21,8 +20,8 @@ import numpy as np
 import pytest
 
 from edge.counters import RuntimeCounters
-from edge.sinks import (SinkConfig, SinkConfigError, add_sink_arguments, build_sinks, close_sinks,
-                        sink_config_from_args)
+from edge.config import RunConfig, parse_config
+from edge.sinks import DeliveryOptions, SinkConfig, SinkConfigError, build_sinks, close_sinks
 from edge.sinks.base import Sink, alarm_id, event_payload
 from edge.sinks.command import CommandSink, render_argv
 from edge.sinks.mqtt import MqttSink
@@ -40,9 +39,7 @@ def make_event(frame: int, event: str | None = "raise", score: float = 0.9, **ex
 
 
 def parse(argv: list[str], section: dict | None = None) -> SinkConfig:
-    parser = argparse.ArgumentParser()
-    add_sink_arguments(parser)
-    return sink_config_from_args(parser.parse_args(argv), section)
+    return parse_config(RunConfig, argv, data={"sinks": section or {}}).sinks
 
 
 @pytest.fixture(autouse=True)
@@ -291,8 +288,8 @@ def free_port() -> int:
 
 
 def _webhook_config(url: str, spool: Path, **kw) -> SinkConfig:
-    return SinkConfig(webhook_url=url, webhook_spool_dir=str(spool), webhook_timeout=kw.pop("timeout", 2.0),
-                      webhook_backoff=0.02, webhook_backoff_max=0.1, **kw)
+    return SinkConfig(webhook_url=url, webhook=DeliveryOptions(spool_dir=str(spool), timeout=kw.pop("timeout", 2.0),
+                                                               backoff=0.02, backoff_max=0.1), **kw)
 
 
 def outbox(spool: Path, sink: str = "webhook", state: str = "pending") -> list[dict]:
@@ -404,9 +401,10 @@ def test_webhook_imports_the_old_file_spool(tmp_path):
 def test_webhook_and_mqtt_share_one_outbox(tmp_path):
     pytest.importorskip("paho.mqtt.client")
     spool = tmp_path / "spool"
-    cfg = SinkConfig(webhook_url=f"http://127.0.0.1:{free_port()}/x", webhook_spool_dir=str(spool),
-                     webhook_backoff=0.05, webhook_backoff_max=0.1, mqtt_host="127.0.0.1", mqtt_port=free_port(),
-                     mqtt_backoff=0.05, mqtt_backoff_max=0.1, mqtt_timeout=1.0)  # nothing listens on either
+    cfg = SinkConfig(webhook_url=f"http://127.0.0.1:{free_port()}/x",
+                     webhook=DeliveryOptions(spool_dir=str(spool), backoff=0.05, backoff_max=0.1),
+                     mqtt_host="127.0.0.1", mqtt_port=free_port(),
+                     mqtt=DeliveryOptions(backoff=0.05, backoff_max=0.1, timeout=1.0))  # nothing listens on either
     sinks = build_sinks(cfg)
     for s in sinks:
         s.handle(make_event(1))
@@ -558,13 +556,14 @@ def test_mqtt_publishes_alarm_json_with_injected_client(monkeypatch, tmp_path):
 def test_mqtt_without_paho_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "paho.mqtt.client", None)   # import now raises ImportError
     with pytest.raises(SinkConfigError, match=r"pip install 'dcam-edge\[mqtt\]'"):
-        build_sinks(SinkConfig(mqtt_host="127.0.0.1", mqtt_spool_dir="/nonexistent/never-created"))
+        build_sinks(SinkConfig(mqtt_host="127.0.0.1", mqtt=DeliveryOptions(spool_dir="/nonexistent/never-created")))
 
 
 def test_mqtt_real_client_without_broker_does_not_block_and_keeps_the_alarm(tmp_path):
     pytest.importorskip("paho.mqtt.client")
     sinks = build_sinks(SinkConfig(mqtt_host="127.0.0.1", mqtt_port=free_port(),  # nothing listens
-                                   mqtt_spool_dir=str(tmp_path / "outbox"), mqtt_backoff=0.05, mqtt_backoff_max=0.1))
+                                   mqtt=DeliveryOptions(spool_dir=str(tmp_path / "outbox"), backoff=0.05,
+                                                        backoff_max=0.1, timeout=10.0)))
     t0 = time.perf_counter()
     sinks[0].handle(make_event(1))
     assert time.perf_counter() - t0 < 0.5

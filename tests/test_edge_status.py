@@ -2,7 +2,6 @@
 /healthz 200/503, /latest.jpg decodes; config merging.  Only 127.0.0.1, every request has a timeout."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -20,8 +19,8 @@ import numpy as np
 import pytest
 
 from edge.counters import RuntimeCounters
-from edge.status import (PROMETHEUS_CONTENT_TYPE, StatusConfig, StatusError, StatusServer, add_status_arguments,
-                         health, render_metrics, status_config_from_args)
+from edge.config import RunConfig, parse_config
+from edge.status import PROMETHEUS_CONTENT_TYPE, StatusConfig, StatusError, StatusServer, health, render_metrics
 
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -193,16 +192,17 @@ def test_status_json_and_no_camera_password(fed_metrics):
     assert "s3cret" not in body.decode() and "s3cret" not in metrics_text
 
 
+def parse_status(argv: list[str], file_section: dict | None) -> StatusConfig:
+    return parse_config(RunConfig, argv, data={"status": file_section or {}}).status
+
+
 def test_status_config_flags_override_file_and_errors():
-    parser = argparse.ArgumentParser()
-    add_status_arguments(parser)
-    cfg = status_config_from_args(parser.parse_args(["--status-port", "9811"]),
-                                  {"port": 1, "host": "0.0.0.0", "stall_s": 30})
+    cfg = parse_status(["--status-port", "9811"], {"port": 1, "host": "0.0.0.0", "stall_s": 30})
     assert cfg == StatusConfig(port=9811, host="0.0.0.0", stall_s=30.0)
-    assert status_config_from_args(parser.parse_args([]), None) == StatusConfig()
+    assert parse_status([], None) == StatusConfig()
     assert StatusServer.from_config(StatusConfig(), RuntimeCounters()) is None  # disabled by default
     with pytest.raises(StatusError, match=r"\[status\] prot: unknown key"):
-        status_config_from_args(parser.parse_args([]), {"prot": 1})
+        parse_status([], {"prot": 1})
     with pytest.raises(StatusError, match="--status-stall-s"):
         StatusConfig(stall_s=0)
     with socket.socket() as busy:
@@ -228,16 +228,11 @@ def _example_toml(uncomment_sinks: bool = False) -> dict:
 
 
 def test_example_config_is_valid_for_sinks_and_status():
-    from edge.sinks import add_sink_arguments, sink_config_from_args
-
-    parser = argparse.ArgumentParser()
-    add_sink_arguments(parser)
-    add_status_arguments(parser)
     data = _example_toml()
-    sinks = sink_config_from_args(parser.parse_args([]), data["sinks"])
+    sinks = parse_config(RunConfig, [], data={"sinks": data["sinks"]}).sinks
     assert sinks.enabled() == ["log", "snapshot"]
-    assert status_config_from_args(parser.parse_args([]), data["status"]) == StatusConfig(9811, "127.0.0.1", 10.0)
-    full = sink_config_from_args(parser.parse_args([]), _example_toml(uncomment_sinks=True)["sinks"])
+    assert parse_status([], data["status"]) == StatusConfig(9811, "127.0.0.1", 10.0)
+    full = parse_config(RunConfig, [], data={"sinks": _example_toml(uncomment_sinks=True)["sinks"]}).sinks
     assert full.enabled() == ["log", "snapshot", "webhook", "mqtt", "gpio", "command"]
 
 

@@ -1,20 +1,21 @@
-"""`dcam-train`: command-line flags generated 1:1 from TrainConfig / ModelConfig fields.
+"""`dcam-train`: flags and ``--config FILE.toml`` keys generated 1:1 from TrainConfig / ModelConfig fields.
 
     dcam-train --data DIR --categories all --method dcam --backbone resnet18 --epochs 400 --out runs/dcam
+    dcam-train --config train.toml --epochs 20   # the file's keys are the flags' names; flags override it
     dcam-train --nproc 2 ...            # = torchrun --nproc_per_node=2 -m train ...
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import subprocess
 import sys
-import typing
-from typing import Any
+from dataclasses import dataclass
 
-from .config import ModelConfig, TrainConfig
+from edge.cliconfig import ConfigCli, group, option, run_cli
+
+from .config import TrainConfig
 from .models import METHODS
 
 HELP = {
@@ -40,62 +41,35 @@ HELP = {
 }
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+@dataclass
+class TrainCommand:
+    """dcam-train's options: the launcher's ``--nproc``, then every TrainConfig / ModelConfig field (top-level
+    flags and keys; ``[model]`` / ``[model.rd]`` tables in the file)."""
+
+    nproc: int = option(1, "processes to launch with torchrun (DDP); 1 = this process")
+    train: TrainConfig = group(TrainConfig, title="training")
 
 
-def _add_fields(parser: argparse.ArgumentParser, cls: type, skip: set[str], dest: str = "", prefix: str = "") -> None:
-    """One flag per dataclass field; a method's option group (ModelConfig.rd, ...) becomes --rd-<option>."""
-    hints = typing.get_type_hints(cls)
-    dest = dest or cls.__name__
-    for field in dataclasses.fields(cls):
-        if field.name in skip:
-            continue
-        hint = hints[field.name]
-        if dataclasses.is_dataclass(hint):
-            _add_fields(parser, hint, set(), f"{dest}.{field.name}", f"{prefix}{field.name}_")
-            continue
-        name = prefix + field.name
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        kwargs: dict[str, Any] = {"dest": f"{dest}.{field.name}", "default": argparse.SUPPRESS,
-                                  "help": f"{HELP.get(name, name.replace('_', ' '))} (default: {default})"}
-        args = typing.get_args(hint)
-        base = next((a for a in args if a is not type(None)), hint) if args and type(None) in args else hint
-        if base is not bool:
-            kwargs["metavar"] = name.upper()
-        if base is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(base) is tuple:
-            items = typing.get_args(base)
-            kwargs.update(nargs="+" if Ellipsis in items else len(items), type=items[0])
-        else:
-            kwargs["type"] = base
-        parser.add_argument(_flag(name), **kwargs)
+CLI = ConfigCli(TrainCommand, "dcam-train", "Distil a student on normal images (one model for many categories).",
+                help=HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dcam-train", description="Distil a student on normal images (one model for many categories).")
-    parser.add_argument("--nproc", type=int, default=1, help="processes to launch with torchrun (DDP); 1 = this process")
-    _add_fields(parser.add_argument_group("training"), TrainConfig, skip={"model"})
-    _add_fields(parser.add_argument_group("model"), ModelConfig, skip=set())
-    return parser
+    """dcam-train's argparse parser (``--config FILE.toml`` + one flag per field)."""
+    return CLI.build_parser()
+
+
+def command_from_args(ns: argparse.Namespace) -> TrainCommand:
+    """The launcher options and the TrainConfig of parsed flags and their ``--config`` file."""
+    command = CLI.config_from_args(ns)
+    if not command.train.data:
+        raise ValueError("--data is required (a dataset root in MVTec AD layout)")
+    return command
 
 
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:
-    train_kwargs: dict[str, Any] = {}
-    model_kwargs: dict[str, Any] = {}
-    for key, value in vars(ns).items():
-        owner, _, path = key.partition(".")
-        target = {"TrainConfig": train_kwargs, "ModelConfig": model_kwargs}.get(owner)
-        if target is None:
-            continue
-        *groups, name = path.split(".")
-        for group in groups:  # a method's option group: ModelConfig.rd.loss_mode → model_kwargs["rd"]["loss_mode"]
-            target = target.setdefault(group, {})
-        target[name] = value
-    if not train_kwargs.get("data"):
-        raise ValueError("--data is required (a dataset root in MVTec AD layout)")
-    return TrainConfig(model=ModelConfig(**model_kwargs), **train_kwargs)
+    """The TrainConfig of parsed flags and their ``--config`` file."""
+    return command_from_args(ns).train
 
 
 def _launch_torchrun(nproc: int, argv: list[str]) -> int:
@@ -115,25 +89,26 @@ def _launch_torchrun(nproc: int, argv: list[str]) -> int:
     return subprocess.call(cmd)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    ns = parser.parse_args(argv)
+def _train(argv: list[str]) -> int:
+    command = command_from_args(build_parser().parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    if ns.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _launch_torchrun(ns.nproc, argv)
+    if command.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _launch_torchrun(command.nproc, argv)
+    cfg = command.train
+    from .trainer import train  # heavy imports after argument errors are reported
     try:
-        cfg = config_from_args(ns)
-        from .trainer import train  # heavy imports after argument errors are reported
         run_dir = train(cfg)
-    except (ValueError, FloatingPointError) as exc:  # includes RunError, MVTecLayoutError, ImageReadError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"interrupted: re-run the same command to resume from {cfg.out}/last.pt", file=sys.stderr)
         return 130
     print(f"run saved to {run_dir}", file=sys.stderr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``dcam-train``: bad options or data (RunError, MVTecLayoutError, ...) and a diverged loss → one error line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli(lambda: _train(argv), errors=(ValueError, FloatingPointError))
 
 
 if __name__ == "__main__":

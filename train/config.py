@@ -1,10 +1,12 @@
-"""Training configuration: dataclasses whose defaults follow the papers; CLI flags map 1:1 onto fields."""
+"""Training configuration: dataclasses whose defaults follow the papers; CLI flags and TOML keys map 1:1 onto
+fields (edge.cliconfig; a method's option group ModelConfig.rd ↔ ``--rd-*`` ↔ ``[model.rd]``)."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.cliconfig import group
 from edge.preprocess import RESIZE_METHODS
 
 from .models import METHOD_REGISTRY, METHODS, method_spec  # noqa: F401  (METHODS re-exported)
@@ -79,10 +81,10 @@ class ModelConfig:
     # Inference head: Gaussian blur σ before the image max (0 = off; None = method preset: RD family 4, else 0).
     blur_sigma: float | None = None
     # Each method's own options (train/models/<method>/config.py); the RD family (rd, dskd, mrkd) reads `rd`.
-    rd: RDOptions = field(default_factory=RDOptions)
-    dskd: DSKDOptions = field(default_factory=DSKDOptions)
-    mrkd: MRKDOptions = field(default_factory=MRKDOptions)
-    knn: KNNOptions = field(default_factory=KNNOptions)
+    rd: RDOptions = group(RDOptions, prefix="rd")
+    dskd: DSKDOptions = group(DSKDOptions, prefix="dskd")
+    mrkd: MRKDOptions = group(MRKDOptions, prefix="mrkd")
+    knn: KNNOptions = group(KNNOptions, prefix="knn")
 
     def __post_init__(self) -> None:
         method_spec(self.method)  # an unknown --method fails here, with the list of known ones
@@ -153,10 +155,10 @@ TRAIN_PRESETS_BY_OPTIMIZER = {p["optimizer"]: p["lr"] for p in (TRAIN_PRESETS["d
 def nest_method_options(model_fields: dict[str, Any]) -> dict[str, Any]:
     """Runs saved before the method registry kept method options flat (rd_loss_mode): move them into their group."""
     out = {k: v for k, v in model_fields.items()}
-    for group in METHOD_OPTIONS:
-        flat = {k[len(group) + 1:]: out.pop(k) for k in list(out) if k.startswith(group + "_")}
+    for name in METHOD_OPTIONS:
+        flat = {k[len(name) + 1:]: out.pop(k) for k in list(out) if k.startswith(name + "_")}
         if flat:
-            out[group] = {**flat, **dict(out.get(group) or {})}
+            out[name] = {**flat, **dict(out.get(name) or {})}
     return out
 
 

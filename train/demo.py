@@ -5,7 +5,6 @@ frames → edge-run (alarms, JSON lines, snapshots). Every step is the public co
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import subprocess
@@ -16,18 +15,24 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.cliconfig import ConfigCli, option, run_cli
 from train.data import list_test_samples
 
 
 @dataclass
 class DemoConfig:
-    out: str = "demo"
-    backbone: str = "efficientnet_lite0"
-    image_size: int = 128
-    train_seconds: float = 150.0  # training time budget on CPU
-    model: str = "dcam.int8.xml"  # which exported file edge-run uses
-    frames_per_part: int = 4  # a part stays in view for this many frames
-    seed: int = 0
+    """dcam-demo options (one field per CLI flag and ``--config`` key)."""
+
+    out: str = option("demo", "directory for everything the demo writes")
+    backbone: str = option("efficientnet_lite0", "teacher/student backbone")
+    image_size: int = option(128, "image side in pixels")
+    train_seconds: float = option(150.0, "training time budget on CPU")
+    model: str = option("dcam.int8.xml", "which exported file edge-run uses")
+    frames_per_part: int = option(4, "a part stays in view for this many frames")
+    seed: int = option(0, "seed of the synthetic data and the conveyor video")
+
+
+CLI = ConfigCli(DemoConfig, "dcam-demo", __doc__.splitlines()[0])
 
 
 def run_step(argv: list[str]) -> None:
@@ -84,11 +89,11 @@ def summarize_alarms(jsonl: Path, segments: list[tuple[int, int]], debounce: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dcam-demo", description=__doc__.splitlines()[0])
-    cfg = DemoConfig()
-    for name, default in vars(cfg).items():
-        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
-    cfg = DemoConfig(**vars(parser.parse_args(argv)))
+    """``dcam-demo``: bad options → one error line, exit status 2."""
+    return run_cli(lambda: _demo(CLI.parse(argv)))
+
+
+def _demo(cfg: DemoConfig) -> int:
     out = Path(cfg.out)
     data, run, models = out / "data", out / "run", out / "models"
     run_step([sys.executable, "-m", "train.synthetic", "--out", str(data), "--image-size", str(cfg.image_size),

@@ -11,7 +11,6 @@ Image decoding, resizing, normalisation and metric computation are NOT included.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from edge.accuracy import AUPRO_FPR_LIMIT, COUNT_KEYS, METRIC_KEYS, category_means, category_metrics, category_table
+from edge.cliconfig import ConfigCli, option, run_cli
 from edge.jsonsafe import write_json as write_strict_json
 from edge.metrics import MetricWarning, image_auroc
 from edge.preprocess import PreprocessSpec
@@ -42,19 +42,25 @@ class EvalError(ValueError):
 
 @dataclass
 class EvalConfig:
-    """dcam-eval options (one field per CLI flag)."""
+    """dcam-eval options (one field per CLI flag and ``--config`` key)."""
 
-    run: str = ""
-    data: str = ""
-    categories: str | None = None  # None: the categories the run was trained on
-    json: str | None = None
-    visualize: str | None = None
-    scores: str | None = None  # per-image scores as CSV
-    batch_size: int = 8
-    device: str = "auto"
-    blur_sigma: float | None = None  # None: the run's own blur σ
+    run: str = option("", "run directory written by dcam-train (config.json, best.pt)")
+    data: str = option("", "dataset root in MVTec AD layout")
+    categories: str | None = option(None, "'all' or comma-separated names (default: the run's categories)")
+    json: str | None = option(None, "write the results as JSON", metavar="OUT.json")
+    visualize: str | None = option(None, "write per-image figures and per-category ROC/PRO curves to DIR",
+                                   metavar="DIR")
+    scores: str | None = option(None, "write every test image's score (path, category, defect, label, score) as CSV",
+                                metavar="OUT.csv")
+    batch_size: int = option(8, "images per forward pass")
+    device: str = option("auto", "auto | cpu | cuda")
+    blur_sigma: float | None = option(None, "override the run's Gaussian blur σ of the anomaly map (0 = off)")
 
     def __post_init__(self) -> None:
+        if not self.run:
+            raise EvalError("--run: expected a dcam-train run directory")
+        if not self.data:
+            raise EvalError("--data: expected a dataset root in MVTec AD layout")
         if self.batch_size <= 0:
             raise EvalError(f"--batch-size: expected a positive integer, got {self.batch_size}")
         if self.blur_sigma is not None and self.blur_sigma < 0:
@@ -310,24 +316,8 @@ def format_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dcam-eval", description="Evaluate a dcam-train run on MVTec-layout test sets "
-                                "(image/pixel AUROC, AU-PRO@0.3, F1-max, ms per image).")
-    d = EvalConfig()
-    p.add_argument("--run", required=True, help="run directory written by dcam-train (config.json, best.pt)")
-    p.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
-    p.add_argument("--categories", default=d.categories,
-                   help="'all' or comma-separated names (default: the run's categories)")
-    p.add_argument("--json", default=d.json, metavar="OUT.json", help="write the results as JSON")
-    p.add_argument("--scores", default=d.scores, metavar="OUT.csv",
-                   help="write every test image's score (path, category, defect, label, score) as CSV")
-    p.add_argument("--visualize", default=d.visualize, metavar="DIR",
-                   help="write per-image figures and per-category ROC/PRO curves to DIR")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--device", default=d.device, help="auto | cpu | cuda")
-    p.add_argument("--blur-sigma", type=float, default=d.blur_sigma,
-                   help="override the run's Gaussian blur σ of the anomaly map (0 = off)")
-    return p
+CLI = ConfigCli(EvalConfig, "dcam-eval", "Evaluate a dcam-train run on MVTec-layout test sets "
+                "(image/pixel AUROC, AU-PRO@0.3, F1-max, ms per image).")
 
 
 def _print_warning(message: Warning | str, category: type, filename: str, lineno: int, file: Any = None,
@@ -335,18 +325,13 @@ def _print_warning(message: Warning | str, category: type, filename: str, lineno
     print(f"warning: {message}", file=sys.stderr)  # one line, without the source location
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _evaluate(argv: Sequence[str] | None) -> int:
     with warnings.catch_warnings():  # restores showwarning on exit
         warnings.simplefilter("always", MetricWarning)
         warnings.showwarning = _print_warning
-        try:
-            cfg = EvalConfig(**vars(args))
-            result = evaluate_run(cfg.run, cfg.data, cfg.categories, cfg.batch_size, cfg.device, cfg.blur_sigma,
-                                  cfg.visualize)
-        except ValueError as exc:  # RunError, MVTecLayoutError, ImageReadError, EvalError are ValueErrors
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        cfg = CLI.parse(argv)
+        result = evaluate_run(cfg.run, cfg.data, cfg.categories, cfg.batch_size, cfg.device, cfg.blur_sigma,
+                              cfg.visualize)
     print(f"{result['method']} / {result['backbone']}  ({result['run']}, device {result['device']})")
     print(format_table(result))
     if cfg.json:
@@ -356,6 +341,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.visualize:
         print(f"figures in {cfg.visualize}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``dcam-eval``: RunError, MVTecLayoutError, ImageReadError, EvalError (ValueErrors) → one error line."""
+    return run_cli(lambda: _evaluate(argv))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ numpy + OpenCV only; each image is drawn from its own seed, so any single file c
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import zlib
@@ -25,6 +24,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from edge.cliconfig import ConfigCli, option, run_cli
+
 MIN_DELTA = 24  # least per-pixel change (max over channels) of painted defects: visible, not just "different"
 
 # Stain colours chosen away from every kind's normal palette.
@@ -34,16 +35,20 @@ _STAIN_COLOURS = np.array([(170, 35, 35), (40, 140, 60), (40, 70, 175), (215, 19
 
 @dataclass
 class SyntheticConfig:
-    """Options of `python -m train.synthetic` (one field per flag)."""
+    """Options of `python -m train.synthetic` (one field per flag and ``--config`` key)."""
 
-    out: str = ""
-    categories: int | str | Sequence[str] = 3  # N (first N of KINDS) or names
-    image_size: int = 128
-    train: int = 60
-    test_good: int = 10
-    test_defect: int = 20
-    seed: int = 0
-    overwrite: bool = False
+    out: str = option("", "dataset root to write (MVTec AD layout)")
+    categories: str = "3"  # N (first N of KINDS) or names; help in CLI below
+    image_size: int = option(128, "image side in pixels")
+    train: int = option(60, "normal training images per category")
+    test_good: int = option(10, "normal test images per category")
+    test_defect: int = option(20, "anomalous test images per category (defect types in turn)")
+    seed: int = option(0, "seed of every image")
+    overwrite: bool = option(False, "replace existing category directories")
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ValueError("--out: expected a dataset root to write")
 
 
 @dataclass
@@ -423,26 +428,18 @@ def make_synthetic_dataset(out: str | Path, categories: int | str | Sequence[str
     return root
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.synthetic", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="dataset root to write (MVTec AD layout)")
-    p.add_argument("--categories", default=str(SyntheticConfig.categories),
-                   help=f"a number N (first N of {','.join(KINDS)}) or comma-separated kinds")
-    p.add_argument("--image-size", type=int, default=SyntheticConfig.image_size)
-    p.add_argument("--train", type=int, default=SyntheticConfig.train, help="normal training images per category")
-    p.add_argument("--test-good", type=int, default=SyntheticConfig.test_good, help="normal test images per category")
-    p.add_argument("--test-defect", type=int, default=SyntheticConfig.test_defect,
-                   help="anomalous test images per category (defect types in turn)")
-    p.add_argument("--seed", type=int, default=SyntheticConfig.seed)
-    p.add_argument("--overwrite", action="store_true", help="replace existing category directories")
-    cfg = SyntheticConfig(**vars(p.parse_args(argv)))  # flags map 1:1 onto fields (TypeError otherwise)
-    try:
-        root = make_synthetic_dataset(**asdict(cfg))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(root)
+CLI = ConfigCli(SyntheticConfig, "python -m train.synthetic", __doc__.split("\n\n")[0],
+                help={"categories": f"a number N (first N of {','.join(KINDS)}) or comma-separated kinds"})
+
+
+def _make(argv: Sequence[str] | None) -> int:
+    print(make_synthetic_dataset(**asdict(CLI.parse(argv))))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Bad options or a category that does not exist → one error line, exit status 2."""
+    return run_cli(lambda: _make(argv))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ The frame loop calls ``sink.handle(event, frame_bgr, overlay_bgr)`` for every fr
 filters the events it acts on and does its work on its own thread, so ``handle()`` returns at
 once.  Optional dependencies (paho-mqtt, gpiozero) are imported only when their sink is enabled.
 
-    sinks = build_sinks(sink_config_from_args(args, toml.get("sinks")), metrics)
+    sinks = build_sinks(run_config.sinks, metrics)   # SinkConfig: a group of edge.config.RunConfig
     ...
     for s in sinks: s.handle(event, frame, overlay)
     ...
@@ -20,12 +20,10 @@ import time
 from typing import Any, Iterable
 
 from .base import Sink, alarm_id, event_json, event_payload
-from .config import (COMMAND_PLACEHOLDERS, SinkConfig, SinkConfigError, add_sink_arguments,
-                     sink_config_from_args)
+from .config import COMMAND_PLACEHOLDERS, DeliveryOptions, SinkConfig, SinkConfigError
 
-__all__ = ["Sink", "SinkConfig", "SinkConfigError", "COMMAND_PLACEHOLDERS", "add_sink_arguments",
-           "sink_config_from_args", "build_sinks", "close_sinks", "sink_stats", "alarm_id", "event_json",
-           "event_payload"]
+__all__ = ["Sink", "SinkConfig", "DeliveryOptions", "SinkConfigError", "COMMAND_PLACEHOLDERS", "build_sinks",
+           "close_sinks", "sink_stats", "alarm_id", "event_json", "event_payload"]
 
 
 def build_sinks(config: SinkConfig, metrics: Any = None) -> list[Sink]:

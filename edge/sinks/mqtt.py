@@ -109,8 +109,8 @@ class MqttSink(OutboxSink):
                    retain=cfg.mqtt_retain, client_id=cfg.mqtt_client_id, username=cfg.mqtt_username,
                    password=cfg.mqtt_password_resolved(), tls=cfg.mqtt_tls, ca_file=cfg.mqtt_ca_file,
                    certfile=cfg.mqtt_certfile, keyfile=cfg.mqtt_keyfile, keepalive=cfg.mqtt_keepalive,
-                   timeout=cfg.mqtt_timeout, backoff=cfg.mqtt_backoff, backoff_max=cfg.mqtt_backoff_max,
-                   spool_max=cfg.mqtt_spool_max, client_factory=client_factory, queue_size=cfg.sink_queue_size,
+                   timeout=cfg.mqtt.timeout, backoff=cfg.mqtt.backoff, backoff_max=cfg.mqtt.backoff_max,
+                   spool_max=cfg.mqtt.spool_max, client_factory=client_factory, queue_size=cfg.sink_queue_size,
                    on_clear=cfg.on_clear, metrics=metrics)
 
     @property

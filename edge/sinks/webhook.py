@@ -46,9 +46,10 @@ class WebhookSink(OutboxSink):
 
     @classmethod
     def from_config(cls, cfg: SinkConfig, metrics: Any = None) -> "WebhookSink":
-        assert cfg.webhook_url and cfg.webhook_spool_dir  # SinkConfig.validate() guarantees both
-        return cls(cfg.webhook_url, cfg.webhook_spool_dir, timeout=cfg.webhook_timeout, backoff=cfg.webhook_backoff,
-                   backoff_max=cfg.webhook_backoff_max, spool_max=cfg.webhook_spool_max,
+        delivery = cfg.webhook
+        assert cfg.webhook_url and delivery.spool_dir  # SinkConfig.validate() guarantees both
+        return cls(cfg.webhook_url, delivery.spool_dir, timeout=delivery.timeout, backoff=delivery.backoff,
+                   backoff_max=delivery.backoff_max, spool_max=delivery.spool_max,
                    headers=cfg.webhook_headers, queue_size=cfg.sink_queue_size, on_clear=cfg.on_clear,
                    metrics=metrics)
 
