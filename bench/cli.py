@@ -34,8 +34,16 @@ from typing import Any
 from tqdm import tqdm
 
 from bench import report
-from bench.files import (BenchError, ModelFile, dataset_samples, describe_file, file_devices, read_run_architecture,
-                         resolve_models, synthetic_frame)
+from bench.files import (
+    BenchError,
+    ModelFile,
+    dataset_samples,
+    describe_file,
+    file_devices,
+    read_run_architecture,
+    resolve_models,
+    synthetic_frame,
+)
 from bench.gemm import ENGINE_GEMM
 from bench.rows import build_rows
 from bench.runner import Job, run_group, run_once
@@ -137,46 +145,72 @@ def eager_targets_for(cfg: BenchConfig, files: Sequence[ModelFile]) -> dict[Arch
 def plan_jobs(cfg: BenchConfig, files: Sequence[ModelFile], eager_targets: dict[Arch, dict[str, Any]],
               frames: list[str], samples: list[dict[str, Any]] | None) -> Plan:
     """Per thread count: GEMM peaks, then per architecture one group = its eager baseline + its files."""
-    latency = {"warmup": cfg.warmup, "frames": frames}
-    units = cfg.runs + cfg.e2e_runs
-    backends = sorted({ENGINE_GEMM[(FORMATS[f.format].engine, f.precision)] for f in files
-                       if (FORMATS[f.format].engine, f.precision) in ENGINE_GEMM} | {("numpy", "fp32")}
-                      # bf16 is no file's precision; measured as a reference limit (OpenVINO's default on AMX CPUs).
-                      | ({("torch", "fp32"), ("torch", "bf16")} if eager_targets else set()))
+    backends = _gemm_backends(files, eager_targets)
     by_arch: dict[Arch | None, list[ModelFile]] = {}
     for f in files:
         by_arch.setdefault(f.architecture if f.architecture in eager_targets else None, []).append(f)
-    plan = Plan({}, [], [])
     devices = {str(f.path): file_devices(f.format, cfg.devices) for f in files}
-    for f in files:
-        unsupported = [d for d in cfg.devices if d not in devices[str(f.path)]]
-        if unsupported:
-            plan.skipped.append(f"{f.label}: not run on {', '.join(unsupported)} ({FORMATS[f.format].engine} "
-                                f"does not support it)")
-
-    def target(f: ModelFile, device: str) -> dict[str, Any]:
-        return {"kind": "file", "path": str(f.path), "device": device, "trt_cache_dir": cfg.trt_cache_dir}
-
+    plan = Plan({}, [], [], skipped=_unsupported_devices(cfg, files, devices))
     for t in cfg.threads:
         if cfg.gemm_sizes:
             plan.gemm[t] = Job("gemm", {"backends": backends, "sizes": cfg.gemm_sizes, "runs": cfg.gemm_runs},
                                len(backends) * len(cfg.gemm_sizes) * (cfg.gemm_runs + 2), ("gemm", t))
         for arch, members in by_arch.items():
-            group = [Job("latency", {**latency, "target": eager_targets[arch], "spec": eager_targets[arch]["spec"]},
-                         units, ("eager", arch, t))] if arch is not None else []
-            group += [Job("latency", {**latency, "target": target(f, d), "spec": f.spec},
-                          units, ("file", str(f.path), d, t)) for f in members for d in devices[str(f.path)]]
-            plan.groups.append((t, group))
+            plan.groups.append((t, _latency_group(cfg, arch, members, eager_targets, devices, frames, t)))
     if samples is not None:
-        for f in files:
-            if f.spec is not None:  # without a manifest the normalisation is unknown: no accuracy
-                plan.accuracy += [Job("accuracy", {"target": target(f, d), "spec": f.spec, "samples": samples},
-                                      len(samples), ("accuracy", str(f.path), d)) for d in devices[str(f.path)]]
-        for arch, target in eager_targets.items():
-            if target.get("run"):  # random weights have no meaningful accuracy
-                plan.accuracy.append(Job("accuracy", {"target": target, "spec": target["spec"], "samples": samples},
-                                         len(samples), ("accuracy", arch)))
+        plan.accuracy = _accuracy_jobs(cfg, files, eager_targets, devices, samples)
     return plan
+
+
+def _gemm_backends(files: Sequence[ModelFile], eager_targets: dict[Arch, dict[str, Any]]) -> list[tuple[str, str]]:
+    """The (backend, precision) GEMM peaks the files' engines (and the eager baselines) are compared with."""
+    return sorted({ENGINE_GEMM[(FORMATS[f.format].engine, f.precision)] for f in files
+                   if (FORMATS[f.format].engine, f.precision) in ENGINE_GEMM} | {("numpy", "fp32")}
+                  # bf16 is no file's precision; measured as a reference limit (OpenVINO's default on AMX CPUs).
+                  | ({("torch", "fp32"), ("torch", "bf16")} if eager_targets else set()))
+
+
+def _unsupported_devices(cfg: BenchConfig, files: Sequence[ModelFile], devices: dict[str, list[str]]) -> list[str]:
+    """One note per file whose engine cannot run on some of the requested devices."""
+    notes = []
+    for f in files:
+        unsupported = [d for d in cfg.devices if d not in devices[str(f.path)]]
+        if unsupported:
+            notes.append(f"{f.label}: not run on {', '.join(unsupported)} ({FORMATS[f.format].engine} "
+                         f"does not support it)")
+    return notes
+
+
+def _file_target(cfg: BenchConfig, f: ModelFile, device: str) -> dict[str, Any]:
+    return {"kind": "file", "path": str(f.path), "device": device, "trt_cache_dir": cfg.trt_cache_dir}
+
+
+def _latency_group(cfg: BenchConfig, arch: Arch | None, members: list[ModelFile],
+                   eager_targets: dict[Arch, dict[str, Any]], devices: dict[str, list[str]], frames: list[str],
+                   threads: int) -> list[Job]:
+    """One comparison group at ``threads``: the architecture's eager baseline (if any), then its files per device."""
+    latency = {"warmup": cfg.warmup, "frames": frames}
+    units = cfg.runs + cfg.e2e_runs
+    group = [Job("latency", {**latency, "target": eager_targets[arch], "spec": eager_targets[arch]["spec"]},
+                 units, ("eager", arch, threads))] if arch is not None else []
+    group += [Job("latency", {**latency, "target": _file_target(cfg, f, d), "spec": f.spec},
+                  units, ("file", str(f.path), d, threads)) for f in members for d in devices[str(f.path)]]
+    return group
+
+
+def _accuracy_jobs(cfg: BenchConfig, files: Sequence[ModelFile], eager_targets: dict[Arch, dict[str, Any]],
+                   devices: dict[str, list[str]], samples: list[dict[str, Any]]) -> list[Job]:
+    """Accuracy of every file with a manifest on each device, and of each trained eager baseline."""
+    jobs = []
+    for f in files:
+        if f.spec is not None:  # without a manifest the normalisation is unknown: no accuracy
+            jobs += [Job("accuracy", {"target": _file_target(cfg, f, d), "spec": f.spec, "samples": samples},
+                         len(samples), ("accuracy", str(f.path), d)) for d in devices[str(f.path)]]
+    for arch, eager in eager_targets.items():
+        if eager.get("run"):  # random weights have no meaningful accuracy
+            jobs.append(Job("accuracy", {"target": eager, "spec": eager["spec"], "samples": samples},
+                            len(samples), ("accuracy", arch)))
+    return jobs
 
 
 def execute(cfg: BenchConfig, plan: Plan, workdir: Path) -> dict[tuple[Any, ...], dict[str, Any]]:

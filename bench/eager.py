@@ -15,12 +15,15 @@ features) fall back to the model's own ``inference_model()`` in eager mode, labe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from train.models.base import DistillationModel
 
 
 class EagerError(ValueError):
@@ -44,6 +47,7 @@ class EagerPipeline:
         if self.fused is not None:
             amap, _ = self.fused(images)
         else:
+            assert self.teacher is not None and self.student is not None  # the "paper" style has both
             teacher_features = self.teacher(images)
             student_features = self.student(images)
             amap = None
@@ -56,7 +60,7 @@ class EagerPipeline:
         return anomaly_map, anomaly_map.reshape(anomaly_map.shape[0], -1).max(axis=1)
 
 
-def _pipeline_from_model(model: nn.Module, image_size: int, source: str) -> EagerPipeline:
+def _pipeline_from_model(model: DistillationModel, image_size: int, source: str) -> EagerPipeline:
     model.eval()
     teacher, student = getattr(model, "teacher", None), getattr(model, "student", None)
     if isinstance(teacher, nn.Module) and isinstance(student, nn.Module):

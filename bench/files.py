@@ -9,8 +9,7 @@ from typing import Any
 
 from bench.macs import model_gmacs
 from edge.devices import ENGINE_BY_FORMAT
-from edge.formats import (FORMAT_NAMES, PRECISIONS, SUFFIXES, format_for_path, is_model_file,
-                          parse_model_filename)
+from edge.formats import FORMAT_NAMES, PRECISIONS, SUFFIXES, format_for_path, is_model_file, parse_model_filename
 
 _SUFFIX_WORDS = ", ".join(SUFFIXES[:-1]) + f" or {SUFFIXES[-1]}"  # ".onnx, .xml or .tflite"
 

@@ -6,7 +6,8 @@ For every GEMM-like node the count is the number of multiply-accumulates:
 
 * Conv (and QLinearConv / ConvInteger, OpenVINO Convolution / GroupConvolution, TFLite CONV_2D /
   DEPTHWISE_CONV_2D): N·C_out·H_out·W_out · (C_in / groups) · k_h · k_w.
-* ConvTranspose (OpenVINO ConvolutionBackpropData, TFLite TRANSPOSE_CONV): N·C_in·H_in·W_in · (C_out / groups) · k_h · k_w.
+* ConvTranspose (OpenVINO ConvolutionBackpropData, TFLite TRANSPOSE_CONV):
+  N·C_in·H_in·W_in · (C_out / groups) · k_h · k_w.
 * MatMul / Gemm / fully connected: (#output elements) · K.
 
 Formats: .onnx needs the ``onnx`` package (shape inference), .xml needs ``openvino``, .tflite needs
@@ -17,7 +18,7 @@ number came from.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,23 @@ def _all_static(model: Any) -> bool:
 
 def onnx_macs(path: str | Path) -> int:
     """MACs of an ONNX graph from its (inferred) static shapes."""
+    g = _onnx_with_shapes(path).graph
+    shapes: dict[str, list[int] | None] = {t.name: list(t.dims) for t in g.initializer}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = ([d.dim_value for d in dims] if all(d.HasField("dim_value") for d in dims) else None)
+
+    def shape(name: str) -> list[int]:
+        s = shapes.get(name)
+        if s is None:
+            raise MacsUnavailable(f"{path}: shape of tensor {name!r} is not static; cannot count MACs")
+        return s
+
+    return sum(_onnx_node_macs(node, shape) for node in g.node)
+
+
+def _onnx_with_shapes(path: str | Path) -> Any:
+    """The ONNX model with every shape inference can find (onnx's, then onnxruntime's symbolic one)."""
     try:
         import onnx
         from onnx import shape_inference
@@ -76,29 +94,20 @@ def onnx_macs(path: str | Path) -> int:
             model = SymbolicShapeInference.infer_shapes(raw, auto_merge=True)
         except Exception:  # noqa: BLE001 - optional improvement; the static check below reports failure
             pass
-    g = model.graph
-    shapes: dict[str, list[int] | None] = {t.name: list(t.dims) for t in g.initializer}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        dims = vi.type.tensor_type.shape.dim
-        shapes[vi.name] = ([d.dim_value for d in dims] if all(d.HasField("dim_value") for d in dims) else None)
+    return model
 
-    def shape(name: str) -> list[int]:
-        s = shapes.get(name)
-        if s is None:
-            raise MacsUnavailable(f"{path}: shape of tensor {name!r} is not static; cannot count MACs")
-        return s
 
-    total = 0
-    for node in g.node:
-        if node.op_type in _ONNX_CONV_WEIGHT:
-            total += conv_macs(shape(node.output[0]), shape(node.input[_ONNX_CONV_WEIGHT[node.op_type]]))
-        elif node.op_type == "ConvTranspose":
-            total += conv_transpose_macs(shape(node.input[0]), shape(node.input[1]))
-        elif node.op_type in _ONNX_MATMUL_A:
-            a = shape(node.input[_ONNX_MATMUL_A[node.op_type]])
-            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
-            total += matmul_macs(shape(node.output[0]), a[-2] if trans_a else a[-1])
-    return total
+def _onnx_node_macs(node: Any, shape: Callable[[str], list[int]]) -> int:
+    """MACs of one ONNX node (0 for anything but convolutions and matrix products)."""
+    if node.op_type in _ONNX_CONV_WEIGHT:
+        return conv_macs(shape(node.output[0]), shape(node.input[_ONNX_CONV_WEIGHT[node.op_type]]))
+    if node.op_type == "ConvTranspose":
+        return conv_transpose_macs(shape(node.input[0]), shape(node.input[1]))
+    if node.op_type in _ONNX_MATMUL_A:
+        a = shape(node.input[_ONNX_MATMUL_A[node.op_type]])
+        trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+        return matmul_macs(shape(node.output[0]), a[-2] if trans_a else a[-1])
+    return 0
 
 
 # ----------------------------------------------------------------------------------------- OpenVINO
@@ -119,22 +128,25 @@ def openvino_macs(path: str | Path) -> int:
             raise MacsUnavailable(f"{path}: dynamic shape {ps} in {port.get_node().get_friendly_name()}")
         return [int(d) for d in ps.to_shape()]
 
-    total = 0
-    for op in model.get_ordered_ops():
-        kind = op.get_type_name()
-        if kind == "Convolution":
-            total += conv_macs(shape(op.output(0)), shape(op.input(1)))
-        elif kind == "GroupConvolution":  # weights [G, C_out/G, C_in/G, kh, kw]
-            total += conv_macs(shape(op.output(0)), shape(op.input(1))[1:])
-        elif kind == "ConvolutionBackpropData":
-            total += conv_transpose_macs(shape(op.input(0)), shape(op.input(1)))
-        elif kind == "GroupConvolutionBackpropData":  # weights [G, C_in/G, C_out/G, kh, kw]
-            w = shape(op.input(1))
-            total += _prod(shape(op.input(0))) * _prod(w[2:])
-        elif kind == "MatMul":
-            a = shape(op.input(0))
-            total += matmul_macs(shape(op.output(0)), a[-2] if op.get_attributes().get("transpose_a") else a[-1])
-    return total
+    return sum(_openvino_op_macs(op, shape) for op in model.get_ordered_ops())
+
+
+def _openvino_op_macs(op: Any, shape: Callable[[Any], list[int]]) -> int:
+    """MACs of one OpenVINO operation (0 for anything but convolutions and matrix products)."""
+    kind = op.get_type_name()
+    if kind == "Convolution":
+        return conv_macs(shape(op.output(0)), shape(op.input(1)))
+    if kind == "GroupConvolution":  # weights [G, C_out/G, C_in/G, kh, kw]
+        return conv_macs(shape(op.output(0)), shape(op.input(1))[1:])
+    if kind == "ConvolutionBackpropData":
+        return conv_transpose_macs(shape(op.input(0)), shape(op.input(1)))
+    if kind == "GroupConvolutionBackpropData":  # weights [G, C_in/G, C_out/G, kh, kw]
+        w = shape(op.input(1))
+        return _prod(shape(op.input(0))) * _prod(w[2:])
+    if kind == "MatMul":
+        a = shape(op.input(0))
+        return matmul_macs(shape(op.output(0)), a[-2] if op.get_attributes().get("transpose_a") else a[-1])
+    return 0
 
 
 # ------------------------------------------------------------------------------------------- TFLite

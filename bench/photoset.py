@@ -83,8 +83,9 @@ def view(photo: np.ndarray, kind: str, size: int, rng: np.random.Generator) -> n
     scale = size / side
     matrix = cv2.getRotationMatrix2D((cx, cy), angle, scale)
     matrix[:, 2] += (size / 2 - cx, size / 2 - cy)
-    out = cv2.warpAffine(photo, matrix, (size, size), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REFLECT_101).astype(np.float32)
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    out: np.ndarray = cv2.warpAffine(photo, matrix, (size, size), flags=interpolation,
+                                     borderMode=cv2.BORDER_REFLECT_101).astype(np.float32)
     gain = rng.uniform(0.92, 1.08) * rng.uniform(0.97, 1.03, size=3)  # exposure and white balance
     out = out * gain + rng.uniform(-6, 6)
     out += rng.normal(0, 2.0, out.shape)  # sensor noise
@@ -118,7 +119,7 @@ def add_defect(image: np.ndarray, defect: str, other: np.ndarray, rng: np.random
                ) -> tuple[np.ndarray, np.ndarray]:
     """Paint/paste one defect; returns (image, mask uint8 {0,255}) with the mask where the part changed."""
     size = image.shape[0]
-    out = image.astype(np.float32)
+    out: np.ndarray = image.astype(np.float32)
     if defect in ("scratch", "crack"):
         layer = np.zeros((size, size), np.uint8)
         if defect == "scratch":

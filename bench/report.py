@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from edge.accuracy import GuardLimits, guard_failures, to_auroc_points
@@ -42,26 +42,34 @@ def where(row: dict[str, Any]) -> str:
     return f"{row.get('label')} @ {row.get('threads')} thr" + ("" if device in (None, "cpu") else f" on {device}")
 
 
+_TEXT_KEYS = ("label", "engine", "device", "precision")
+_SHOWN_WHEN_FAILED = (*_TEXT_KEYS, "threads", "size_mb", "gmacs")  # what a failed row still knows
+# Cells written their own way (row, value) → text; every other key is a plain number.
+_CELL_FORMATS: dict[str, Callable[[dict[str, Any], Any], str]] = {
+    "threads": lambda row, v: str(v),
+    "image_auroc": lambda row, v: _auroc(row, "image_auroc"),
+    "pixel_auroc": lambda row, v: _auroc(row, "pixel_auroc"),
+    "peak_fraction": lambda row, v: _num(None if v is None else 100 * v, 0) + ("%" if v is not None else ""),
+    "other_cpu_cores": lambda row, v: "—" if v is None else f"{v:.2f}" + (" †" if row.get("contended") else ""),
+    "score_spearman_vs_fp32": lambda row, v: "—" if v is None or row.get("precision") == "fp32" else f"{v:.3f}",
+    "speedup_vs_eager": lambda row, v: "—" if v is None else f"{v:.1f}×",
+}
+
+
 def _cell(row: dict[str, Any], key: str) -> str:
-    if row.get("status") != "ok" and key not in ("label", "engine", "device", "precision", "threads", "size_mb",
-                                                 "gmacs"):
+    if row.get("status") != "ok" and key not in _SHOWN_WHEN_FAILED:
         return "failed" if key == "median_ms" else ""
     v = row.get(key)
-    if key in ("label", "engine", "device", "precision"):
+    if key in _TEXT_KEYS:
         return str(v) if v is not None else "—"
-    if key == "threads":
-        return str(v)
-    if key in ("image_auroc", "pixel_auroc"):
-        return _auroc(row, key)
-    if key == "peak_fraction":
-        return _num(None if v is None else 100 * v, 0) + ("%" if v is not None else "")
-    if key == "other_cpu_cores":
-        return "—" if v is None else f"{v:.2f}" + (" †" if row.get("contended") else "")
-    if key == "score_spearman_vs_fp32":
-        return "—" if v is None or row.get("precision") == "fp32" else f"{v:.3f}"
-    if key == "speedup_vs_eager":
-        return "—" if v is None else f"{v:.1f}×"
-    if key in ("gmacs",):
+    if key in _CELL_FORMATS:
+        return _CELL_FORMATS[key](row, v)
+    return _number_cell(key, v)
+
+
+def _number_cell(key: str, v: Any) -> str:
+    """Decimals by kind: GMACs 2, latencies 2 under 10 ms else 1, rates and memory 0, the rest 1."""
+    if key == "gmacs":
         return _num(v, 2)
     if key in ("median_ms", "p90_ms", "p99_ms", "e2e_median_ms"):
         return _num(v, 2 if v is not None and v < 10 else 1)
@@ -85,7 +93,7 @@ def gemm_table(gemm: Sequence[dict[str, Any]]) -> str:
         key = (g["backend"], g["precision"], g["threads"])
         if key not in best or g["gmac_per_s"] > best[key]["gmac_per_s"]:
             best[key] = g
-    peak = {}
+    peak: dict[tuple[str, int], float] = {}
     for g in best.values():
         k = (g["precision"], g["threads"])
         peak[k] = max(peak.get(k, 0.0), g["gmac_per_s"])

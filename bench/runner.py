@@ -3,8 +3,8 @@
 A comparison group is everything whose ratio the report prints — the eager baseline of one architecture
 and its exported files, at one thread count. All of them are loaded (one process each), then timed in
 ``rounds``: every round gives each model ``runs / rounds`` timed runs in turn (rotating who goes first),
-each preceded by untimed runs (``ROUND_WARM`` / ``ROUND_WARM_MS``) that refill what the previous model evicted. Load from other
-processes that comes and goes during the benchmark is therefore spread evenly over the group.
+each preceded by untimed runs (``ROUND_WARM`` / ``ROUND_WARM_MS``) that refill what the previous model evicted.
+Load from other processes that comes and goes during the benchmark is therefore spread evenly over the group.
 """
 from __future__ import annotations
 
@@ -118,45 +118,66 @@ def run_once(job: Job, threads: int, workdir: Path, bar: tqdm) -> dict[str, Any]
 def run_group(jobs: Sequence[Job], threads: int, runs: int, e2e_runs: int, rounds: int, workdir: Path,
               bar: tqdm) -> dict[tuple[Any, ...], dict[str, Any]]:
     """Latency of every job of one comparison group, interleaved in rounds (module docstring)."""
-    workers = {job.key: Worker(job, threads, workdir, bar) for job in jobs}
-    units = {job.key: job.units for job in jobs}
-    results: dict[tuple[Any, ...], dict[str, Any]] = {}
-    samples: dict[tuple[Any, ...], dict[str, list[float]]] = {}
-    alive: list[tuple[Any, ...]] = []
-    load: dict[tuple[Any, ...], list[float]] = {}  # [CPU s of other processes, wall s] over the timed runs
-
-    def drop(key: tuple[Any, ...], reply: dict[str, Any]) -> None:
-        results[key] = reply
-        workers[key].close()
-        bar.update(units[key] - sum(len(v) for v in samples.get(key, {}).values()))
-        if key in alive:
-            alive.remove(key)
-
-    for key, worker in workers.items():
-        reply = worker.receive()
-        if reply.get("status") == "ready":
-            alive.append(key)
-            samples[key] = {"infer_ms": [], "e2e_ms": []}
-            load[key] = [0.0, 0.0]
-        else:
-            drop(key, reply)
+    group = _GroupRun(jobs, threads, workdir, bar)
+    group.start()
     schedule = [("infer", n) for n in split_runs(runs, rounds)] + [("e2e", n) for n in split_runs(e2e_runs, rounds)]
     for r, (cmd, n) in enumerate(schedule):
+        group.timed_round(r, cmd, n)
+    group.finish()
+    return group.results
+
+
+class _GroupRun:
+    """The workers of one comparison group and what they measured so far."""
+
+    def __init__(self, jobs: Sequence[Job], threads: int, workdir: Path, bar: tqdm) -> None:
+        self.bar = bar
+        self.workers = {job.key: Worker(job, threads, workdir, bar) for job in jobs}
+        self.units = {job.key: job.units for job in jobs}
+        self.results: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.samples: dict[tuple[Any, ...], dict[str, list[float]]] = {}
+        self.alive: list[tuple[Any, ...]] = []
+        self.load: dict[tuple[Any, ...], list[float]] = {}  # [CPU s of other processes, wall s] over the timed runs
+
+    def drop(self, key: tuple[Any, ...], reply: dict[str, Any]) -> None:
+        """``reply`` is the job's result: stop its worker and count its remaining runs as done."""
+        self.results[key] = reply
+        self.workers[key].close()
+        self.bar.update(self.units[key] - sum(len(v) for v in self.samples.get(key, {}).values()))
+        if key in self.alive:
+            self.alive.remove(key)
+
+    def start(self) -> None:
+        """Wait until each worker has loaded its model; a worker that could not is dropped with its reply."""
+        for key, worker in self.workers.items():
+            reply = worker.receive()
+            if reply.get("status") == "ready":
+                self.alive.append(key)
+                self.samples[key] = {"infer_ms": [], "e2e_ms": []}
+                self.load[key] = [0.0, 0.0]
+            else:
+                self.drop(key, reply)
+
+    def timed_round(self, r: int, cmd: str, n: int) -> None:
+        """Round ``r``: ``n`` timed ``cmd`` runs per live model in turn, starting one further each round."""
+        alive = self.alive
         order = alive[r % len(alive):] + alive[:r % len(alive)] if alive else []
         for key in order:
-            reply = workers[key].command({"cmd": cmd, "n": n, "warm": ROUND_WARM, "warm_ms": ROUND_WARM_MS})
+            reply = self.workers[key].command({"cmd": cmd, "n": n, "warm": ROUND_WARM, "warm_ms": ROUND_WARM_MS})
             if "ms" not in reply:
-                drop(key, reply)
+                self.drop(key, reply)
                 continue
-            samples[key][f"{cmd}_ms"].extend(reply["ms"])
+            self.samples[key][f"{cmd}_ms"].extend(reply["ms"])
             if cmd == "infer" and reply.get("others"):
                 other_s, wall_s = reply["others"]
-                load[key][0] += other_s
-                load[key][1] += wall_s
-            bar.update(n)
-    for key in list(alive):
-        reply = workers[key].command({"cmd": "finish"})
-        if reply.get("status") == "ok":
-            reply.update(samples[key], other_cpu_cores=cpuload.other_cores(*load[key]))
-        drop(key, reply)
-    return results
+                self.load[key][0] += other_s
+                self.load[key][1] += wall_s
+            self.bar.update(n)
+
+    def finish(self) -> None:
+        """Collect each live worker's result with its samples and the other processes' CPU load."""
+        for key in list(self.alive):
+            reply = self.workers[key].command({"cmd": "finish"})
+            if reply.get("status") == "ok":
+                reply.update(self.samples[key], other_cpu_cores=cpuload.other_cores(*self.load[key]))
+            self.drop(key, reply)

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,8 +43,8 @@ from typing import IO, Any, cast
 import numpy as np
 
 from edge.cliconfig import ConfigCli, option, run_cli
-from edge.jsonsafe import json_safe, write_json
 from edge.counters import RuntimeCounters
+from edge.jsonsafe import json_safe, write_json
 from edge.sources import RawSource
 
 GENERATED_THRESHOLD = 0.5  # clean frames score ≤ 0.0625 on the generated model, the defect 1.0
@@ -91,7 +91,9 @@ RSS_SOURCE = "VmRSS (/proc/self/status)" if _proc_status_kb("VmRSS") is not None
 # Generated model and frames
 # ---------------------------------------------------------------------------------------------
 def make_tiny_model(directory: str | Path, image_size: int = 256, threshold: float = GENERATED_THRESHOLD) -> Path:
-    """Write ``soak-tiny.onnx`` + manifest (mirrors tests/test_edge_runtime.make_tiny_onnx): map = mean_c x², score = max."""
+    """Write ``soak-tiny.onnx`` + manifest (mirrors tests/test_edge_runtime.make_tiny_onnx).
+
+    The model: map = mean_c x², score = max."""
     try:
         import onnx
         from onnx import TensorProto, helper
@@ -366,6 +368,20 @@ def _parse_frame_size(text: str) -> tuple[int, int]:
 
 def _check_soak_options(cfg: SoakConfig) -> None:
     """SoakError naming the first bad option."""
+    for flag, value, ok, expected in _range_checks(cfg):
+        if not ok:
+            raise SoakError(f"{flag} {value!r}: expected {expected}")
+    if cfg.model is not None and cfg.image_size is not None:
+        raise SoakError("--image-size: only for the generated model (the --model file fixes its input size)")
+    _check_threshold(cfg.threshold)
+    if cfg.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SoakError(f"--log-level {cfg.log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
+    if cfg.model is not None and not Path(cfg.model).is_file():
+        raise SoakError(f"--model {cfg.model}: file not found")
+
+
+def _range_checks(cfg: SoakConfig) -> list[tuple[str, Any, bool, str]]:
+    """(flag, value, whether it is in range, the range) of every numeric option that is set."""
     width, height = cfg.frame_width, cfg.frame_height
     checks: list[tuple[str, Any, bool, str]] = [("--frames", cfg.frames, cfg.frames >= 1, ">= 1"),
               ("--threads", cfg.threads, cfg.threads >= 1, ">= 1"),
@@ -380,22 +396,19 @@ def _check_soak_options(cfg: SoakConfig) -> None:
                        f"1 .. {min(width, height)} (the shorter frame side)"))
     if cfg.fps is not None:
         checks.append(("--fps", cfg.fps, math.isfinite(cfg.fps) and cfg.fps > 0, "> 0"))
-    for flag, value, ok, expected in checks:
-        if not ok:
-            raise SoakError(f"{flag} {value!r}: expected {expected}")
-    if cfg.model is not None and cfg.image_size is not None:
-        raise SoakError("--image-size: only for the generated model (the --model file fixes its input size)")
-    if cfg.threshold not in ("auto", "manifest"):
-        try:
-            number = float(cfg.threshold)
-        except ValueError:
-            raise SoakError(f"--threshold {cfg.threshold!r}: expected auto, manifest or a number") from None
-        if not math.isfinite(number):
-            raise SoakError(f"--threshold {cfg.threshold!r}: expected a finite number")
-    if cfg.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise SoakError(f"--log-level {cfg.log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
-    if cfg.model is not None and not Path(cfg.model).is_file():
-        raise SoakError(f"--model {cfg.model}: file not found")
+    return checks
+
+
+def _check_threshold(threshold: str) -> None:
+    """--threshold: auto, manifest or a finite number."""
+    if threshold in ("auto", "manifest"):
+        return
+    try:
+        number = float(threshold)
+    except ValueError:
+        raise SoakError(f"--threshold {threshold!r}: expected auto, manifest or a number") from None
+    if not math.isfinite(number):
+        raise SoakError(f"--threshold {threshold!r}: expected a finite number")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,10 +441,8 @@ def _percentiles(x: np.ndarray) -> dict[str, float | None]:
 def soak(cfg: SoakConfig) -> dict[str, Any]:
     """Run the soak; returns the result dict (what --json writes)."""
     import cv2
-    from tqdm import tqdm
 
-    from edge.config import DecisionConfig, RunConfig, SourceConfig
-    from edge.runner import run
+    from edge.runner import run  # before rss_before: the baseline includes the runner's imports
 
     cv2.setNumThreads(cfg.threads)  # resize/normalise get the same core budget as the engine
     logging.basicConfig(level=cfg.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
@@ -443,83 +454,23 @@ def soak(cfg: SoakConfig) -> dict[str, Any]:
     try:
         generated = cfg.model is None
         model = str(make_tiny_model(tmp.name, cfg.image_size or 256)) if generated else str(cfg.model)
-        auto = None
-        if cfg.threshold == "auto":
-            auto = _auto_threshold(model, cfg.threads, schedule)
-            threshold: float | None = auto["threshold"]
-        elif cfg.threshold == "manifest":
-            threshold = None
-        else:
-            threshold = float(cfg.threshold)
-
-        from edge.sinks import DeliveryOptions, SinkConfig
-        sinks_cfg = SinkConfig()
-        if cfg.alarm_log or cfg.snapshot_dir or cfg.with_webhook:
-            kw: dict[str, Any] = {"on_clear": True}
-            if cfg.alarm_log:
-                kw["log_path"] = cfg.alarm_log
-            if cfg.snapshot_dir:
-                kw["snapshot_dir"] = cfg.snapshot_dir
-            if cfg.with_webhook:
-                _no_proxy_for_localhost()
-                receiver = WebhookReceiver().start()
-                kw.update(webhook_url=receiver.url, webhook=DeliveryOptions(
-                    spool_dir=str(Path(tmp.name) / "spool"), timeout=2.0, backoff=0.2, backoff_max=2.0))
-            sinks_cfg = SinkConfig(**kw)
-
-        run_cfg = RunConfig(model=model, threads=cfg.threads, max_frames=cfg.frames, jsonl=cfg.jsonl,
-                            jsonl_every=cfg.jsonl_every, log_level=cfg.log_level,
-                            source=SourceConfig(latest_only=True, open_timeout=5.0),
-                            decision=DecisionConfig(threshold=threshold), sinks=sinks_cfg)
+        threshold, auto = _threshold(cfg, model, schedule)
+        if cfg.with_webhook:
+            _no_proxy_for_localhost()
+            receiver = WebhookReceiver().start()
+        run_cfg = _run_config(cfg, model, threshold, _sinks_config(cfg, receiver, Path(tmp.name) / "spool"))
         source = GeneratedSource(schedule, cfg.fps)
         writer = None if cfg.jsonl else NullWriter()
-        bar = tqdm(total=cfg.frames, desc="soak", unit="frame", file=sys.stderr, dynamic_ncols=True,
-                   mininterval=0.5, disable=not cfg.progress)
-        metrics = SoakMetrics(cfg.frames, cfg.rss_every, bar)
-        rss_before = rss_mb()
-        t0 = time.monotonic()
-        stop = threading.Event()  # Ctrl-C / SIGTERM: stop after the current frame and still report
-        old_handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                old_handlers[sig] = signal.signal(sig, lambda *_: stop.set())
-        try:
-            summary = run(run_cfg, stop_event=stop, raw_source=source, out=cast(IO[str], writer), metrics=metrics)
-        finally:
-            bar.close()
-            for sig, handler in old_handlers.items():
-                signal.signal(sig, handler)
-        wall = time.monotonic() - t0
-        rss_after = rss_mb()
+        measured = _measured_run(cfg, run, run_cfg, source, writer)
         webhook = receiver.stats() if receiver is not None else None
     finally:
         if receiver is not None:
             receiver.close()
         tmp.cleanup()
 
+    summary, metrics = measured.summary, measured.metrics
     n = metrics.n
-    marks = metrics.marks
-    start, mid = marks.get("start"), marks.get("mid")
-    if mid is None and metrics.series:  # stopped before the middle of --frames: the sample nearest n/2
-        mid = min(metrics.series, key=lambda s: abs(s["frame"] - n / 2))["rss_mb"]
-    # The last scored frame's sample; a run that stopped early (signal): its last periodic sample.
-    end = marks.get("end", metrics.series[-1]["rss_mb"] if metrics.series else None)
     scoring_s = (metrics.t_last - metrics.t_first) if metrics.t_first is not None and metrics.t_last else None
-    series, prev = [], None
-    for s in metrics.series:
-        row: dict[str, Any] = {"frame": s["frame"], "rss_mb": round(s["rss_mb"], 2),
-                               "elapsed_s": round(s["t"] - (metrics.t_first or s["t"]), 3)}
-        if prev is not None and s["frame"] > prev["frame"]:
-            seg = metrics.lat[prev["frame"]:s["frame"]]
-            dt = s["t"] - prev["t"]
-            row.update(fps=(s["frame"] - prev["frame"]) / dt if dt > 0 else None,
-                       latency_p50_ms=_percentiles(seg)["p50"], latency_p99_ms=_percentiles(seg)["p99"])
-        series.append(row)
-        prev = s
-
-    def growth(a: float | None, b: float | None) -> float | None:
-        return None if a is None or b is None else b - a
-
     return json_safe({
         "tool": "bench.soak",
         "config": asdict(cfg) | {"defect_size": defect_size, "model": model, "generated_model": generated},
@@ -527,14 +478,12 @@ def soak(cfg: SoakConfig) -> dict[str, Any]:
                   "threshold": summary["threshold"], "threshold_mode": cfg.threshold, "auto_threshold": auto},
         "source": summary["source"],
         "frames": summary["frames"], "stopped_by": summary["stopped_by"],
-        "duration_s": summary["duration_s"], "wall_s": wall, "scoring_s": scoring_s,
+        "duration_s": summary["duration_s"], "wall_s": measured.wall_s, "scoring_s": scoring_s,
         "fps": (n - 1) / scoring_s if scoring_s else None,
         "fps_runner_last_10s": summary["fps"],
         "rss_source": RSS_SOURCE,
-        "rss_mb": {"before_run": rss_before, "start": start, "mid": mid, "end": end, "after_close": rss_after,
-                   "peak": peak_rss_mb(), "growth_start_to_end": growth(start, end),
-                   "growth_mid_to_end": growth(mid, end)},
-        "rss_series": series,
+        "rss_mb": _rss_report(metrics, measured.rss_before, measured.rss_after),
+        "rss_series": _rss_series(metrics),
         "latency_ms": _percentiles(metrics.lat[:n]),
         "latency_frames": n,
         "latency_definition": "capture → decision (preprocess + inference + threshold/debounce), every frame",
@@ -546,6 +495,114 @@ def soak(cfg: SoakConfig) -> dict[str, Any]:
         "webhook_receiver": webhook,
         "frame_log": {"path": cfg.jsonl, "lines": writer.lines if writer is not None else None},
     })
+
+
+@dataclass
+class _Measured:
+    summary: dict[str, Any]  # edge.runner.run's
+    metrics: SoakMetrics
+    wall_s: float
+    rss_before: float  # MB just before the run, and after it closed
+    rss_after: float
+
+
+def _measured_run(cfg: SoakConfig, run: Callable[..., dict[str, Any]], run_cfg: Any, source: GeneratedSource,
+                  writer: NullWriter | None) -> _Measured:
+    """The run with its progress bar, per-frame metrics, wall time and memory before and after."""
+    from tqdm import tqdm
+    bar = tqdm(total=cfg.frames, desc="soak", unit="frame", file=sys.stderr, dynamic_ncols=True,
+               mininterval=0.5, disable=not cfg.progress)
+    metrics = SoakMetrics(cfg.frames, cfg.rss_every, bar)
+    rss_before = rss_mb()
+    t0 = time.monotonic()
+    try:
+        summary = _run_until_done_or_signalled(run, run_cfg, source, writer, metrics)
+    finally:
+        bar.close()
+    wall = time.monotonic() - t0
+    return _Measured(summary, metrics, wall, rss_before, rss_mb())
+
+
+def _threshold(cfg: SoakConfig, model: str, schedule: DefectSchedule) -> tuple[float | None, dict[str, float] | None]:
+    """The decision threshold (None: the manifest's) and, for --threshold auto, how it was found."""
+    if cfg.threshold == "auto":
+        auto = _auto_threshold(model, cfg.threads, schedule)
+        return auto["threshold"], auto
+    if cfg.threshold == "manifest":
+        return None, None
+    return float(cfg.threshold), None
+
+
+def _sinks_config(cfg: SoakConfig, receiver: WebhookReceiver | None, spool_dir: Path) -> Any:
+    """The alarm sinks the soak exercises: --alarm-log, --snapshot-dir, and the local webhook receiver."""
+    from edge.sinks import DeliveryOptions, SinkConfig
+    if not (cfg.alarm_log or cfg.snapshot_dir or receiver is not None):
+        return SinkConfig()
+    kw: dict[str, Any] = {"on_clear": True}
+    if cfg.alarm_log:
+        kw["log_path"] = cfg.alarm_log
+    if cfg.snapshot_dir:
+        kw["snapshot_dir"] = cfg.snapshot_dir
+    if receiver is not None:
+        kw.update(webhook_url=receiver.url, webhook=DeliveryOptions(
+            spool_dir=str(spool_dir), timeout=2.0, backoff=0.2, backoff_max=2.0))
+    return SinkConfig(**kw)
+
+
+def _run_config(cfg: SoakConfig, model: str, threshold: float | None, sinks: Any) -> Any:
+    from edge.config import DecisionConfig, RunConfig, SourceConfig
+    return RunConfig(model=model, threads=cfg.threads, max_frames=cfg.frames, jsonl=cfg.jsonl,
+                     jsonl_every=cfg.jsonl_every, log_level=cfg.log_level,
+                     source=SourceConfig(latest_only=True, open_timeout=5.0),
+                     decision=DecisionConfig(threshold=threshold), sinks=sinks)
+
+
+def _run_until_done_or_signalled(run: Callable[..., dict[str, Any]], run_cfg: Any, source: GeneratedSource,
+                                 writer: NullWriter | None, metrics: SoakMetrics) -> dict[str, Any]:
+    """edge.runner.run; Ctrl-C / SIGTERM stop it after the current frame and it still reports."""
+    stop = threading.Event()
+    old_handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old_handlers[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        return run(run_cfg, stop_event=stop, raw_source=source, out=cast(IO[str], writer), metrics=metrics)
+    finally:
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+
+
+def _rss_report(metrics: SoakMetrics, before_run: float | None, after_close: float | None) -> dict[str, Any]:
+    """Resident memory at the run's marks (start, middle, end of --frames) and its growth between them."""
+    n = metrics.n
+    marks = metrics.marks
+    start, mid = marks.get("start"), marks.get("mid")
+    if mid is None and metrics.series:  # stopped before the middle of --frames: the sample nearest n/2
+        mid = min(metrics.series, key=lambda s: abs(s["frame"] - n / 2))["rss_mb"]
+    # The last scored frame's sample; a run that stopped early (signal): its last periodic sample.
+    end = marks.get("end", metrics.series[-1]["rss_mb"] if metrics.series else None)
+
+    def growth(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else b - a
+
+    return {"before_run": before_run, "start": start, "mid": mid, "end": end, "after_close": after_close,
+            "peak": peak_rss_mb(), "growth_start_to_end": growth(start, end), "growth_mid_to_end": growth(mid, end)}
+
+
+def _rss_series(metrics: SoakMetrics) -> list[dict[str, Any]]:
+    """Every periodic memory sample, with the frame rate and latency since the previous one."""
+    series, prev = [], None
+    for s in metrics.series:
+        row: dict[str, Any] = {"frame": s["frame"], "rss_mb": round(s["rss_mb"], 2),
+                               "elapsed_s": round(s["t"] - (metrics.t_first or s["t"]), 3)}
+        if prev is not None and s["frame"] > prev["frame"]:
+            seg = metrics.lat[prev["frame"]:s["frame"]]
+            dt = s["t"] - prev["t"]
+            row.update(fps=(s["frame"] - prev["frame"]) / dt if dt > 0 else None,
+                       latency_p50_ms=_percentiles(seg)["p50"], latency_p99_ms=_percentiles(seg)["p99"])
+        series.append(row)
+        prev = s
+    return series
 
 
 def _f(x: Any, spec: str = ".2f") -> str:

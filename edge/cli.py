@@ -12,7 +12,8 @@ import logging
 import signal
 import sys
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from edge.cliconfig import run_cli
 from edge.config import CalibrateConfig, RunConfig, parse_config
@@ -42,7 +43,7 @@ class _StopOnSignal:
         log.info("%s received: stopping after the current frame", signal.Signals(signum).name)
         self.stop_event.set()
 
-    def __enter__(self) -> "_StopOnSignal":
+    def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGTERM, signal.SIGINT):
                 self._old[s] = signal.signal(s, self._handler)

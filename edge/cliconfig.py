@@ -27,9 +27,10 @@ import dataclasses
 import sys
 import types
 import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
+from typing import Any, Generic, TypeGuard, TypeVar
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -143,12 +144,12 @@ class _Option:
         return text + (" or one string of them" if self.split else "")
 
 
-def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+def _fields(cls: type) -> list[tuple[dataclasses.Field[Any], Any]]:
     hints = typing.get_type_hints(cls)
     return [(f, _unwrap_optional(hints[f.name])) for f in dataclasses.fields(cls) if f.init]
 
 
-def _field_default(f: dataclasses.Field, defaults: Mapping[str, Any]) -> Any:
+def _field_default(f: dataclasses.Field[Any], defaults: Mapping[str, Any]) -> Any:
     if f.name in defaults:
         return defaults[f.name]
     if f.default is not MISSING:
@@ -156,7 +157,7 @@ def _field_default(f: dataclasses.Field, defaults: Mapping[str, Any]) -> Any:
     return f.default_factory() if f.default_factory is not MISSING else None
 
 
-def _leaf(g: _Group, f: dataclasses.Field, tp: Any) -> _Option:
+def _leaf(g: _Group, f: dataclasses.Field[Any], tp: Any) -> _Option:
     meta = f.metadata
     choices = meta.get("choices")
     container = length = None
@@ -180,10 +181,15 @@ def _leaf(g: _Group, f: dataclasses.Field, tp: Any) -> _Option:
                    error=g.error)
 
 
+def _is_group(tp: Any) -> TypeGuard[type]:
+    """A field typed as a dataclass is a nested group."""
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
 def _walk(g: _Group, groups: list[_Group], options: list[_Option]) -> None:
     groups.append(g)
     for f, tp in _fields(g.cls):
-        if dataclasses.is_dataclass(tp):
+        if _is_group(tp):
             meta = f.metadata
             _walk(_Group(g.path + (f.name,), tp, g.prefixes + (str(meta.get("prefix", "")),),
                          dict(meta.get("defaults") or {}), str(meta.get("title") or f.name.replace("_", " ")),
@@ -252,7 +258,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors are ConfigErrors (run_cli prints them as one line, exit status 2)."""
 
-    def error(self, message: str) -> typing.NoReturn:  # type: ignore[override]
+    def error(self, message: str) -> typing.NoReturn:
         raise ConfigError(message)
 
 
@@ -394,12 +400,12 @@ class ConfigCli(Generic[T]):
             kwargs = dict(g.defaults)
             for f, tp in _fields(g.cls):
                 path = g.path + (f.name,)
-                if dataclasses.is_dataclass(tp):
+                if _is_group(tp):
                     kwargs[f.name] = make(next(c for c in self.groups if c.path == path))
                 elif ".".join(path) in values:
                     kwargs[f.name] = values[".".join(path)]
             return g.cls(**kwargs)
-        return make(self.groups[0])
+        return typing.cast(T, make(self.groups[0]))  # the root group's class is T
 
 
 def run_cli(body: Callable[[], int | None], errors: tuple[type[BaseException], ...] = (ValueError,)) -> int:

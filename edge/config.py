@@ -8,8 +8,9 @@ and ``[status]`` (edge.status.StatusConfig, flags ``--status-*``).  Precedence: 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from edge.cliconfig import ConfigCli, ConfigError, group, option
 from edge.devices import DeviceError, check_device

@@ -23,9 +23,10 @@ covers; cpu is always last.  Nothing here imports an engine package at import ti
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from edge.formats import FORMATS, ModelFormat, format_for_path
 

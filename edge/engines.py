@@ -19,14 +19,22 @@ import os
 import platform
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from edge.devices import (ENGINE_BY_FORMAT, ENGINES, DeviceError, DeviceTarget, candidates, default_trt_cache_dir,
-                          guard_covers)
+from edge.devices import (
+    ENGINE_BY_FORMAT,
+    ENGINES,
+    DeviceError,
+    DeviceTarget,
+    candidates,
+    default_trt_cache_dir,
+    guard_covers,
+)
 from edge.formats import FORMATS, format_for_path, parse_model_filename
 from edge.manifest import GraphIO, Manifest, ManifestError, load_manifest, manifest_path_for, sha256_file
 from edge.signalstack import drop_small_alternate_signal_stack
@@ -218,7 +226,9 @@ class Engine(ABC):
         outs = self._infer(x)
         if not self._resolved:
             self._resolve(outs)
-        amap = np.asarray(outs[self._i_map], dtype=np.float32)
+        i_map = self._i_map
+        assert i_map is not None  # _resolve(outs) identified the map or raised
+        amap = np.asarray(outs[i_map], dtype=np.float32)
         n = x.shape[0]
         if amap.ndim == 4 and amap.shape[-1] == 1 and amap.shape[1] != 1:
             amap = amap.transpose(0, 3, 1, 2)  # NHWC map from a TFLite graph
@@ -252,6 +262,18 @@ class Engine(ABC):
                 "input_shape": list(self.input_shape), **self.info}
 
 
+def _session_options(ort: Any, threads: int | None) -> Any:
+    """ONNX Runtime session options: quiet, ``threads`` intra-op threads, sequential execution."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    # One graph, one request at a time: no inter-op parallelism to compete for the cores.
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return so
+
+
 class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
 
@@ -263,49 +285,55 @@ class OnnxRuntimeEngine(Engine):
             import onnxruntime as ort
         except ImportError:
             raise EngineError(f"{model_path}: onnxruntime is not installed (pip install onnxruntime)") from None
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = int(threads)
-        # One graph, one request at a time: no inter-op parallelism to compete for the cores.
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        target = self.target
         self.info = {}
-        providers: list[Any] = [target.target]
-        if target.fallback:  # nodes the target cannot run go to the next provider, as ONNX Runtime assigns them
-            available = ort.get_available_providers()
-            providers += [p for p in target.fallback if p in available or p == "CPUExecutionProvider"]
-        if target.target in ORT_PROVIDER_OPTIONS:
-            if trt_cache_dir is None:
-                raise EngineError(f"{model_path}: --device {target.device} needs an engine cache directory")
-            providers[0] = (target.target, ORT_PROVIDER_OPTIONS[target.target](modes, trt_cache_dir, precision))
-            self.info["trt_cache_dir"] = str(trt_cache_dir)
-        if "tf32" in target.optional:
-            # NVIDIA tensor cores round fp32 to TF32 by default (Ampere and later, Jetson Orin too); the accuracy
-            # guard measured fp32, so keep fp32 unless it covers tf32. Read by cuBLAS/cuDNN/TensorRT at start-up,
-            # i.e. when this session loads them; a value set by the operator is kept.
-            if "tf32" not in modes:
-                os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
-            self.info["tf32"] = os.environ.get("NVIDIA_TF32_OVERRIDE") != "0"
-        try:
-            self._sess = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/… types
-            if target.device != "cpu":
-                raise DeviceUnavailable(f"{model_path}: cannot load ONNX model on --device {target.device} "
-                                        f"({_first_line(e)})") from None
-            raise EngineError(f"{model_path}: cannot load ONNX model ({_first_line(e)})") from None
+        providers = self._providers(ort, modes, trt_cache_dir)
+        self._keep_fp32_unless_tf32_guarded(modes)
+        self._sess = self._session(ort, _session_options(ort, threads), providers)
         self.providers = list(self._sess.get_providers())
+        target = self.target
         if target.target not in self.providers:  # ONNX Runtime falls back to the CPU with only a logged error
             raise DeviceUnavailable(f"--device {target.device}: ONNX Runtime could not start {target.target} (the "
                                     f"session got {', '.join(self.providers)}); {DEVICE_START_HINT}")
         inputs = self._sess.get_inputs()
         if len(inputs) != 1:
             raise EngineError(f"{model_path}: expected one input, found {[i.name for i in inputs]}")
-        self._input_name = inputs[0].name
+        self._input_name: str = inputs[0].name
         self._input_shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
         self.info = {"threads": threads, "input_name": self._input_name, **self.info}
         self._resolve()
+
+    def _providers(self, ort: Any, modes: Sequence[str], trt_cache_dir: Path | None) -> list[Any]:
+        """The execution providers: the target's (with its options), then its fallbacks."""
+        target = self.target
+        providers: list[Any] = [target.target]
+        if target.fallback:  # nodes the target cannot run go to the next provider, as ONNX Runtime assigns them
+            available = ort.get_available_providers()
+            providers += [p for p in target.fallback if p in available or p == "CPUExecutionProvider"]
+        if target.target in ORT_PROVIDER_OPTIONS:
+            if trt_cache_dir is None:
+                raise EngineError(f"{self.model_path}: --device {target.device} needs an engine cache directory")
+            providers[0] = (target.target, ORT_PROVIDER_OPTIONS[target.target](modes, trt_cache_dir, self.precision))
+            self.info["trt_cache_dir"] = str(trt_cache_dir)
+        return providers
+
+    def _keep_fp32_unless_tf32_guarded(self, modes: Sequence[str]) -> None:
+        if "tf32" not in self.target.optional:
+            return
+        # NVIDIA tensor cores round fp32 to TF32 by default (Ampere and later, Jetson Orin too); the accuracy
+        # guard measured fp32, so keep fp32 unless it covers tf32. Read by cuBLAS/cuDNN/TensorRT at start-up,
+        # i.e. when this session loads them; a value set by the operator is kept.
+        if "tf32" not in modes:
+            os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
+        self.info["tf32"] = os.environ.get("NVIDIA_TF32_OVERRIDE") != "0"
+
+    def _session(self, ort: Any, options: Any, providers: list[Any]) -> Any:
+        try:
+            return ort.InferenceSession(str(self.model_path), sess_options=options, providers=providers)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/… types
+            if self.target.device != "cpu":
+                raise DeviceUnavailable(f"{self.model_path}: cannot load ONNX model on --device {self.target.device} "
+                                        f"({_first_line(e)})") from None
+            raise EngineError(f"{self.model_path}: cannot load ONNX model ({_first_line(e)})") from None
 
     @classmethod
     def open(cls, request: OpenRequest) -> Engine:
@@ -329,7 +357,8 @@ class OnnxRuntimeEngine(Engine):
         return [o.name for o in outs], [len(o.shape) if o.shape is not None else None for o in outs]
 
     def _infer(self, x: np.ndarray) -> list[np.ndarray]:
-        return self._sess.run(None, {self._input_name: x})
+        outputs: list[np.ndarray] = self._sess.run(None, {self._input_name: x})
+        return outputs
 
 
 class OpenVinoEngine(Engine):
@@ -388,7 +417,7 @@ class OpenVinoEngine(Engine):
 
     @property
     def input_name(self) -> str:
-        return self._compiled.input(0).get_any_name()
+        return str(self._compiled.input(0).get_any_name())
 
     def _property(self, name: str, convert: Any) -> Any:
         """A compiled-model property, None where the device does not report it."""
@@ -428,7 +457,7 @@ class LiteRtEngine(Engine):
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
             try:  # older/slower fallback runtime (needs numpy<2)
-                from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+                from tflite_runtime.interpreter import Interpreter
                 self.name = "tflite_runtime"
             except ImportError:
                 raise EngineError(f"{model_path}: neither ai-edge-litert nor tflite-runtime is installed "
@@ -506,26 +535,13 @@ def load_engine(model_path: str | Path, threads: int | None = None, manifest: Ma
     """
     model_path = Path(model_path)
     fmt = format_for_path(model_path, EngineError)
-    if not model_path.is_file():
-        raise EngineError(f"{model_path}: model file not found")
-    if os.path.getsize(model_path) == 0:
-        raise EngineError(f"{model_path}: model file is empty")
-    if threads is not None and threads < 1:
-        raise EngineError(f"--threads {threads}: expected a positive number of threads")
-    if manifest is None and manifest_path_for(model_path).is_file():
-        try:
-            manifest = load_manifest(model_path, verify_sha256=False)
-        except ManifestError:
-            manifest = None  # the engine can still run; the runner reports manifest problems
+    _check_model_file(model_path, threads)
+    if manifest is None:
+        manifest = _manifest_beside(model_path)
     support = ENGINE_BY_FORMAT[fmt.name]
     covers = guard_covers(manifest.data if manifest else None)
     targets = candidates(support, device, covers)  # DeviceError: unsupported / not offered here
-    if manifest is not None and manifest.graph_io is not None:
-        outputs, names_resolved = manifest.graph_io, True
-    elif manifest is not None:
-        outputs, names_resolved = GraphIO(manifest.output_name("anomaly_map"), manifest.output_name("score")), False
-    else:
-        outputs, names_resolved = CONTRACT_NAMES, False
+    outputs, names_resolved = _output_names(manifest)
     precision = manifest.precision if manifest else parse_model_filename(model_path).precision
     for i, target in enumerate(targets):
         request = OpenRequest(model_path, precision, outputs, names_resolved, threads, target,
@@ -537,15 +553,49 @@ def load_engine(model_path: str | Path, threads: int | None = None, manifest: Ma
                 raise
             log.info("--device auto: %s; trying %s", e, targets[i + 1].device)
             continue
-        covered = target.covered_by(covers)
-        engine.info.update(reduced_precision=list(target.modes(covers)), guard_covered=covered)
-        if not covered:
-            log.warning("%s on --device %s computes in %s, which this file's export accuracy guard does not cover "
-                        "(it was measured in %s on the CPU): scores may shift; re-calibrate the threshold with "
-                        "edge-calibrate --device %s", model_path.name, target.device, target.computes, precision,
-                        target.device)
+        _note_guard_coverage(engine, target, covers, model_path, precision)
         return engine
     raise EngineError(f"--device {device}: no device to run {model_path} on")  # pragma: no cover - cpu is last
+
+
+def _check_model_file(model_path: Path, threads: int | None) -> None:
+    if not model_path.is_file():
+        raise EngineError(f"{model_path}: model file not found")
+    if os.path.getsize(model_path) == 0:
+        raise EngineError(f"{model_path}: model file is empty")
+    if threads is not None and threads < 1:
+        raise EngineError(f"--threads {threads}: expected a positive number of threads")
+
+
+def _manifest_beside(model_path: Path) -> Manifest | None:
+    """The model's manifest file, read without hashing; None if there is none or it is unreadable."""
+    if not manifest_path_for(model_path).is_file():
+        return None
+    try:
+        return load_manifest(model_path, verify_sha256=False)
+    except ManifestError:
+        return None  # the engine can still run; the runner reports manifest problems
+
+
+def _output_names(manifest: Manifest | None) -> tuple[GraphIO, bool]:
+    """The output names to look for, and whether they are the manifest's graph_io (matched exactly)."""
+    if manifest is not None and manifest.graph_io is not None:
+        return manifest.graph_io, True
+    if manifest is not None:
+        return GraphIO(manifest.output_name("anomaly_map"), manifest.output_name("score")), False
+    return CONTRACT_NAMES, False
+
+
+def _note_guard_coverage(engine: Engine, target: DeviceTarget, covers: frozenset[str], model_path: Path,
+                         precision: str) -> None:
+    """Record in the engine's info what it computes in; warn when the accuracy guard did not measure that."""
+    covered = target.covered_by(covers)
+    engine.info.update(reduced_precision=list(target.modes(covers)), guard_covered=covered)
+    if not covered:
+        log.warning("%s on --device %s computes in %s, which this file's export accuracy guard does not cover "
+                    "(it was measured in %s on the CPU): scores may shift; re-calibrate the threshold with "
+                    "edge-calibrate --device %s", model_path.name, target.device, target.computes, precision,
+                    target.device)
 
 
 def _model_cache_dir(base: Path, model_path: Path, manifest: Manifest | None) -> Path:

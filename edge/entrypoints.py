@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import Callable
+from collections.abc import Callable
 
 from edge.cliconfig import run_cli
 
@@ -35,7 +35,8 @@ def _main_of(prog: str, target: str, extra: str) -> Callable[[], int | None]:
         raise MissingExtraError(f"{prog} needs PyTorch: {hint}")
     module, func = target.split(":")
     try:
-        return getattr(importlib.import_module(module), func)
+        main: Callable[[], int | None] = getattr(importlib.import_module(module), func)
+        return main
     except ModuleNotFoundError as e:
         if not e.name or e.name.split(".")[0] in OWN_PACKAGES:
             raise  # a bug of this package, not a missing dependency

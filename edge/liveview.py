@@ -105,8 +105,10 @@ header h1 { font-size: 16px; margin: 0; font-weight: 600; }
 .pill.ok { background: var(--ok); color: #04140b; } .pill.bad { background: var(--bad); color: #fff; }
 .pill.warn { background: var(--warn); color: #1d1300; }
 main { display: grid; grid-template-columns: minmax(0, 3fr) minmax(260px, 2fr); gap: 12px; padding: 12px 16px; }
-section { background: var(--panel); border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px; min-width: 0; }
-h2 { font-size: 12px; text-transform: uppercase; letter-spacing: .06em; color: var(--dim); margin: 0 0 8px; font-weight: 600; }
+section { background: var(--panel); border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px;
+          min-width: 0; }
+h2 { font-size: 12px; text-transform: uppercase; letter-spacing: .06em; color: var(--dim); margin: 0 0 8px;
+     font-weight: 600; }
 #overlay-box { position: relative; background: #000; border-radius: 4px; min-height: 120px;
                display: flex; align-items: center; justify-content: center; }
 #overlay { display: block; max-width: 100%; max-height: 52vh; }
@@ -141,7 +143,8 @@ td.num, th.num { text-align: right; }
   <div class="left">
     <section>
       <h2>Latest heat-map overlay</h2>
-      <div id="overlay-box"><img id="overlay" alt="latest overlay" hidden><span id="no-overlay">no overlay yet</span></div>
+      <div id="overlay-box"><img id="overlay" alt="latest overlay" hidden>
+        <span id="no-overlay">no overlay yet</span></div>
     </section>
     <section>
       <h2>Score vs threshold (<span id="horizon">5 min</span>)</h2>
@@ -225,7 +228,8 @@ function drawTrace(trace, threshold) {
   }
   if (threshold !== null && isFinite(threshold)) {
     const yt = y(threshold);
-    box.appendChild(svg("rect", {x: L, y: T, width: W - L - R, height: Math.max(0, yt - T), fill: "rgba(229,72,77,0.08)"}));
+    box.appendChild(svg("rect", {x: L, y: T, width: W - L - R, height: Math.max(0, yt - T),
+                                 fill: "rgba(229,72,77,0.08)"}));
     box.appendChild(svg("line", {x1: L, x2: W - R, y1: yt, y2: yt, stroke: "#e5484d", "stroke-width": 1.5,
                                  "stroke-dasharray": "6 4"}));
     const lab = svg("text", {x: L + 6, y: yt - 5, fill: "#e5484d", "font-size": 11});
@@ -298,7 +302,8 @@ async function tick() {
   try {
     const r = await fetch("/live.json", {cache: "no-store"});
     const s = await r.json();
-    setText("source", (s.source || "") + (s.engine ? "  \\u00b7  " + s.engine : "") + (s.model ? "  \\u00b7  " + s.model : ""));
+    setText("source", (s.source || "") + (s.engine ? "  \\u00b7  " + s.engine : "")
+                      + (s.model ? "  \\u00b7  " + s.model : ""));
     const h = s.health || {};
     pill("health", h.status === "ok" ? "frames flowing" : (h.status || "?"),
          h.status === "ok" ? "ok" : (h.status === "starting" ? "warn" : "bad"));

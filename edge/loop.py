@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from edge.counters import RuntimeCounters
 from edge.sources import Frame, LatestFrame, ResilientSource
@@ -52,7 +53,7 @@ class FrameLoop:
         self.frames = 0  # frames yielded so far
         self._iter: Iterator[Frame | None] | None = None
 
-    def __enter__(self) -> "FrameLoop":
+    def __enter__(self) -> FrameLoop:
         frames: Iterable[Frame | None] = self.grabber if self.grabber is not None else self.source
         self._iter = iter(frames)
         return self

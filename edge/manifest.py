@@ -57,11 +57,12 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from edge.formats import FORMAT_NAMES, FORMATS, PRECISIONS, format_for_path, parse_model_filename
 from edge.jsonsafe import json_safe
@@ -251,7 +252,8 @@ def read_document(path: str | Path) -> ManifestDocument:
     if missing:
         raise ManifestError(f"{path}: missing keys {missing}")
     doc = ManifestDocument(input=copy.deepcopy(raw["input"]), outputs=copy.deepcopy(raw["outputs"]),
-                           model=copy.deepcopy(raw.get("model")), package_version=str(raw.get("package_version") or "unknown"),
+                           model=copy.deepcopy(raw.get("model")),
+                           package_version=str(raw.get("package_version") or "unknown"),
                            schema_version=SCHEMA_VERSION)
     for name, entry in files.items():
         try:

@@ -17,7 +17,7 @@ def overlay_heatmap(frame_bgr: np.ndarray, anomaly_map: np.ndarray, threshold: f
     The map is resized to the frame (the model saw the frame squashed to S×S, so stretching
     the map back is the exact inverse).  Returns a new H×W×3 uint8 image.
     """
-    amap = np.asarray(anomaly_map, dtype=np.float32).squeeze()
+    amap: np.ndarray = np.asarray(anomaly_map, dtype=np.float32).squeeze()
     if amap.ndim != 2:
         raise ValueError(f"anomaly map must be 2-D after squeezing, got shape {np.shape(anomaly_map)}")
     h, w = frame_bgr.shape[:2]

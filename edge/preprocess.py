@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -42,18 +43,18 @@ class PreprocessSpec:
             raise ValueError(f"resize: expected one of {', '.join(RESIZE_METHODS)}, got {self.resize!r}")
 
     @classmethod
-    def for_normalization(cls, name: str, image_size: int = 256, resize: str = "area") -> "PreprocessSpec":
+    def for_normalization(cls, name: str, image_size: int = 256, resize: str = "area") -> PreprocessSpec:
         if name not in NORMALIZATIONS:
             raise ValueError(f"unknown normalisation {name!r}; expected one of {sorted(NORMALIZATIONS)}")
         mean, std = NORMALIZATIONS[name]
         return cls(image_size=image_size, mean=mean, std=std, resize=resize)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
                 "layout": "NCHW", "dtype": "float32", "color": "RGB", "resize": self.resize}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessSpec":
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
         # Manifests written before the resize policy say "cv2.INTER_LINEAR" (or nothing): bilinear.
         resize = d.get("resize", "linear")
         return cls(image_size=int(d["image_size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
@@ -104,7 +105,7 @@ def resize_rgb(rgb: np.ndarray, image_size: int, method: str = "area") -> np.nda
 
 def normalize(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """uint8 HxWx3 RGB → float32 3xHxW, (x/255 − mean)/std."""
-    x = rgb.astype(np.float32) / np.float32(255.0)
+    x: np.ndarray = rgb.astype(np.float32) / np.float32(255.0)
     x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 

@@ -22,10 +22,11 @@ import math
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import numpy as np
 
@@ -106,7 +107,7 @@ class Publisher:
         self._last_overlay = -math.inf
 
     # ---- start / stop -----------------------------------------------------------------------------------
-    def __enter__(self) -> "Publisher":
+    def __enter__(self) -> Publisher:
         with ExitStack() as stack:  # on a failure below, closes what was already started
             self.out = self._open_frame_log(stack)
             stack.callback(self._close_status)  # registered first, runs after the sinks are closed

@@ -13,10 +13,11 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -214,6 +215,7 @@ def calibrate(config: CalibrateConfig, *, stop_event: threading.Event | None = N
     result = calibrate_threshold(scores, mode="fpr", target_fpr=config.target_fpr)
     results = {"per_category": {config.category: result}} if config.category else {"global": result}
     section = threshold_section(results, source="edge-calibrate")
+    assert config.model is not None  # load_model raised without one
     backup = backup_manifest(config.model)
     path = update_threshold(config.model, section, backup=False)
     return {"manifest": str(path), "backup": str(backup), "category": config.category, "frames": len(scores),

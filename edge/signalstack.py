@@ -34,4 +34,4 @@ def drop_small_alternate_signal_stack() -> bool:
     if current.ss_flags & _SS_DISABLE or current.ss_size >= _MIN_SAFE_BYTES:
         return False
     disable = _StackT(None, _SS_DISABLE, 0)
-    return libc.sigaltstack(ctypes.byref(disable), None) == 0
+    return int(libc.sigaltstack(ctypes.byref(disable), None)) == 0

@@ -29,9 +29,10 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, TypeGuard
 
 import cv2
 import numpy as np
@@ -85,7 +86,7 @@ class Roi:
     h: int
 
     @classmethod
-    def parse(cls, text: "str | list[int] | tuple[int, ...] | Roi | None") -> "Roi | None":
+    def parse(cls, text: str | list[int] | tuple[int, ...] | Roi | None) -> Roi | None:
         if text is None or isinstance(text, Roi):
             return text
         parts = text.split(",") if isinstance(text, str) else list(text)
@@ -121,10 +122,10 @@ class RawSource(ABC):
     def read(self) -> tuple[np.ndarray | None, str | None]:
         """Next (frame BGR or None if corrupt/empty, path or None)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 -- a deliberate no-op default: sources with nothing to release skip it
         """Release the device (idempotent)."""
 
-    def replica(self) -> "RawSource | None":
+    def replica(self) -> RawSource | None:
         """A new, unopened source for the same device/URL, or None.
 
         Used after a stall: the hung read keeps this object (it is closed once that read returns)
@@ -186,7 +187,7 @@ class OpenCvSource(RawSource):
             self._cap.release()
             self._cap = None
 
-    def replica(self) -> "OpenCvSource":
+    def replica(self) -> OpenCvSource:
         # Never release a VideoCapture while another thread is inside its read(): open a new one.
         return OpenCvSource(self.target, self.live, self.width, self.height, self.fps, self.read_timeout)
 
@@ -206,11 +207,11 @@ class PiCameraSource(RawSource):
     def __init__(self, width: int | None = None, height: int | None = None) -> None:
         self.width, self.height = width or 640, height or 480
         self.description = "picamera"
-        self._cam = None
+        self._cam: Any = None  # a picamera2.Picamera2 once open (the package is untyped)
 
     def open(self) -> None:
         try:
-            from picamera2 import Picamera2  # type: ignore[import-not-found]
+            from picamera2 import Picamera2
         except ImportError:
             raise SourceError("--picamera: the picamera2 package is not installed "
                               "(on Raspberry Pi OS: sudo apt install python3-picamera2)") from None
@@ -302,6 +303,11 @@ def make_raw_source(camera: int | None = None, picamera: bool = False, source: s
     if picamera:
         return PiCameraSource(width, height)
     assert source is not None
+    return _source_for(source, stall_timeout)
+
+
+def _source_for(source: str, stall_timeout: float | None) -> RawSource:
+    """``--source``: a stream URL, an image directory or glob, one image, or a video file."""
     if source.lower().startswith(STREAM_SCHEMES):
         return OpenCvSource(source, live=True, read_timeout=2 * stall_timeout if stall_timeout else None)
     p = Path(source)
@@ -322,7 +328,7 @@ def make_raw_source(camera: int | None = None, picamera: bool = False, source: s
     return OpenCvSource(source, live=False)
 
 
-def _valid_frame(frame: object) -> bool:
+def _valid_frame(frame: object) -> TypeGuard[np.ndarray]:
     return (isinstance(frame, np.ndarray) and frame.size > 0 and frame.dtype == np.uint8
             and (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] in (1, 3, 4))))
 
@@ -352,7 +358,8 @@ class _TimedReader:
         self._lock = threading.Lock()
         self._want = threading.Event()
         self._done = threading.Event()
-        self._result: tuple[bool, object] | None = None
+        # The last read's (frame, path), or the exception it raised; None until it returns.
+        self._result: tuple[np.ndarray | None, str | None] | BaseException | None = None
         self._abandoned = False
         self._close_when_done = False
         self._thread = threading.Thread(target=self._loop, name="edge-reader", daemon=True)
@@ -365,10 +372,11 @@ class _TimedReader:
             with self._lock:
                 if self._abandoned:
                     break
+            result: tuple[np.ndarray | None, str | None] | BaseException
             try:
-                result: tuple[bool, object] = (True, self.raw.read())
+                result = self.raw.read()
             except BaseException as e:  # handed to the caller's thread
-                result = (False, e)
+                result = e
             with self._lock:
                 if self._abandoned:
                     break
@@ -385,11 +393,11 @@ class _TimedReader:
         self._want.set()
         if not self._done.wait(timeout):
             raise _ReadTimeout()
-        ok, value = self._result  # type: ignore[misc]
-        self._result = None
-        if ok:
-            return value  # type: ignore[return-value]
-        raise value  # type: ignore[misc]
+        result, self._result = self._result, None
+        if isinstance(result, BaseException):
+            raise result
+        assert result is not None  # _done is set only together with a result
+        return result
 
     def abandon(self, close_raw: bool = False) -> None:
         """Stop using this reader; ``close_raw``: close the raw source once a hung read returns."""
@@ -438,6 +446,7 @@ class ResilientSource:
         self._clock = clock
         self.opened_once = False
         self._index = 0
+        self._corrupt_run = 0  # corrupt frames in a row (a live source reconnects after max_consecutive_corrupt)
         # Liveness of the reading loop: last sign of progress, and until when a deliberate wait
         # (backoff sleep, open attempt, waiting at a yield for the consumer) counts as progress.
         self._last_beat = clock()
@@ -538,59 +547,67 @@ class ResilientSource:
         if not self._open_with_retry(self._clock() + self.open_timeout):
             return
         self.opened_once = True
-        corrupt_run = 0
+        self._corrupt_run = 0
         try:
             while not self._stopped():
                 self._beat()
                 try:
                     frame, path = self._read()
-                except _ReadTimeout:
-                    if not self._recover_from_stall():
-                        return
-                    continue
-                except EndOfInput:
-                    if not self.raw.live:
-                        return
-                    if not self._reconnect("stream ended"):
-                        return
-                    continue
-                except SourceFailure as e:
-                    if not self.raw.live:
-                        log.warning("%s", e)
-                        return
-                    if not self._reconnect(str(e)):
-                        return
-                    continue
-                except Exception as e:  # driver/decoder errors (cv2.error, OSError) on a live source
-                    if not self.raw.live:
-                        raise
-                    if not self._reconnect(f"{type(e).__name__}: {e}"):
+                except Exception as e:  # stall, end, failure or driver error: _after_read_error sorts them out
+                    if not self._after_read_error(e):
                         return
                     continue
                 t = time.monotonic()
                 if not _valid_frame(frame):
-                    self.metrics.record_corrupt()
-                    corrupt_run += 1
-                    log.warning("%s: empty/corrupt frame skipped%s", self.raw.description, f" ({path})" if path else "")
-                    if self.on_corrupt is not None:
-                        self.on_corrupt(path)
-                    if self.raw.live and corrupt_run >= self.max_consecutive_corrupt:
-                        corrupt_run = 0
-                        if not self._reconnect(f"{self.max_consecutive_corrupt} corrupt frames in a row"):
-                            return
+                    if not self._skip_corrupt(path):
+                        return
                     continue
-                corrupt_run = 0
-                frame = _to_bgr(frame)
-                if self.roi is not None:
-                    frame = self.roi.apply(frame)
-                self._beat(grace=math.inf)  # waiting for the consumer is not a hang of this loop
-                yield Frame(index=self._index, bgr=frame, t_capture=t, path=path)
+                self._corrupt_run = 0
+                yield self._frame_for_consumer(frame, path, t)
                 self._index += 1
         finally:
-            if self._reader is not None:
-                self._reader.abandon()  # idle: its thread exits
-                self._reader = None
-            self.raw.close()
+            self._release()
+
+    def _after_read_error(self, error: Exception) -> bool:
+        """A failed read: True to read on (recovered), False to end the iteration; a finite source
+        re-raises driver/decoder errors (cv2.error, OSError), a live one reconnects after them."""
+        if isinstance(error, _ReadTimeout):
+            return self._recover_from_stall()
+        if isinstance(error, EndOfInput):
+            return self.raw.live and self._reconnect("stream ended")
+        if isinstance(error, SourceFailure):
+            if not self.raw.live:
+                log.warning("%s", error)
+                return False
+            return self._reconnect(str(error))
+        if not self.raw.live:
+            raise error
+        return self._reconnect(f"{type(error).__name__}: {error}")
+
+    def _skip_corrupt(self, path: str | None) -> bool:
+        """Count and report a corrupt frame; a live source reconnects after too many in a row (False: stopped)."""
+        self.metrics.record_corrupt()
+        self._corrupt_run += 1
+        log.warning("%s: empty/corrupt frame skipped%s", self.raw.description, f" ({path})" if path else "")
+        if self.on_corrupt is not None:
+            self.on_corrupt(path)
+        if self.raw.live and self._corrupt_run >= self.max_consecutive_corrupt:
+            self._corrupt_run = 0
+            return self._reconnect(f"{self.max_consecutive_corrupt} corrupt frames in a row")
+        return True
+
+    def _frame_for_consumer(self, frame: np.ndarray, path: str | None, t_capture: float) -> Frame:
+        frame = _to_bgr(frame)
+        if self.roi is not None:
+            frame = self.roi.apply(frame)
+        self._beat(grace=math.inf)  # waiting for the consumer is not a hang of this loop
+        return Frame(index=self._index, bgr=frame, t_capture=t_capture, path=path)
+
+    def _release(self) -> None:
+        if self._reader is not None:
+            self._reader.abandon()  # idle: its thread exits
+            self._reader = None
+        self.raw.close()
 
 
 class LatestFrame:

@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 import re
+import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 from edge.cliconfig import option
 from edge.jsonsafe import json_safe
@@ -67,7 +68,7 @@ class StatusConfig:
 
 # ---- health and metrics (pure functions of a RuntimeCounters snapshot) ------------------------------
 
-def health(snapshot: dict, stall_s: float, now: float | None = None) -> tuple[int, dict]:
+def health(snapshot: dict[str, Any], stall_s: float, now: float | None = None) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body): 200 'ok' if the last frame is at most `stall_s` old and the source is
     not stalled (snapshot "stalled": a read stall, until the next scored frame), else 503."""
     now = time.time() if now is None else now
@@ -123,7 +124,7 @@ class _Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-def render_metrics(snapshot: dict, sink_stats: dict[str, dict[str, int]] | None = None,
+def render_metrics(snapshot: dict[str, Any], sink_stats: dict[str, dict[str, int]] | None = None,
                    now: float | None = None, prefix: str = "dcam_edge_") -> str:
     """Prometheus text for a RuntimeCounters.snapshot() (+ per-sink counters from Sink.stats())."""
     now = time.time() if now is None else now
@@ -190,46 +191,65 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 10  # seconds a client may idle before its connection (and thread) is dropped
 
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-        status: StatusServer = self.server.status  # type: ignore[attr-defined]
+        server = self.server
+        assert isinstance(server, _StatusHTTPServer)  # the only server this handler is given to
+        status = server.status
         path = self.path.split("?", 1)[0]
         try:
-            if path == "/healthz":
-                code, body = health(status.metrics.snapshot(), status.stall_s)
-                self._send(code, "application/json", json.dumps(body).encode())
-            elif path == "/metrics":
-                self._send(200, PROMETHEUS_CONTENT_TYPE, status.metrics_text().encode())
-            elif path == "/latest.jpg":
-                data = status.metrics.latest_jpeg()
-                if data is None:
-                    self._send(404, "text/plain", b"no overlay yet\n")
-                else:
-                    self._send(200, "image/jpeg", data, extra={"Cache-Control": "no-store"})
-            elif path == "/status":
-                snap = status.metrics.snapshot()
-                if isinstance(snap.get("source"), str):
-                    snap["source"] = redact_credentials(snap["source"])
-                snap["sinks"] = status.sink_stats()
-                self._send(200, "application/json", json.dumps(snap, default=str).encode())
-            elif path in ("/", "/index.html"):
-                self._send(200, "text/html; charset=utf-8", PAGE.encode(),
-                           extra={"Cache-Control": "no-store", "Content-Security-Policy": _PAGE_CSP,
-                                  "X-Content-Type-Options": "nosniff"})
-            elif path == "/live.json":
-                live = json.dumps(json_safe(status.live_state()), default=str, allow_nan=False).encode()
-                self._send(200, "application/json", live, extra={"Cache-Control": "no-store"})
-            elif path == "/trace.json":
-                self._send(200, "application/json", json.dumps(status.live.trace()).encode(),
-                           extra={"Cache-Control": "no-store"})
-            elif _ALARM_JPEG.fullmatch(path):
-                data = status.live.alarm_jpeg(int(_ALARM_JPEG.fullmatch(path).group(1)))
-                if data is None:
-                    self._send(404, "text/plain", b"no such alarm snapshot (only the last few are kept)\n")
-                else:
-                    self._send(200, "image/jpeg", data, extra={"Cache-Control": "max-age=3600"})
-            else:
-                self._send(404, "text/plain", b"not found\n")
+            self._respond(status, path)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away
+
+    def _respond(self, status: StatusServer, path: str) -> None:
+        endpoint = _ENDPOINTS.get(path)
+        alarm = _ALARM_JPEG.fullmatch(path)
+        if endpoint is not None:
+            endpoint(self, status)
+        elif alarm is not None:
+            self._alarm_jpeg(status, int(alarm.group(1)))
+        else:
+            self._send(404, "text/plain", b"not found\n")
+
+    def _healthz(self, status: StatusServer) -> None:
+        code, body = health(status.metrics.snapshot(), status.stall_s)
+        self._send(code, "application/json", json.dumps(body).encode())
+
+    def _metrics(self, status: StatusServer) -> None:
+        self._send(200, PROMETHEUS_CONTENT_TYPE, status.metrics_text().encode())
+
+    def _latest_jpeg(self, status: StatusServer) -> None:
+        data = status.metrics.latest_jpeg()
+        if data is None:
+            self._send(404, "text/plain", b"no overlay yet\n")
+        else:
+            self._send(200, "image/jpeg", data, extra={"Cache-Control": "no-store"})
+
+    def _status(self, status: StatusServer) -> None:
+        snap = status.metrics.snapshot()
+        if isinstance(snap.get("source"), str):
+            snap["source"] = redact_credentials(snap["source"])
+        snap["sinks"] = status.sink_stats()
+        self._send(200, "application/json", json.dumps(snap, default=str).encode())
+
+    def _page(self, status: StatusServer) -> None:
+        self._send(200, "text/html; charset=utf-8", PAGE.encode(),
+                   extra={"Cache-Control": "no-store", "Content-Security-Policy": _PAGE_CSP,
+                          "X-Content-Type-Options": "nosniff"})
+
+    def _live_json(self, status: StatusServer) -> None:
+        live = json.dumps(json_safe(status.live_state()), default=str, allow_nan=False).encode()
+        self._send(200, "application/json", live, extra={"Cache-Control": "no-store"})
+
+    def _trace_json(self, status: StatusServer) -> None:
+        self._send(200, "application/json", json.dumps(status.live.trace()).encode(),
+                   extra={"Cache-Control": "no-store"})
+
+    def _alarm_jpeg(self, status: StatusServer, alarm_id: int) -> None:
+        data = status.live.alarm_jpeg(alarm_id)
+        if data is None:
+            self._send(404, "text/plain", b"no such alarm snapshot (only the last few are kept)\n")
+        else:
+            self._send(200, "image/jpeg", data, extra={"Cache-Control": "max-age=3600"})
 
     def _send(self, code: int, content_type: str, body: bytes, extra: dict[str, str] | None = None) -> None:
         self.send_response(code, HTTPStatus(code).phrase)
@@ -247,6 +267,18 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
+class _StatusHTTPServer(ThreadingHTTPServer):
+    status: StatusServer  # what the handlers serve
+
+
+# The fixed endpoints (an alarm's snapshot, /alarms/<n>.jpg, is matched by _ALARM_JPEG).
+_ENDPOINTS: dict[str, Callable[[_Handler, StatusServer], None]] = {
+    "/healthz": _Handler._healthz, "/metrics": _Handler._metrics, "/latest.jpg": _Handler._latest_jpeg,
+    "/status": _Handler._status, "/": _Handler._page, "/index.html": _Handler._page,
+    "/live.json": _Handler._live_json, "/trace.json": _Handler._trace_json,
+}
+
+
 class StatusServer:
     """Serve the endpoints for `metrics` (RuntimeCounters) and optional `sinks` on a daemon thread."""
 
@@ -257,17 +289,17 @@ class StatusServer:
         self.sinks = list(sinks)
         self.live = LiveView()  # fed by the runner: score trace + last alarms for the live page
         try:
-            self._httpd = ThreadingHTTPServer((host, port), _Handler)
+            self._httpd = _StatusHTTPServer((host, port), _Handler)
         except OSError as exc:
             raise StatusError(f"--status-host/--status-port {host}:{port}: cannot listen ({exc.strerror or exc})") \
                 from None
         self._httpd.daemon_threads = True
-        self._httpd.status = self  # type: ignore[attr-defined]
+        self._httpd.status = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="status-http", daemon=True)
 
     @classmethod
-    def from_config(cls, config: StatusConfig, metrics: Any, sinks: Iterable[Any] = ()) -> "StatusServer | None":
+    def from_config(cls, config: StatusConfig, metrics: Any, sinks: Iterable[Any] = ()) -> StatusServer | None:
         """A started server, or None when config.port is None (endpoint disabled)."""
         if config.port is None:
             return None
@@ -281,6 +313,7 @@ class StatusServer:
     @property
     def url(self) -> str:
         host = self._httpd.server_address[0]
+        assert isinstance(host, str)  # an IP socket's address (bytes only for AF_UNIX)
         return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
 
     def sink_stats(self) -> dict[str, dict[str, int]]:
@@ -292,7 +325,7 @@ class StatusServer:
 
     def live_state(self) -> dict[str, Any]:
         """What the live page shows (bounded: counters, health, minutes of trace, a few alarms)."""
-        snap = self.metrics.snapshot()
+        snap: dict[str, Any] = self.metrics.snapshot()
         if isinstance(snap.get("source"), str):
             snap["source"] = redact_credentials(snap["source"])
         snap["health"] = health(snap, self.stall_s)[1]
@@ -300,7 +333,7 @@ class StatusServer:
         snap.update(trace=self.live.trace(), recent_alarms=self.live.alarms())
         return snap
 
-    def start(self) -> "StatusServer":
+    def start(self) -> StatusServer:
         self._thread.start()
         log.info("status endpoint on %s (live view at /; /healthz /metrics /latest.jpg /status)", self.url)
         return self
@@ -311,7 +344,7 @@ class StatusServer:
             self._thread.join(timeout)
         self._httpd.server_close()
 
-    def __enter__(self) -> "StatusServer":
+    def __enter__(self) -> StatusServer:
         return self if self._thread.is_alive() else self.start()
 
     def __exit__(self, *exc: Any) -> None:

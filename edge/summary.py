@@ -77,7 +77,7 @@ class RunSummary:
     @classmethod
     def collect(cls, *, stopped_by: StopReason, tally: RunTally, counters: dict[str, Any], alarm_active: bool,
                 threshold: float, category: str | None, fps: float | None, duration_s: float,
-                engine: dict[str, Any], source: str, sinks: dict[str, dict[str, int]]) -> "RunSummary":
+                engine: dict[str, Any], source: str, sinks: dict[str, dict[str, int]]) -> RunSummary:
         """Summary from the loop's tally, a ``RuntimeCounters.snapshot()`` (``counters``) and the run's facts."""
         return cls(stopped_by=stopped_by, frames=counters["frames"], corrupt=counters["corrupt"],
                    dropped=counters["dropped"], reconnects=counters["reconnects"], stalls=counters.get("stalls", 0),

@@ -25,9 +25,10 @@ Modes
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -128,10 +129,10 @@ def tail_quantile_from_fit(u: float, p_u: float, sigma: float, xi: float, target
     r = p_u / target_fpr
     if abs(xi) < 1e-9:
         return u + sigma * math.log(r)
-    return u + sigma / xi * (r ** xi - 1.0)
+    return u + sigma / xi * (float(r ** xi) - 1.0)
 
 
-def fpr_threshold(normal: np.ndarray, target_fpr: float, cfg: CalibrationConfig) -> tuple[float, str, dict]:
+def fpr_threshold(normal: np.ndarray, target_fpr: float, cfg: CalibrationConfig) -> tuple[float, str, dict[str, Any]]:
     """Threshold with false-positive rate ``target_fpr`` on the normal-score distribution."""
     n = normal.size
     stats: dict[str, Any] = {"expected_exceedances": n * target_fpr}
@@ -171,7 +172,7 @@ def fpr_threshold(normal: np.ndarray, target_fpr: float, cfg: CalibrationConfig)
     return thr, fit, stats
 
 
-def f1_threshold(normal: np.ndarray, anomalous: np.ndarray) -> tuple[float, dict]:
+def f1_threshold(normal: np.ndarray, anomalous: np.ndarray) -> tuple[float, dict[str, Any]]:
     """F1-optimal threshold for the rule ``score > threshold`` (and its precision/recall/F1).
 
     ``edge.metrics.f1_max`` finds the best cut t for ``score >= t``; the midpoint between t and

@@ -22,9 +22,8 @@ def _export(argv: Sequence[str] | None) -> int:
     try:
         result = run_export(cfg)
     except AccuracyGuardError as exc:
-        result = getattr(exc, "result", None)
-        if result is not None:
-            print(result.table())
+        if exc.result is not None:
+            print(exc.result.table())
         bar = "!" * 78
         print(f"{bar}\nerror: {exc}\n{bar}", file=sys.stderr)
         return 1

@@ -11,12 +11,22 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.accuracy import GuardLimits
 from edge.cliconfig import option
-from edge.formats import (FORMAT_NAMES, ONNX_CALIBRATIONS, ONNX_INT8_SCOPES, OPENVINO_BIAS_CORRECTIONS, PRECISIONS,
-                          TFLITE_INT8_RECIPES, get_format)
+from edge.formats import (
+    FORMAT_NAMES,
+    ONNX_CALIBRATIONS,
+    ONNX_INT8_SCOPES,
+    OPENVINO_BIAS_CORRECTIONS,
+    PRECISIONS,
+    TFLITE_INT8_RECIPES,
+    get_format,
+)
+
+if TYPE_CHECKING:
+    from .pipeline import ExportResult
 
 FORMATS = FORMAT_NAMES
 THRESHOLD_MODES = ("fpr", "f1")
@@ -33,6 +43,8 @@ class ExportError(ValueError):
 
 class AccuracyGuardError(RuntimeError):
     """An int8 file lost more accuracy than the guard allows (and --allow-accuracy-drop was not given)."""
+
+    result: ExportResult | None = None  # what was written before the guard failed (set by export.pipeline)
 
 
 def require(module: str, purpose: str) -> ModuleType:
@@ -103,6 +115,11 @@ class ExportConfig:
     def __post_init__(self) -> None:
         self.formats = _parse_list(self.formats, FORMATS, "--formats")
         self.precisions = _parse_list(self.precisions, PRECISIONS, "--precisions")
+        self._check_paths_and_thresholds()
+        self._check_format_options()
+        self._check_guard_limits()
+
+    def _check_paths_and_thresholds(self) -> None:
         if not self.run:
             raise ExportError("--run: expected a dcam-train run directory")
         if not self.out:
@@ -119,11 +136,15 @@ class ExportConfig:
             raise ExportError(f"--calib-samples: expected a positive integer, got {self.calib_samples}")
         if self.threads < 1:
             raise ExportError(f"--threads: expected a positive integer, got {self.threads}")
+
+    def _check_format_options(self) -> None:
         for fmt in self.formats:  # each requested format checks its own options (edge.formats)
             for format_option in get_format(fmt).options:
                 if getattr(self, format_option.field) not in format_option.choices:
                     raise ExportError(f"{format_option.flag}: expected one of {', '.join(format_option.choices)}, "
                                       f"got {getattr(self, format_option.field)!r}")
+
+    def _check_guard_limits(self) -> None:
         for name in ("max_image_auroc_drop", "max_pixel_auroc_drop"):
             if getattr(self, name) < 0:
                 raise ExportError(f"--{name.replace('_', '-')}: expected >= 0 AUROC points")

@@ -77,8 +77,9 @@ def load_image_set(paths: Sequence[Path], categories: Sequence[str], labels: Seq
         try:
             image = decode_image(path)
             rgb[i] = resize_rgb(image, s, resize)
-            if masks is not None and mask_paths[i] is not None:
-                masks[i] = load_mask(mask_paths[i], image.shape[:2], s)
+            mask_path = mask_paths[i] if mask_paths is not None else None
+            if masks is not None and mask_path is not None:
+                masks[i] = load_mask(mask_path, image.shape[:2], s)
         except ImageReadError as exc:
             raise ExportError(str(exc)) from None
     return ImageSet(rgb, [str(p) for p in paths], [str(c) for c in categories], np.asarray(labels, np.int64), masks)

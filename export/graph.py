@@ -106,7 +106,8 @@ def conv_bn_pairs(module: nn.Module, example: torch.Tensor) -> list[tuple[str, s
     finally:
         for h in hooks:
             h.remove()
-    pairs = [(next(iter(src)), bn) for bn, src in sources.items() if len(src) == 1 and None not in src]
+    single_source = {bn: next(iter(src)) for bn, src in sources.items() if len(src) == 1}
+    pairs = [(conv, bn) for bn, conv in single_source.items() if conv is not None]
     conv_uses = Counter(conv for conv, _ in pairs)
     # A conv (or BN) called more than once is shared; folding would change its other uses.
     return [(c, b) for c, b in pairs if calls[c] == 1 and calls[b] == 1 and conv_uses[c] == 1]
@@ -115,10 +116,16 @@ def conv_bn_pairs(module: nn.Module, example: torch.Tensor) -> list[tuple[str, s
 class ChannelAffine(nn.Module):
     """An eval-mode BatchNorm that follows no conv, as the per-channel affine it computes: x·a + b."""
 
-    def __init__(self, bn: nn.BatchNorm2d) -> None:
+    scale: torch.Tensor  # buffers (register_buffer)
+    shift: torch.Tensor
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
         super().__init__()
-        scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
-        shift = (bn.bias if bn.affine else torch.zeros_like(bn.running_mean)) - bn.running_mean * scale
+        running_mean, running_var = bn.running_mean, bn.running_var
+        if running_mean is None or running_var is None:
+            raise ExportError("a BatchNorm without running statistics has no fixed per-channel affine to export")
+        scale = (bn.weight if bn.affine else torch.ones_like(running_var)) / torch.sqrt(running_var + bn.eps)
+        shift = (bn.bias if bn.affine else torch.zeros_like(running_mean)) - running_mean * scale
         self.register_buffer("scale", scale.detach().reshape(1, -1, 1, 1).clone())
         self.register_buffer("shift", shift.detach().reshape(1, -1, 1, 1).clone())
 
@@ -138,11 +145,14 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
     pairs = conv_bn_pairs(folded, example)
     for conv_name, bn_name in pairs:
         conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
+        assert isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(bn, nn.BatchNorm2d)  # as hooked
         _set_submodule(folded, conv_name, fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d)))
         _set_submodule(folded, bn_name, nn.Identity())
     leftovers = remaining_batchnorms(folded)
     for bn_name in leftovers:
-        _set_submodule(folded, bn_name, ChannelAffine(folded.get_submodule(bn_name)))
+        bn = folded.get_submodule(bn_name)
+        assert isinstance(bn, nn.modules.batchnorm._BatchNorm)  # what remaining_batchnorms lists
+        _set_submodule(folded, bn_name, ChannelAffine(bn))
     ref = module.eval()(example)
     out = folded(example)
     for name, a, b in zip(("anomaly_map", "score"), ref, out):
@@ -169,8 +179,12 @@ def count_gmacs(module: nn.Module, example: torch.Tensor) -> float:
             x = inputs[0]
             total += x.numel() // x.shape[0] * (mod.out_channels // mod.groups) * int(np.prod(mod.kernel_size))
             return
-        per_output = (mod.in_channels // mod.groups) * int(np.prod(mod.kernel_size)) if isinstance(mod, nn.Conv2d) \
-            else mod.in_features
+        if isinstance(mod, nn.Conv2d):
+            per_output = (mod.in_channels // mod.groups) * int(np.prod(mod.kernel_size))
+        elif isinstance(mod, nn.Linear):
+            per_output = mod.in_features
+        else:
+            return
         total += per_output * out.numel() // out.shape[0]
 
     for mod in module.modules():

@@ -19,8 +19,16 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edge.accuracy import (GuardLimits, auroc_drop_points, category_means, category_table, defined, guard_failures,
-                           pearson, spearman)
+from edge.accuracy import (
+    GuardLimits,
+    auroc_drop_points,
+    category_means,
+    category_table,
+    defined,
+    guard_failures,
+    pearson,
+    spearman,
+)
 from edge.metrics import MetricWarning
 from edge.preprocess import PreprocessSpec
 
@@ -43,6 +51,12 @@ class Outputs:
     test_maps: np.ndarray | None = None
     test_scores: np.ndarray | None = None
     ms_per_image: float | None = None
+
+    def test_outputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(maps, scores) of the test split (scored whenever the data has one)."""
+        if self.test_maps is None or self.test_scores is None:
+            raise ValueError("the test split was not scored")
+        return self.test_maps, self.test_scores
 
 
 def _score_set(run: Runner, images: ImageSet, spec: PreprocessSpec, desc: str, progress: bool,
@@ -121,7 +135,7 @@ def file_accuracy(ref: Outputs, out: Outputs, data: ExportData, ref_test: dict[s
     result: dict[str, Any] = {"validation_normals": val, "ms_per_image": out.ms_per_image, "threads": threads,
                               "timing": "median wall time of one batch-1 Engine.run on the export machine"}
     if data.test is not None and finite:
-        t = split_metrics(data.test, out.test_maps, out.test_scores)
+        t = split_metrics(data.test, *out.test_outputs())
         if ref_test is not None:
             t["reference"] = {"image_auroc": ref_test["image_auroc"], "pixel_auroc": ref_test["pixel_auroc"]}
             t["drop_points"] = {k: auroc_drop_points(ref_test[k], t[k]) for k in SPLIT_METRICS}

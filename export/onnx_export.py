@@ -102,14 +102,16 @@ class ArrayCalibrationReader:
     def __init__(self, images: np.ndarray, input_name: str = INPUT_NAME) -> None:
         self._images = np.asarray(images, dtype=np.float32)
         self._input_name = input_name
-        self._it: Iterator[dict[str, np.ndarray]] | None = None
-        self.rewind()
+        self._it = self._feeds()
+
+    def _feeds(self) -> Iterator[dict[str, np.ndarray]]:
+        return ({self._input_name: x[None]} for x in self._images)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
 
     def rewind(self) -> None:
-        self._it = ({self._input_name: x[None]} for x in self._images)
+        self._it = self._feeds()
 
 
 def quantize_onnx(fp32_path: Path, out_path: Path, calibration_images: np.ndarray, scope: str = "backbone",

@@ -20,8 +20,7 @@ from train.models import method_spec
 from .config import MODEL_STEM, AccuracyGuardError, ExportConfig, ExportError, require
 from .datasets import CalibrationWarning, ExportData, load_export_data
 from .graph import FusedGraph, load_fused_graph
-from .guard import (PARITY_ATOL, Outputs, file_accuracy, guard_violations, load_file_engine, score_outputs,
-                    split_metrics)
+from .guard import PARITY_ATOL, Outputs, file_accuracy, guard_violations, load_file_engine, score_outputs, split_metrics
 from .manifest_writer import build_manifest, write_file_manifest
 from .thresholds import file_thresholds
 from .writers import WriteJob, Written
@@ -185,7 +184,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         bar.update()
         bar.set_postfix_str("torch fp32 reference")
         ref = score_outputs(graph.run, data, graph.spec, desc="torch fp32", progress=cfg.progress, batch_size=16)
-        ref_test = split_metrics(data.test, ref.test_maps, ref.test_scores) if data.test is not None else None
+        ref_test = split_metrics(data.test, *ref.test_outputs()) if data.test is not None else None
         bar.update()
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="dcam-export-") as tmp:
@@ -200,6 +199,6 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         err = AccuracyGuardError("accuracy guard FAILED for " + " | ".join(failed) +
                                  " (files and manifests were written with accuracy.guard.passed=false; fix the "
                                  "calibration data or pass --allow-accuracy-drop to accept)")
-        err.result = result  # type: ignore[attr-defined]
+        err.result = result
         raise err
     return result

@@ -15,8 +15,8 @@ import numpy as np
 
 from edge.thresholds import CalibrationError, calibrate_thresholds, threshold_section
 
-from .datasets import ExportData
 from .config import ExportError
+from .datasets import ExportData
 from .guard import Outputs
 
 

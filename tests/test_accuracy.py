@@ -12,11 +12,21 @@ import numpy as np
 import pytest
 
 from edge import accuracy
-from edge.accuracy import (GUARD_TOLERANCE_POINTS, GuardLimits, auroc_drop_points, average_ranks, category_means,
-                           category_metrics, category_table, guard_failures, pearson, recorded_guard, spearman,
-                           to_auroc_points)
+from edge.accuracy import (
+    GUARD_TOLERANCE_POINTS,
+    GuardLimits,
+    auroc_drop_points,
+    average_ranks,
+    category_means,
+    category_metrics,
+    category_table,
+    guard_failures,
+    pearson,
+    recorded_guard,
+    spearman,
+    to_auroc_points,
+)
 from edge.metrics import MetricInputError, MetricWarning
-
 
 # ---------------------------------------------------------------------------------------------------
 # independent references

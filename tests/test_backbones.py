@@ -17,8 +17,15 @@ import torch
 
 from edge.preprocess import PreprocessSpec, preprocess_rgb
 from train import backbones
-from train.backbones import (BACKBONE_NORMALIZATION, BACKBONES, BackboneError, WeightsError, build_backbone,
-                             build_classifier, weights)
+from train.backbones import (
+    BACKBONE_NORMALIZATION,
+    BACKBONES,
+    BackboneError,
+    WeightsError,
+    build_backbone,
+    build_classifier,
+    weights,
+)
 
 # Known entries of torchvision's published state dicts (torchvision.models.resnet).
 TORCHVISION_KEYS = {

@@ -59,9 +59,11 @@ def test_spearman_with_ties_hand_computed():
 
 
 def test_reference_peak_is_the_best_gemm_of_that_precision_and_thread_count():
-    results = [GemmResult("onnxruntime", "int8", 1, 512, 1.0, 300.0), GemmResult("openvino", "int8", 1, 1024, 1.0, 500.0),
+    results = [GemmResult("onnxruntime", "int8", 1, 512, 1.0, 300.0),
+               GemmResult("openvino", "int8", 1, 1024, 1.0, 500.0),
                GemmResult("openvino", "int8", 1, 512, 1.0, 450.0), GemmResult("numpy", "fp32", 1, 512, 1.0, 40.0),
-               GemmResult("onnxruntime", "fp32", 1, 512, 1.0, 70.0), GemmResult("onnxruntime", "fp32", 2, 512, 1.0, 130.0)]
+               GemmResult("onnxruntime", "fp32", 1, 512, 1.0, 70.0),
+               GemmResult("onnxruntime", "fp32", 2, 512, 1.0, 130.0)]
     peaks = machine_peaks(results)
     assert peaks[("int8", 1)].gmac_per_s == 500.0 and peaks[("fp32", 2)].gmac_per_s == 130.0
     assert reference_peak(results, "int8", 1) == (500.0, "openvino/int8 @ 1024³")
@@ -218,7 +220,8 @@ def test_bench_end_to_end_json_failed_row_and_accuracy(tmp_path, synthetic_root,
     img_fp32, px_fp32, scores_fp32 = _independent_accuracy(fp32, synthetic_root, category)
     img_int8, px_int8, scores_int8 = _independent_accuracy(int8, synthetic_root, category)
     q = by_file["toy.int8.onnx"]
-    assert ok["image_auroc"] == pytest.approx(img_fp32, abs=1e-9) and ok["pixel_auroc"] == pytest.approx(px_fp32, abs=1e-6)
+    assert ok["image_auroc"] == pytest.approx(img_fp32, abs=1e-9)
+    assert ok["pixel_auroc"] == pytest.approx(px_fp32, abs=1e-6)
     assert q["precision"] == "int8" and q["image_auroc"] == pytest.approx(img_int8, abs=1e-9)
     assert q["image_auroc_delta"] == pytest.approx(img_int8 - img_fp32, abs=1e-9)
     assert q["pixel_auroc_delta"] == pytest.approx(px_int8 - px_fp32, abs=1e-6)

@@ -6,9 +6,10 @@ overrides the file, and a bad value or unknown key is one ``error:`` line naming
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import pytest
 

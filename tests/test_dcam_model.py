@@ -15,8 +15,14 @@ from train.cli import build_parser, config_from_args
 from train.config import METHOD_OPTIONS, ModelConfig, TrainConfig
 from train.models import build_model
 from train.models.dcam.attention import ChannelAttention, DCAMBlock, SpatialAttention
-from train.models.dcam.loss import (FeatureMatchingLoss, channel_cosine_distance, channel_kl_divergence,
-                                    normalized_mse, spatial_cosine_distance, spatial_kl_divergence)
+from train.models.dcam.loss import (
+    FeatureMatchingLoss,
+    channel_cosine_distance,
+    channel_kl_divergence,
+    normalized_mse,
+    spatial_cosine_distance,
+    spatial_kl_divergence,
+)
 from train.models.head import DistanceHead, bilinear_matrix, channel_sum, gaussian_blur_matrix, pyramid_cosine_head
 
 rng = np.random.default_rng(0)

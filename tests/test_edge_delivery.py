@@ -90,7 +90,7 @@ class Broker:
         self.log = self.dir / "mosquitto.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Broker":
+    def start(self) -> Broker:
         assert self.proc is None
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_edge_runtime import S, _images, make_tiny_onnx, reference, write_tiny_manifest
 
 from edge import devices
 from edge.config import ConfigError, RunConfig, SourceConfig, parse_config
 from edge.devices import DeviceError, candidates, default_trt_cache_dir, guard_covers
 from edge.engines import DeviceUnavailable, EngineError, load_engine
 from edge.manifest import load_manifest, write_manifest
-from test_edge_runtime import S, _images, make_tiny_onnx, reference, write_tiny_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 ORT = "CPUExecutionProvider"

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from test_edge_runtime import make_tiny_onnx, write_tiny_manifest
 
 from edge.cli import calibrate_main, run_main
 from edge.config import RunConfig, SourceConfig
@@ -23,7 +24,6 @@ from edge.counters import RuntimeCounters
 from edge.manifest import ManifestError, load_manifest, manifest_path_for
 from edge.runner import run
 from edge.sources import OpenCvSource, ResilientSource, SourceOpenError, make_raw_source
-from test_edge_runtime import make_tiny_onnx, write_tiny_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_URL = "rtsp://user:secret@127.0.0.1:1/stream"

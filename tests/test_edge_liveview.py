@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from test_edge_runtime import _images, make_tiny_onnx, write_tiny_manifest
 
 import edge.publisher as publisher
 import edge.runner as runner
@@ -19,7 +20,6 @@ from edge.config import DecisionConfig, RunConfig, SourceConfig
 from edge.counters import RuntimeCounters
 from edge.liveview import MAX_ALARMS, LiveView
 from edge.status import StatusServer
-from test_edge_runtime import _images, make_tiny_onnx, write_tiny_manifest
 
 
 def request(url: str, method: str = "GET") -> tuple[int, dict, bytes]:

@@ -8,11 +8,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.thresholds import (CalibrationConfig, CalibrationError, calibrate_threshold, calibrate_thresholds,
-                              gpd_tail_fit, threshold_section)
-from edge.manifest import (SCHEMA_VERSION, GraphIO, ManifestError, load_manifest, manifest_path_for, read_document,
-                           sha256_file, update_threshold, write_manifest)
+from edge.manifest import (
+    SCHEMA_VERSION,
+    GraphIO,
+    ManifestError,
+    load_manifest,
+    manifest_path_for,
+    read_document,
+    sha256_file,
+    update_threshold,
+    write_manifest,
+)
 from edge.preprocess import PreprocessSpec
+from edge.thresholds import (
+    CalibrationConfig,
+    CalibrationError,
+    calibrate_threshold,
+    calibrate_thresholds,
+    gpd_tail_fit,
+    threshold_section,
+)
 
 
 def _manifest_dict(size: int = 16) -> dict:

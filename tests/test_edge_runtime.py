@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from edge.config import CalibrateConfig, DecisionConfig, RunConfig, SourceConfig
+from edge.counters import RuntimeCounters
 from edge.engines import EngineError, load_engine
 from edge.manifest import load_manifest, write_manifest
-from edge.counters import RuntimeCounters
 from edge.preprocess import PreprocessSpec
 from edge.runner import calibrate, run
 from edge.sdnotify import SystemdNotifier
@@ -272,7 +272,7 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path: Path, tiny_models: dict[str
         try:
             while True:
                 msgs.append(server.recv(4096).decode())
-        except socket.timeout:
+        except TimeoutError:
             pass
     finally:
         server.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_edge_runtime import make_tiny_onnx, write_tiny_manifest
 
 from edge.config import ConfigError, DecisionConfig, RunConfig, SourceConfig, parse_config
 from edge.counters import RuntimeCounters
@@ -26,7 +27,6 @@ from edge.runner import run
 from edge.sdnotify import SystemdNotifier
 from edge.sources import RawSource, ResilientSource, SourceFailure, SourceOpenError
 from edge.status import health, render_metrics
-from test_edge_runtime import make_tiny_onnx, write_tiny_manifest
 
 SERVICE_DIR = Path(__file__).resolve().parents[1] / "edge" / "service"
 
@@ -112,7 +112,7 @@ class ReplicatingCamera(FreezingCamera):
         self.family, self.good = family, good
         family.append(self)
 
-    def replica(self) -> "ReplicatingCamera":
+    def replica(self) -> ReplicatingCamera:
         healthy = self.good is not None and self.good.is_set()
         return ReplicatingCamera(self.family, () if healthy else self.freeze_at, self.good)
 

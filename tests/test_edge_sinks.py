@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.counters import RuntimeCounters
 from edge.config import RunConfig, parse_config
+from edge.counters import RuntimeCounters
 from edge.sinks import DeliveryOptions, SinkConfig, SinkConfigError, build_sinks, close_sinks
 from edge.sinks.base import Sink, alarm_id, event_payload
 from edge.sinks.command import CommandSink, render_argv
@@ -28,8 +28,6 @@ from edge.sinks.mqtt import MqttSink
 from edge.sinks.snapshot import SnapshotSink
 from edge.status import StatusServer, render_metrics
 from tests.conftest import wait_until
-
-
 
 
 def make_event(frame: int, event: str | None = "raise", score: float = 0.9, **extra) -> dict:
@@ -546,7 +544,8 @@ def test_mqtt_publishes_alarm_json_with_injected_client(monkeypatch, tmp_path):
     assert len(client.published) == 1 and sink.stats()["backlog"] == 0
     topic, payload, qos, retain = client.published[0]
     assert (topic, qos, retain) == ("line3/cam1/alarm", 2, True)
-    assert payload["frame"] == 1 and payload["score"] == pytest.approx(0.8) and payload["id"] == alarm_id(make_event(1, score=0.8))
+    assert payload["frame"] == 1 and payload["score"] == pytest.approx(0.8)
+    assert payload["id"] == alarm_id(make_event(1, score=0.8))
     names = [c[0] for c in client.calls]
     assert ("username_pw_set", ("edge", "s3cret"), {}) in client.calls
     assert ("connect", ("broker.local", 1883, 60), {}) in client.calls

@@ -10,8 +10,18 @@ import numpy as np
 import pytest
 
 from edge.counters import RuntimeCounters
-from edge.sources import (EndOfInput, LatestFrame, OpenCvSource, RawSource, ResilientSource,
-                          Roi, SourceError, SourceFailure, SourceOpenError, make_raw_source)
+from edge.sources import (
+    EndOfInput,
+    LatestFrame,
+    OpenCvSource,
+    RawSource,
+    ResilientSource,
+    Roi,
+    SourceError,
+    SourceFailure,
+    SourceOpenError,
+    make_raw_source,
+)
 
 
 class FakeLive(RawSource):

@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.counters import RuntimeCounters
 from edge.config import RunConfig, parse_config
+from edge.counters import RuntimeCounters
 from edge.status import PROMETHEUS_CONTENT_TYPE, StatusConfig, StatusError, StatusServer, health, render_metrics
 
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
@@ -120,7 +120,8 @@ def test_metrics_endpoint_matches_fed_runtime_metrics(fed_metrics):
         # Independent reference: linear-interpolated percentile of the window, ms → s.
         srt = np.sort(window)
         pos = q * (len(srt) - 1)
-        ref = srt[int(math.floor(pos))] + (srt[int(math.ceil(pos))] - srt[int(math.floor(pos))]) * (pos - math.floor(pos))
+        lo, hi = srt[int(math.floor(pos))], srt[int(math.ceil(pos))]
+        ref = lo + (hi - lo) * (pos - math.floor(pos))
         assert value(samples, "latency_seconds", quantile=str(q)) == pytest.approx(ref / 1000, rel=1e-9)
     assert value(samples, "latency_max_seconds") == pytest.approx(window.max() / 1000)
     # fps is measured up to "now" (it decays while no frames come), so a later reading is never higher.

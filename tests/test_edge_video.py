@@ -6,9 +6,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from test_edge_runtime import make_tiny_onnx, write_tiny_manifest
 
 from edge.cli import run_main
-from test_edge_runtime import make_tiny_onnx, write_tiny_manifest
 
 SEGMENTS = [(10, 14), (30, 37)]  # inclusive frame ranges with a defect in view
 N_FRAMES = 50

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from edge.thresholds import calibrate_thresholds
 from edge.engines import load_engine
 from edge.manifest import load_manifest, manifest_path_for, sha256_file
 from edge.preprocess import load_image
+from edge.thresholds import calibrate_thresholds
 from export.cli import main
 
 pytestmark = pytest.mark.slow  # every test here needs the trained tiny run and/or a real export
@@ -119,6 +119,7 @@ def test_manifest_schema_and_provenance(tiny_export, run_model, synthetic_root):
 def test_thresholds_and_accuracy_are_each_files_own(tiny_export, run_model, name):
     """Recompute one fp32 and one int8 file's threshold and figures independently from its own scores."""
     from sklearn.metrics import roc_auc_score
+
     from train.data.mvtec import list_test_samples, parse_categories
 
     inference, spec, cfg = run_model

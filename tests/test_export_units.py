@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from edge.accuracy import average_ranks, pearson, spearman
 from edge.formats import model_filename
 from edge.preprocess import PreprocessSpec, load_image
 from export.config import ExportConfig, ExportError
 from export.datasets import CalibrationWarning, load_export_data
 from export.graph import conv_bn_pairs, fold_batchnorm, fuse_module, remaining_batchnorms
-from edge.accuracy import average_ranks, pearson, spearman
 from export.guard import guard_violations
 from export.head_scope import GraphNode, find_head, is_ones_vector_product, is_single_axis_reduction
 from train.models.head import DistanceHead, pyramid_cosine_head

@@ -5,8 +5,19 @@ from pathlib import Path
 
 import pytest
 
-from edge.formats import (FORMAT_NAMES, FORMATS, PRECISIONS, FormatError, ModelName, format_for_path, get_format,
-                          is_model_file, model_filename, parse_model_filename, with_precision)
+from edge.formats import (
+    FORMAT_NAMES,
+    FORMATS,
+    PRECISIONS,
+    FormatError,
+    ModelName,
+    format_for_path,
+    get_format,
+    is_model_file,
+    model_filename,
+    parse_model_filename,
+    with_precision,
+)
 
 
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)

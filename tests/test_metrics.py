@@ -10,7 +10,6 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 from edge import metrics
 from edge.metrics import MetricInputError, MetricWarning
 
-
 # ---------------------------------------------------------------------------------------------------
 # independent references
 
@@ -218,5 +217,6 @@ def test_metrics_module_is_numpy_only():
     tree = ast.parse(pathlib.Path(metrics.__file__).read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
     assert not imported & {"sklearn", "scipy", "torch", "skimage"}

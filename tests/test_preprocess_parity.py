@@ -8,8 +8,15 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.preprocess import (ImageReadError, PreprocessSpec, bgr_to_rgb, decode_image, load_image, load_mask,
-                             preprocess_rgb)
+from edge.preprocess import (
+    ImageReadError,
+    PreprocessSpec,
+    bgr_to_rgb,
+    decode_image,
+    load_image,
+    load_mask,
+    preprocess_rgb,
+)
 from edge.sources import ImageFilesSource
 from export.datasets import load_image_set
 from train.data import ImageDataset, list_train_samples
@@ -88,7 +95,8 @@ def test_resize_antialiases_a_shrinking_axis_and_keeps_old_manifests_bilinear(sh
         assert np.abs(out.astype(float) - blocks).max() <= 0.5 + 1e-9
     assert np.array_equal(resize_rgb(rgb, 64, "linear"), cv2.resize(rgb, (64, 64), interpolation=cv2.INTER_LINEAR)
                           if shape != (64, 64) else rgb)
-    old = PreprocessSpec.from_dict({"image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "resize": "cv2.INTER_LINEAR"})
+    old = PreprocessSpec.from_dict({"image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3,
+                                    "resize": "cv2.INTER_LINEAR"})
     assert old.resize == "linear"
     assert PreprocessSpec.from_dict(PreprocessSpec(64).to_dict()).resize == "area"
 

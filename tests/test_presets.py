@@ -6,8 +6,7 @@ import math
 
 import pytest
 
-from train.config import (METHOD_PRESETS, METHODS, TRAIN_PRESETS, ModelConfig, TrainConfig, method_preset,
-                          train_preset)
+from train.config import METHOD_PRESETS, METHODS, TRAIN_PRESETS, ModelConfig, TrainConfig, method_preset, train_preset
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -26,7 +25,8 @@ def test_default_preset_fills_what_the_user_left_open_and_keeps_what_was_set(met
     for key, value in method_preset(method, "default").items():
         assert getattr(cfg.model, key) == (tuple(value) if isinstance(value, list) else value), key
     assert cfg.lr_schedule == train_preset(method, "default")["lr_schedule"]
-    explicit = TrainConfig(data="x", lr=0.0123, lr_schedule="constant", model=ModelConfig(method=method, blur_sigma=1.5))
+    explicit = TrainConfig(data="x", lr=0.0123, lr_schedule="constant",
+                           model=ModelConfig(method=method, blur_sigma=1.5))
     assert (explicit.lr, explicit.lr_schedule, explicit.model.blur_sigma) == (0.0123, "constant", 1.5)
 
 
@@ -87,7 +87,9 @@ def test_default_dcam_student_batchnorm_follows_its_fast_changing_weights() -> N
 
     def momenta(preset: str) -> tuple[set[float], set[float]]:
         model = build_model(ModelConfig(method="dcam", backbone="efficientnet_lite0", pretrained=False, preset=preset))
-        of = (lambda part: {m.momentum for m in part.modules() if isinstance(m, nn.BatchNorm2d)})
+        def of(part: nn.Module) -> set[float]:
+            return {m.momentum for m in part.modules() if isinstance(m, nn.BatchNorm2d)}
+
         return of(model.student), of(model.teacher)
 
     assert momenta("default") == ({0.1}, {0.01})

@@ -20,9 +20,9 @@ from train.models import build_model
 from train.models.decoder import ReverseDecoder, decoder_spec
 from train.models.dskd.model import GlobalContextCondensingBlock
 from train.models.mrkd.model import FeatureMaskModule
-from train.models.rd.model import MultiScaleFusion, OneClassBottleneck
-from train.models.rd.loss import contextual_affinity_loss, contextual_affinity_map, cosine_loss
 from train.models.mrkd.scsatt import CRU, SRU, SCSAtt, SimAM
+from train.models.rd.loss import contextual_affinity_loss, contextual_affinity_map, cosine_loss
+from train.models.rd.model import MultiScaleFusion, OneClassBottleneck
 
 SIZE = 64
 METHODS = ("rd", "dskd", "mrkd")
@@ -243,7 +243,7 @@ def test_dskd_calibration_standardises_each_student_eq8() -> None:
     torch.manual_seed(3)
     batches = [torch.randn(2, 3, SIZE, SIZE) for _ in range(2)]
     model.train()
-    model.calibrate(batches)
+    model.fit_normal_statistics(batches)
     assert model.training  # calibrate restores the mode
     model.eval()
     maps = [model.student_anomaly_maps(b) for b in batches]
@@ -314,10 +314,11 @@ def test_dskd_through_dcam_export_matches_torch(synthetic_root, tmp_path) -> Non
     cfg = TrainConfig(data=str(synthetic_root), out=str(tmp_path / "run"), image_size=SIZE,
                       model=ModelConfig(method="dskd", backbone="resnet18", pretrained=False))
     spec = preprocess_spec(cfg)
-    images = torch.from_numpy(np.stack([load_image(p, spec) for p in sorted(synthetic_root.glob("*/train/good/*.png"))[:6]]))
+    paths = sorted(synthetic_root.glob("*/train/good/*.png"))[:6]
+    images = torch.from_numpy(np.stack([load_image(p, spec) for p in paths]))
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    model.calibrate([images])
+    model.fit_normal_statistics([images])
     assert float(model.standardizer.std[1]) < 0.05  # a small σ: float32 noise of the maps is magnified
     model.eval()
     _write_run(model, cfg, tmp_path / "run")

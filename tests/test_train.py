@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_train_config
+
 from train.cli import main as train_main
 from train.runs import RunError, load_run
 from train.trainer import Trainer, train

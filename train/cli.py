@@ -27,7 +27,8 @@ HELP = {
     "teacher_weights": "local file with the teacher's torchvision/ImageNet weights (else downloaded once and cached)",
     "attention": "DCAM attention during training: none, channel, spatial, both (default: method preset)",
     "attention_at_inference": "keep the DCAM attention in the inference graph (the paper drops it)",
-    "blur_sigma": "Gaussian blur sigma on the anomaly map before the image max (0 = off; default 0 for stfpm/dcam, 4 for rd/dskd/mrkd)",
+    "blur_sigma": "Gaussian blur sigma on the anomaly map before the image max "
+                  "(0 = off; default 0 for stfpm/dcam, 4 for rd/dskd/mrkd)",
     "kl_reduction": "'sum' over positions/channels as in the paper's KL equations, or 'mean'",
     "device": "auto, cpu or cuda[:N]",
     "amp": "mixed precision on GPU: auto (bf16 if supported else fp16), bf16, fp16, off",
@@ -75,7 +76,7 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
 def _launch_torchrun(nproc: int, argv: list[str]) -> int:
     """`dcam-train --nproc N ...` = `torchrun --nproc_per_node=N -m train ...` (PyTorch's own launcher)."""
     rest, skip = [], False
-    for i, arg in enumerate(argv):
+    for arg in argv:
         if skip:
             skip = False
             continue

@@ -21,6 +21,17 @@ METHOD_OPTIONS: dict[str, type] = {"rd": RDOptions, "dskd": DSKDOptions, "mrkd":
 LR_SCHEDULES = ("constant", "cosine")
 ATTENTIONS = ("none", "channel", "spatial", "both")
 PRESETS = ("default", "paper")
+LOSS_WEIGHTS = ("loss_channel_cosine", "loss_spatial_cosine", "loss_channel_kl", "loss_spatial_kl", "loss_mse")
+
+# The default of every field a preset fills: None while the dataclass is constructed ("take the method's preset"),
+# replaced in __post_init__ by the preset's value (else _UNSET_MODEL's), so after construction the field always holds
+# its declared type and config.json saves the resolved value. Typed Any so that the annotations can say that type.
+FROM_PRESET: Any = None
+
+# What a ModelConfig field left unset takes when the method's preset does not set it either.
+_UNSET_MODEL: dict[str, Any] = {"blur_sigma": 0.0, "levels": (0, 1, 2), "attention": "none",
+                                **{name: 0.0 for name in LOSS_WEIGHTS}, "student_shared_levels": 0,
+                                "feature_neighbourhood": 1, "loss_hard_quantile": 0.0}
 
 # Paper presets fill every field left as None; the "default" preset adds the overrides real-image measurements
 # (bench-quality, README "Measured quality") found better at the 20-epoch CPU budget. Both live in each method's
@@ -41,45 +52,46 @@ def method_preset(method: str, preset: str) -> dict[str, Any]:
 
 @dataclass
 class ModelConfig:
-    """What to build. Loss weights / attention left as None take the method's preset."""
+    """What to build. Fields defaulting to FROM_PRESET (loss weights, attention, ...) take the method's preset."""
 
     method: str = "dcam"
     preset: str = "default"  # "default": the best measured recipe; "paper": the method's paper exactly
     backbone: str = "resnet18"
     # Teacher feature levels that are distilled and scored (0 = stride 4, 1 = stride 8, 2 = stride 16).
-    levels: tuple[int, ...] | None = None
+    levels: tuple[int, ...] = FROM_PRESET
     pretrained: bool = True
     teacher_weights: str | None = None
     # DCAM (paper §3.1): training-only CBAM-style attention on the student's three feature maps.
-    attention: str | None = None
+    attention: str = FROM_PRESET
     attention_reduction: int = 16  # CBAM's MLP reduction ratio r
     attention_kernel: int = 7  # spatial attention conv, paper: 7×7
     attention_at_inference: bool = False  # the paper drops it; keep it to measure that choice
     # BatchNorm momentum of a random-init student (None = the backbone's own: Lite0 keeps TF's 0.01, whose running
-    # statistics lag far behind a student that changes fast in a short training; measured: see train/models/dcam/config.py).
+    # statistics lag far behind a student that changes fast in a short training; measured: see
+    # train/models/dcam/config.py).
     student_bn_momentum: float | None = None
     # Teacher levels the student shares (frozen) instead of computing them: 0 = a whole student (the papers);
     # 1 = the student maps the teacher's stride-4 features to strides 8 and 16 (fewer layers to learn).
-    student_shared_levels: int | None = None
+    student_shared_levels: int = FROM_PRESET
     # Forward distillation (stfpm/dcam): what teacher and student maps are compared as. Standardise each channel by
     # the teacher's mean/std over the training normals (else a few large channels decide the cosine); average over
     # a p×p neighbourhood (PatchCore's local aggregation, so the student predicts what is predictable in a texture).
-    feature_standardize: bool | None = None
-    feature_neighbourhood: int | None = None
+    feature_standardize: bool = FROM_PRESET
+    feature_neighbourhood: int = FROM_PRESET
     # Hard feature loss (EfficientAD §3.2): only positions whose distance is above this quantile of the batch's
     # distances count in the channel-cosine / MSE terms (0 = every position, the papers' mean).
-    loss_hard_quantile: float | None = None
+    loss_hard_quantile: float = FROM_PRESET
     # Feature-matching loss weights (paper §3.2–3.3 and STFPM's L2-normalised MSE).
-    loss_channel_cosine: float | None = None
-    loss_spatial_cosine: float | None = None
-    loss_channel_kl: float | None = None
-    loss_spatial_kl: float | None = None
-    loss_mse: float | None = None
+    loss_channel_cosine: float = FROM_PRESET
+    loss_spatial_cosine: float = FROM_PRESET
+    loss_channel_kl: float = FROM_PRESET
+    loss_spatial_kl: float = FROM_PRESET
+    loss_mse: float = FROM_PRESET
     # The KL equations sum over positions (Eq. 5) / channels (Eq. 6) while CD averages; summed, the λ=0.5 KL term
     # is ~500× the CD term and SGD at lr 0.1 diverges (measured: image AUROC 0.55 vs 0.90), so "mean" by default.
     kl_reduction: str = "mean"
-    # Inference head: Gaussian blur σ before the image max (0 = off; None = method preset: RD family 4, else 0).
-    blur_sigma: float | None = None
+    # Inference head: Gaussian blur σ before the image max (0 = off; unset = method preset: RD family 4, else 0).
+    blur_sigma: float = FROM_PRESET
     # Each method's own options (train/models/<method>/config.py); the RD family (rd, dskd, mrkd) reads `rd`.
     rd: RDOptions = group(RDOptions, prefix="rd")
     dskd: DSKDOptions = group(DSKDOptions, prefix="dskd")
@@ -88,49 +100,63 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         method_spec(self.method)  # an unknown --method fails here, with the list of known ones
+        self._build_option_groups()
+        self._resolve_unset()
+        self._check_levels()
+        self._check_choices()
+        self._check_loss_weights()
+        self._check_student_shared_levels()
+        self._check_feature_matching()
+        self._check_student_bn_momentum()
+
+    def _build_option_groups(self) -> None:
+        """Method option groups read from JSON / TOML arrive as dicts."""
         for name, cls in METHOD_OPTIONS.items():
-            if isinstance(getattr(self, name), dict):  # from JSON / TOML
+            if isinstance(getattr(self, name), dict):
                 setattr(self, name, cls(**getattr(self, name)))
-        for key, value in method_preset(self.method, self.preset).items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
-        if self.blur_sigma is None:
-            self.blur_sigma = 0.0
-        if self.levels is None:
-            self.levels = (0, 1, 2)
+
+    def _resolve_unset(self) -> None:
+        """Unset fields take the method preset's value, else the _UNSET_MODEL fallback."""
+        for values in (method_preset(self.method, self.preset), _UNSET_MODEL):
+            for key, value in values.items():
+                if getattr(self, key) is None:
+                    setattr(self, key, value)
         self.levels = tuple(int(i) for i in self.levels)  # JSON configs give a list
+        self.feature_standardize = bool(self.feature_standardize)
+
+    def _check_levels(self) -> None:
         if not self.levels or sorted(set(self.levels)) != list(self.levels) or not set(self.levels) <= {0, 1, 2}:
             raise ValueError(f"--levels: expected increasing distinct teacher levels from 0 (stride 4), 1 (stride 8), "
                              f"2 (stride 16), got {list(self.levels)}")
         if method_spec(self.method).needs_all_levels and self.levels != (0, 1, 2):
             raise ValueError(f"--levels: {self.method} reconstructs all three teacher levels; expected 0 1 2")
-        if self.attention is None:
-            self.attention = "none"
+
+    def _check_choices(self) -> None:
         if self.attention not in ATTENTIONS:
             raise ValueError(f"--attention: expected one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
         if self.kl_reduction not in ("sum", "mean"):
             raise ValueError(f"--kl-reduction: expected 'sum' or 'mean', got {self.kl_reduction!r}")
-        for name in ("loss_channel_cosine", "loss_spatial_cosine", "loss_channel_kl", "loss_spatial_kl", "loss_mse"):
-            if getattr(self, name) is None:
-                setattr(self, name, 0.0)
+
+    def _check_loss_weights(self) -> None:
+        for name in LOSS_WEIGHTS:
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')}: a loss weight must be >= 0")
         if self.blur_sigma < 0:
             raise ValueError("--blur-sigma must be >= 0")
-        if self.student_shared_levels is None:
-            self.student_shared_levels = 0
+
+    def _check_student_shared_levels(self) -> None:
         if not 0 <= self.student_shared_levels <= 2 or min(self.levels) < self.student_shared_levels:
             raise ValueError(f"--student-shared-levels: expected 0 .. {min(self.levels)} (a shared level is not "
-                             f"distilled; --levels {' '.join(map(str, self.levels))}), got {self.student_shared_levels}")
-        self.feature_standardize = bool(self.feature_standardize)
-        if self.feature_neighbourhood is None:
-            self.feature_neighbourhood = 1
+                             f"distilled; --levels {' '.join(map(str, self.levels))}), "
+                             f"got {self.student_shared_levels}")
+
+    def _check_feature_matching(self) -> None:
         if self.feature_neighbourhood < 1 or self.feature_neighbourhood % 2 == 0:
             raise ValueError(f"--feature-neighbourhood: expected an odd size >= 1, got {self.feature_neighbourhood}")
-        if self.loss_hard_quantile is None:
-            self.loss_hard_quantile = 0.0
         if not 0.0 <= self.loss_hard_quantile < 1.0:
             raise ValueError(f"--loss-hard-quantile: expected a value in [0, 1), got {self.loss_hard_quantile}")
+
+    def _check_student_bn_momentum(self) -> None:
         if self.student_bn_momentum is not None and not 0 < self.student_bn_momentum <= 1:
             raise ValueError(f"--student-bn-momentum: expected a value in (0, 1], got {self.student_bn_momentum}")
 
@@ -170,13 +196,13 @@ class TrainConfig:
     data: str = ""
     categories: str = "all"
     out: str = "runs/dcam"
-    epochs: int | None = None  # None = the method's paper default (TRAIN_PRESETS)
-    batch_size: int | None = None
-    # None = the method's paper default (TRAIN_PRESETS): SGD lr 0.1 for stfpm/dcam, Adam lr 0.005 for the RD family.
-    optimizer: str | None = None
-    lr: float | None = None
+    epochs: int = FROM_PRESET  # unset = the method's paper default (TRAIN_PRESETS)
+    batch_size: int = FROM_PRESET
+    # Unset = the method's paper default (TRAIN_PRESETS): SGD lr 0.1 for stfpm/dcam, Adam lr 0.005 for the RD family.
+    optimizer: str = FROM_PRESET
+    lr: float = FROM_PRESET
     # "constant" (the papers) or "cosine": lr·½(1 + cos(π·step/total steps)), set per step (resumes exactly).
-    lr_schedule: str | None = None
+    lr_schedule: str = FROM_PRESET
     momentum: float = 0.9
     weight_decay: float = 1e-4
     adam_betas: tuple[float, float] = (0.5, 0.999)
@@ -199,15 +225,24 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
+        self._resolve_unset()
+        if len(self.adam_betas) != 2:
+            raise ValueError(f"--adam-betas: expected two values, got {list(self.adam_betas)}")
+        self.adam_betas = (self.adam_betas[0], self.adam_betas[1])  # JSON configs give a list
+        self._check_sizes()
+        self._check_optimization()
+
+    def _resolve_unset(self) -> None:
+        """Unset fields take the method's training preset; an overridden --optimizer brings its own paper lr."""
         preset = train_preset(self.model.method, self.model.preset)
-        for key in ("epochs", "batch_size", "lr_schedule"):
+        for key in ("epochs", "batch_size", "lr_schedule", "optimizer"):
             if getattr(self, key) is None:
                 setattr(self, key, preset[key])
-        if self.optimizer is None:
-            self.optimizer = preset["optimizer"]
         if self.lr is None:
-            self.lr = preset["lr"] if self.optimizer == preset["optimizer"] else TRAIN_PRESETS_BY_OPTIMIZER.get(self.optimizer, 0.1)
-        self.adam_betas = tuple(self.adam_betas)
+            same_optimizer = self.optimizer == preset["optimizer"]
+            self.lr = preset["lr"] if same_optimizer else TRAIN_PRESETS_BY_OPTIMIZER.get(self.optimizer, 0.1)
+
+    def _check_sizes(self) -> None:
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(self, name)}")
@@ -217,6 +252,8 @@ class TrainConfig:
             raise ValueError(f"--image-size: expected a multiple of 32, got {self.image_size}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction: expected a value in (0, 1), got {self.val_fraction}")
+
+    def _check_optimization(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"--lr: expected a positive learning rate, got {self.lr}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -228,7 +265,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
         model_fields = dict(d.pop("model", {}))
         # Runs saved before presets existed were trained with the papers' recipe: fields they lack keep its values.

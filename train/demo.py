@@ -46,6 +46,13 @@ def run_step(argv: list[str]) -> None:
         raise SystemExit(f"error: demo step failed: {shlex.join(argv)}")
 
 
+def _read_bgr(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path))
+    if image is None:
+        raise ValueError(f"{path}: cannot read image")
+    return image
+
+
 def write_conveyor_video(data: Path, category: str, path: Path, frames_per_part: int, seed: int
                          ) -> list[tuple[int, int]]:
     """A video of parts passing the camera (test images, good and defective); returns the defect frame segments.
@@ -60,12 +67,12 @@ def write_conveyor_video(data: Path, category: str, path: Path, frames_per_part:
     for i in range(3):  # good, good, good, defect, ... ends on good parts
         order += [good[(3 * i + j) % len(good)] for j in range(3)] + [bad[int(rng.integers(len(bad)))]]
     order += [good[-1]]
-    first = cv2.imread(str(order[0].path))
+    first = _read_bgr(order[0].path)
     h, w = first.shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (w, h))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (w, h))
     segments, frame = [], 0
     for sample in order:
-        image = cv2.resize(cv2.imread(str(sample.path)), (w, h))
+        image = cv2.resize(_read_bgr(sample.path), (w, h))
         for _ in range(frames_per_part):
             writer.write(image)
         if sample.label == 1:

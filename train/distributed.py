@@ -61,7 +61,8 @@ class GlobalBatchSampler(Sampler[list[int]]):
     def __init__(self, dataset_size: int, global_batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, shuffle: bool = True) -> None:
         if global_batch_size % world_size:
-            raise ValueError(f"--batch-size {global_batch_size} must be divisible by the number of processes {world_size}")
+            raise ValueError(f"--batch-size {global_batch_size} must be divisible by the number of processes "
+                             f"{world_size}")
         self.dataset_size, self.global_batch_size = dataset_size, global_batch_size
         self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
         self.epoch = 0
@@ -122,10 +123,13 @@ class CrossProcessBatchNorm2d(nn.BatchNorm2d):
         mean, var = mean64.to(x.dtype), (stats[c:2 * c] / n - mean64 * mean64).to(x.dtype)
         with torch.no_grad():
             if self.track_running_stats:
-                self.num_batches_tracked.add_(1)
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - m).add_(m * mean.detach())
-                self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
+                tracked, running_mean, running_var = self.num_batches_tracked, self.running_mean, self.running_var
+                # With track_running_stats, BatchNorm registers these buffers.
+                assert tracked is not None and running_mean is not None and running_var is not None
+                tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(tracked)
+                running_mean.mul_(1 - m).add_(m * mean.detach())
+                running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
         y = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + self.eps)
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]

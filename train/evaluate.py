@@ -197,20 +197,22 @@ def evaluate_model(inference_model: nn.Module, spec: PreprocessSpec, data: str |
         per_category[cat]["defects"] = defect_aurocs(samples, scored.labels, scored.scores)
         images.extend({"path": str(s.path), "category": cat, "defect": s.defect, "label": int(label),
                        "score": float(score)} for s, label, score in zip(samples, scored.labels, scored.scores))
-        if visualize_dir is not None and scored.masks is None:
+        if visualize_dir is None:
+            continue
+        if scored.masks is None:
             print(f"note: {cat}: no masks, no figures", file=sys.stderr)
-        elif visualize_dir is not None:
-            try:
-                _, val = split_train_val(list_train_samples(data, [cat]), val_fraction, seed)
-            except MVTecLayoutError:
-                val = []
-            if val:
-                normal_maps = score_samples(model, val, spec, batch_size, dev, progress=False)[0]
-            else:
-                print(f"note: {cat}: no train/good images; heatmap range from the normal test images", file=sys.stderr)
-                normal_maps = scored.maps[scored.labels == 0] if (scored.labels == 0).any() else scored.maps
-            visualize_category(visualize_dir, cat, samples, scored.maps, scored.scores, scored.masks, spec,
-                               heatmap_range(normal_maps), AUPRO_FPR_LIMIT)
+            continue
+        try:
+            _, val = split_train_val(list_train_samples(data, [cat]), val_fraction, seed)
+        except MVTecLayoutError:
+            val = []
+        if val:
+            normal_maps = score_samples(model, val, spec, batch_size, dev, progress=False)[0]
+        else:
+            print(f"note: {cat}: no train/good images; heatmap range from the normal test images", file=sys.stderr)
+            normal_maps = scored.maps[scored.labels == 0] if (scored.labels == 0).any() else scored.maps
+        visualize_category(visualize_dir, cat, samples, scored.maps, scored.scores, scored.masks, spec,
+                           heatmap_range(normal_maps), AUPRO_FPR_LIMIT)
     return {"categories": per_category, "mean": summarize(per_category), "images": images}
 
 
@@ -293,11 +295,16 @@ def write_json(result: Mapping[str, Any], path: str | Path) -> Path:
     return write_strict_json(path, result)
 
 
+def _metric_cell(value: Any) -> str:
+    """A metric as a 7-wide table cell; n/a where it is undefined (nan)."""
+    return "    n/a" if not math.isfinite(float(value)) else f"{float(value):7.4f}"
+
+
 def format_table(result: Mapping[str, Any]) -> str:
     """Plain-text table: one row per category plus the mean row."""
     header = f"{'category':<16}{'images':>7}{'anom':>6}{'img AUROC':>11}{'px AUROC':>10}{'AUPRO':>8}" \
              f"{'F1max':>8}{'ms/img':>9}"
-    fmt = (lambda v: "    n/a" if not math.isfinite(float(v)) else f"{float(v):7.4f}")
+    fmt = _metric_cell
     lines = [header, "-" * len(header)]
     rows = list(result["categories"].items()) + [("mean", result["mean"])]
     for i, (name, r) in enumerate(rows):

@@ -152,7 +152,7 @@ def _render_metal(rng: np.random.Generator, size: int) -> Scene:
     """Brushed steel plate: long anisotropic brushing streaks and a broad specular sheen band."""
     x, y = _grid(size)
     big = int(size * 1.5)
-    streaks = 0.7 * _streaks(rng, big, 0.35) + 0.5 * _streaks(rng, big, 0.08)
+    streaks: np.ndarray = 0.7 * _streaks(rng, big, 0.35) + 0.5 * _streaks(rng, big, 0.08)
     rot = cv2.getRotationMatrix2D((big / 2, big / 2), float(rng.uniform(-6, 6)), 1.0)
     off = (big - size) // 2
     streaks = cv2.warpAffine(streaks, rot, (big, big), flags=cv2.INTER_LINEAR)[off:off + size, off:off + size]
@@ -387,6 +387,30 @@ def _write_png(path: Path, image: np.ndarray) -> None:
         raise ValueError(f"{path}: cannot write image")
 
 
+def _clear_output(root: Path, names: Sequence[str], overwrite: bool) -> None:
+    """Check ``root`` can take the kinds ``names``; remove their old folders when ``overwrite``."""
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root}: --out exists and is not a directory")
+    for name in names:
+        if (root / name).exists():
+            if not overwrite:
+                raise ValueError(f"{root / name}: already exists (pass --overwrite to replace it)")
+            shutil.rmtree(root / name)
+
+
+def _sample_jobs(name: str, train: int, test_good: int, test_defect: int) -> list[tuple[str, str, str | None, int]]:
+    """(kind, subset folder, defect or None, index in that folder) of every image of one kind; defects in turn."""
+    jobs: list[tuple[str, str, str | None, int]] = [(name, "train/good", None, i) for i in range(train)]
+    jobs += [(name, "test/good", None, i) for i in range(test_good)]
+    defects = KINDS[name].defects
+    counts = {d: 0 for d in defects}
+    for i in range(test_defect):
+        d = defects[i % len(defects)]
+        jobs.append((name, f"test/{d}", d, counts[d]))
+        counts[d] += 1
+    return jobs
+
+
 def make_synthetic_dataset(out: str | Path, categories: int | str | Sequence[str] = SyntheticConfig.categories,
                            image_size: int = SyntheticConfig.image_size, train: int = SyntheticConfig.train,
                            test_good: int = SyntheticConfig.test_good, test_defect: int = SyntheticConfig.test_defect,
@@ -403,23 +427,8 @@ def make_synthetic_dataset(out: str | Path, categories: int | str | Sequence[str
         if int(value) != value or value < least:
             raise ValueError(f"{flag}: expected an integer >= {least}, got {value}")
     root = Path(out)
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"{root}: --out exists and is not a directory")
-    for name in names:
-        if (root / name).exists():
-            if not overwrite:
-                raise ValueError(f"{root / name}: already exists (pass --overwrite to replace it)")
-            shutil.rmtree(root / name)
-    jobs: list[tuple[str, str, str | None, int]] = []
-    for name in names:
-        jobs += [(name, "train/good", None, i) for i in range(train)]
-        jobs += [(name, "test/good", None, i) for i in range(test_good)]
-        defects = KINDS[name].defects
-        counts = {d: 0 for d in defects}
-        for i in range(test_defect):
-            d = defects[i % len(defects)]
-            jobs.append((name, f"test/{d}", d, counts[d]))
-            counts[d] += 1
+    _clear_output(root, names, overwrite)
+    jobs = [job for name in names for job in _sample_jobs(name, train, test_good, test_defect)]
     for name, subset, defect, i in tqdm(jobs, desc="synthetic data", unit="img", disable=not progress):
         image, mask = render_sample(name, image_size, sample_seed(seed, name, subset, i), defect)
         _write_png(root / name / subset / f"{i:03d}.png", image)

@@ -9,6 +9,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,19 @@ from tqdm import tqdm
 from .config import TrainConfig
 from .data import ImageDataset, list_train_samples, parse_categories, split_train_val
 from .device import resolve_device
-from .distributed import (GlobalBatchSampler, barrier, convert_batchnorm, init_distributed,
-                          shutdown)
+from .distributed import GlobalBatchSampler, barrier, convert_batchnorm, init_distributed, shutdown
 from .models import DistillationModel, build_model
-from .runs import (BEST_CHECKPOINT, LAST_CHECKPOINT, RunError, atomic_torch_save, atomic_write_text,
-                   load_checkpoint, load_config, preprocess_spec, save_config)
+from .runs import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    RunError,
+    atomic_torch_save,
+    atomic_write_text,
+    load_checkpoint,
+    load_config,
+    preprocess_spec,
+    save_config,
+)
 
 log = logging.getLogger("train")
 
@@ -92,7 +101,8 @@ def build_datasets(cfg: TrainConfig) -> DataSplit:
     return split
 
 
-def make_loader(dataset: ImageDataset, sampler: GlobalBatchSampler, cfg: TrainConfig, device: torch.device) -> DataLoader:
+def make_loader(dataset: ImageDataset, sampler: GlobalBatchSampler, cfg: TrainConfig,
+                device: torch.device) -> DataLoader:
     workers = cfg.num_workers
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
@@ -129,7 +139,8 @@ class Trainer:
                 if name != "teacher":  # the frozen teacher's BatchNorm runs on its ImageNet statistics
                     convert_batchnorm(child, self.device.type)
         if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            # Module.to's stub overloads omit memory_format, which torch accepts.
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.optimizer = (build_optimizer(cfg, self.model.trainable_parameters())
                           if self.model.needs_gradient_training else None)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
@@ -138,13 +149,14 @@ class Trainer:
         self.val_sampler = GlobalBatchSampler(len(self.data.val), cfg.batch_size, cfg.seed, 0, 1, shuffle=False)
         self.train_loader = make_loader(self.data.train, self.train_sampler, cfg, self.device)
         self.val_loader = make_loader(self.data.val, self.val_sampler, cfg, self.device)
-        self.step_model: nn.Module = self.model
+        self.step_model: Callable[..., Any] = self.model  # what a training step calls (DDP / compiled wrap)
         if self.ctx.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_model = DistributedDataParallel(self.model, device_ids=ids)
         if cfg.compile:
             self.step_model = torch.compile(self.step_model)
-        self.start_epoch, self.best_val, self.history = 0, math.inf, []
+        self.start_epoch, self.best_val = 0, math.inf
+        self.history: list[dict[str, Any]] = []
 
     def _maybe_resume(self) -> None:
         last = self.out / LAST_CHECKPOINT
@@ -176,18 +188,26 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
+    def _gradient_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer; None only for methods fitted in one pass, which have no epochs."""
+        if self.optimizer is None:
+            raise RuntimeError(f"--method {self.cfg.model.method} is fitted, not trained by gradient descent")
+        return self.optimizer
+
     def _train_epoch(self, epoch: int) -> dict[str, float]:
+        optimizer = self._gradient_optimizer()
         self.model.train()
         self.train_sampler.set_epoch(epoch)
         totals: dict[str, float] = {}
         n_images, steps = 0, 0
         limit = self.cfg.max_steps_per_epoch or len(self.train_loader)
-        bar = tqdm(self.train_loader, total=min(limit, len(self.train_loader)), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-                   disable=not self.ctx.is_main, leave=False, dynamic_ncols=True)
+        bar = tqdm(self.train_loader, total=min(limit, len(self.train_loader)),
+                   desc=f"epoch {epoch + 1}/{self.cfg.epochs}", disable=not self.ctx.is_main, leave=False,
+                   dynamic_ncols=True)
         t0 = time.perf_counter()
         steps_per_epoch = min(limit, len(self.train_loader))
         for batch in bar:
-            for group in self.optimizer.param_groups:
+            for group in optimizer.param_groups:
                 group["lr"] = scheduled_lr(self.cfg, epoch * steps_per_epoch + steps, self.cfg.epochs * steps_per_epoch)
             images = self._images(batch)
             with self._autocast():
@@ -195,9 +215,9 @@ class Trainer:
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {float(loss)} at epoch {epoch + 1} "
                                          f"(try a lower --lr; components: {parts})")
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
+            self.scaler.step(optimizer)
             self.scaler.update()
             n = images.shape[0]
             n_images += n
@@ -248,7 +268,7 @@ class Trainer:
     def _save_best(self, epoch: int, val_loss: float) -> None:
         self.model.eval()
         with torch.no_grad():
-            self.model.calibrate(self._val_batches())
+            self.model.fit_normal_statistics(self._val_batches())
         atomic_torch_save({"model": self.model.state_dict(), "epoch": epoch, "val_loss": val_loss,
                            "config": json.dumps(self.cfg.to_dict())}, self.out / BEST_CHECKPOINT)
 
@@ -317,7 +337,7 @@ class Trainer:
                 if self.ctx.is_main:
                     val_loss = self.validation_loss()
                     row = {"epoch": epoch + 1, "train_loss": stats.pop("loss"), "val_loss": val_loss,
-                           "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+                           "lr": self._gradient_optimizer().param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
                            **{f"train_{k}": v for k, v in stats.items()}}
                     self.history.append(row)
                     if val_loss < self.best_val:
@@ -325,7 +345,8 @@ class Trainer:
                         self._save_best(epoch, val_loss)
                     self._save_last(epoch)
                     self._write_history()
-                    epochs.set_postfix(train=f"{row['train_loss']:.4f}", val=f"{val_loss:.4f}", best=f"{self.best_val:.4f}")
+                    epochs.set_postfix(train=f"{row['train_loss']:.4f}", val=f"{val_loss:.4f}",
+                                       best=f"{self.best_val:.4f}")
                 barrier(self.ctx)
                 if self.cfg.time_budget_s and time.perf_counter() - started > self.cfg.time_budget_s:
                     if self.ctx.is_main:

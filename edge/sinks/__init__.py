@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .base import Sink, alarm_id, event_json, event_payload
 from .config import COMMAND_PLACEHOLDERS, DeliveryOptions, SinkConfig, SinkConfigError

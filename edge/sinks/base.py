@@ -24,7 +24,8 @@ from edge.redact import redact_credentials
 
 log = logging.getLogger("edge.sinks")
 
-_STOP = object()
+# One queued event: (event, frame BGR copy or None, overlay BGR copy or None); close() queues None to stop.
+_Job = tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]
 _ERROR_COUNTERS = frozenset({"dropped", "failed"})  # these also bump RuntimeCounters.sink_errors
 # Alarm ids are uuid5(process namespace, event content): identical for every sink of one process
 # (so a webhook, MQTT and log line of one alarm can be joined) and never reused by another process.
@@ -32,15 +33,15 @@ _PROCESS_NAMESPACE = uuid.uuid4()
 _ID_KEYS = ("time", "frame", "event", "path", "category", "model", "score")
 
 
-def alarm_id(event: dict) -> str:
+def alarm_id(event: dict[str, Any]) -> str:
     """Idempotency id of an event (stable within the process, unique across processes)."""
     key = "|".join(repr(json_safe(event.get(k), default=str)) for k in _ID_KEYS)
     return str(uuid.uuid5(_PROCESS_NAMESPACE, key))
 
 
-def event_payload(event: dict) -> dict:
+def event_payload(event: dict[str, Any]) -> dict[str, Any]:
     """The JSON object every sink emits for an event: {"id": ..., **event}."""
-    payload = json_safe(event, default=str)  # paths and other objects as text
+    payload: dict[str, Any] = json_safe(event, default=str)  # paths and other objects as text
     for key in ("source", "path"):
         if isinstance(payload.get(key), str):
             payload[key] = redact_credentials(payload[key])
@@ -48,7 +49,7 @@ def event_payload(event: dict) -> dict:
     return payload
 
 
-def event_json(event: dict) -> str:
+def event_json(event: dict[str, Any]) -> str:
     """event_payload() as one compact JSON line (no newline)."""
     return json.dumps(event_payload(event), separators=(",", ":"), allow_nan=False)
 
@@ -66,7 +67,7 @@ class Sink:
         self.name = self.kind
         self._on_clear = on_clear
         self._metrics = metrics  # edge.counters.RuntimeCounters or None
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
         self._counts_lock = threading.Lock()
         self._counts = {"handled": 0, "dropped": 0, "failed": 0}
         self._last_warning: dict[str, float] = {}
@@ -75,7 +76,7 @@ class Sink:
         self._start_lock = threading.Lock()
 
     # ---- interface used by the frame loop ----------------------------------------------------
-    def start(self) -> "Sink":
+    def start(self) -> Sink:
         """Start the worker thread (idempotent; build_sinks calls it)."""
         with self._start_lock:
             if self._thread is None:
@@ -83,12 +84,12 @@ class Sink:
                 self._thread.start()
         return self
 
-    def wants(self, event: dict) -> bool:
+    def wants(self, event: dict[str, Any]) -> bool:
         """Whether this sink acts on the event: 'raise' always, 'clear' when on_clear is set."""
         kind = event.get("event")
         return kind == "raise" or (kind == "clear" and self._on_clear)
 
-    def handle(self, event: dict, frame_bgr: np.ndarray | None = None,
+    def handle(self, event: dict[str, Any], frame_bgr: np.ndarray | None = None,
                overlay_bgr: np.ndarray | None = None) -> None:
         """Enqueue the event (and image copies if needed) and return at once; never raises."""
         try:
@@ -116,7 +117,7 @@ class Sink:
             self._closed = True
         if self._thread is not None:
             try:
-                self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
+                self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()))
             except queue.Full:
                 pass
             self._thread.join(max(0.0, deadline - time.monotonic()))
@@ -133,7 +134,7 @@ class Sink:
         return out
 
     # ---- for subclasses ------------------------------------------------------------------------
-    def process(self, event: dict, frame_bgr: np.ndarray | None, overlay_bgr: np.ndarray | None) -> None:
+    def process(self, event: dict[str, Any], frame_bgr: np.ndarray | None, overlay_bgr: np.ndarray | None) -> None:
         raise NotImplementedError
 
     def _shutdown(self, timeout: float) -> None:
@@ -156,7 +157,7 @@ class Sink:
     def _work(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
+            if item is None:  # close()
                 return
             try:
                 self.process(*item)

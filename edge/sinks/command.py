@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import string
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,11 @@ class CommandFailed(RuntimeError):
     """The command exited non-zero or timed out (counted as a sink failure)."""
 
 
-def render_argv(template: tuple[str, ...] | list[str], event: dict) -> list[str]:
+# The format-string conversions {x!r}, {x!s}, {x!a}.
+_CONVERSIONS: dict[str, Callable[[object], str]] = {"r": repr, "s": str, "a": ascii}
+
+
+def render_argv(template: tuple[str, ...] | list[str], event: dict[str, Any]) -> list[str]:
     """Substitute the event's fields into each argument (None → empty string).
 
     A format spec that does not fit the value (``{score:.3f}`` with no score) falls back to str(value),
@@ -40,7 +45,7 @@ def render_argv(template: tuple[str, ...] | list[str], event: dict) -> list[str]
                 continue
             value = values[name]
             if conversion:
-                value = {"r": repr, "s": str, "a": ascii}[conversion](value)
+                value = _CONVERSIONS[conversion](value)
             try:
                 parts.append(format(value, spec or ""))
             except (ValueError, TypeError):
@@ -68,15 +73,15 @@ class CommandSink(Sink):
         self._timeout = timeout
 
     @classmethod
-    def from_config(cls, cfg: SinkConfig, metrics: Any = None) -> "CommandSink":
+    def from_config(cls, cfg: SinkConfig, metrics: Any = None) -> CommandSink:
         return cls(cfg.command, timeout=cfg.command_timeout, queue_size=cfg.sink_queue_size, on_clear=cfg.on_clear,
                    metrics=metrics)
 
-    def process(self, event: dict, frame_bgr: np.ndarray | None, overlay_bgr: np.ndarray | None) -> None:
+    def process(self, event: dict[str, Any], frame_bgr: np.ndarray | None, overlay_bgr: np.ndarray | None) -> None:
         argv = render_argv(self._argv, event)
         try:
-            result = subprocess.run(argv, shell=False, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, timeout=self._timeout, check=False)
+            result = subprocess.run(argv, shell=False, stdin=subprocess.DEVNULL, capture_output=True,
+                                    timeout=self._timeout, check=False)
         except subprocess.TimeoutExpired:
             raise CommandFailed(f"command {argv[0]} killed after {self._timeout:g} s") from None
         if result.returncode != 0:

@@ -119,7 +119,7 @@ class SinkConfig:
     gpio_active_high: bool = option(True, "pin is high when the output is on (--no-gpio-active-high inverts)")
     # --- external command -----------------------------------------------------------------------
     command: tuple[str, ...] = option((), "run this program per alarm (no shell); arguments may hold placeholders "
-                                        + " ".join("{%s}" % p for p in COMMAND_PLACEHOLDERS), metavar="'PROG ARG...'",
+                                        + " ".join(f"{{{p}}}" for p in COMMAND_PLACEHOLDERS), metavar="'PROG ARG...'",
                                     split=split_command)
     command_timeout: float = option(10.0, "seconds before the command is killed")
 
@@ -148,12 +148,20 @@ class SinkConfig:
     def validate(self) -> None:
         """Raise SinkConfigError naming the first bad option."""
         _check("sink_queue_size", self.sink_queue_size, self.sink_queue_size >= 1, "an integer >= 1")
+        self._validate_log_and_snapshots()
+        self._validate_webhook()
+        self._validate_mqtt()
+        self._validate_gpio_and_command()
+
+    def _validate_log_and_snapshots(self) -> None:
         _check("log_max_mb", self.log_max_mb, self.log_max_mb >= 0, "a size in MB >= 0")
         if self.log_path is not None:
             _check("log_path", self.log_path, self.log_path.strip() != "", "a file path or '-'")
         _check("snapshot_max_count", self.snapshot_max_count, self.snapshot_max_count >= 1, "an integer >= 1")
         _check("snapshot_max_mb", self.snapshot_max_mb, self.snapshot_max_mb > 0, "a size in MB > 0")
         _check("snapshot_format", self.snapshot_format, self.snapshot_format in ("jpg", "png"), "'jpg' or 'png'")
+
+    def _validate_webhook(self) -> None:
         if self.webhook_url is not None:
             parts = urlsplit(self.webhook_url)
             _check("webhook_url", self.webhook_url, parts.scheme in ("http", "https") and bool(parts.netloc),
@@ -164,6 +172,8 @@ class SinkConfig:
         self.webhook.validate("webhook")
         for header in self.webhook_headers:
             _check("webhook_headers", header, bool(_HEADER_RE.match(header)), "headers of the form 'Name: value'")
+
+    def _validate_mqtt(self) -> None:
         if self.mqtt_host is not None:
             _check("mqtt_host", self.mqtt_host, self.mqtt_host.strip() != "", "a host name")
         _check("mqtt_port", self.mqtt_port, 1 <= self.mqtt_port <= 65535, "a port 1..65535")
@@ -182,6 +192,8 @@ class SinkConfig:
         if self.mqtt_host is not None and not self.mqtt_spool_dir_resolved():
             raise SinkConfigError(f"{_where('mqtt_spool_dir')}: required when mqtt_host is set (undelivered alarms "
                                   "are kept there; or set webhook_spool_dir to share its outbox)")
+
+    def _validate_gpio_and_command(self) -> None:
         if self.gpio_pin is not None:
             _check("gpio_pin", self.gpio_pin, self.gpio_pin >= 0, "a BCM pin number >= 0")
         _check("gpio_mode", self.gpio_mode, self.gpio_mode in ("pulse", "hold"), "'pulse' or 'hold'")
@@ -191,7 +203,7 @@ class SinkConfig:
             bad = placeholder_error(arg)
             if bad is not None:
                 raise SinkConfigError(f"{_where('command')}: argument {i} {arg!r}: {bad}; "
-                                      f"expected placeholders {', '.join('{%s}' % p for p in COMMAND_PLACEHOLDERS)}"
+                                      f"expected placeholders {', '.join(f'{{{p}}}' for p in COMMAND_PLACEHOLDERS)}"
                                       " (write {{ and }} for literal braces)")
 
 

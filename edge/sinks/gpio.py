@@ -47,7 +47,7 @@ class GpioSink(Sink):
                 "group 'gpio'") from None
 
     @classmethod
-    def from_config(cls, cfg: SinkConfig, metrics: Any = None, pin_factory: Any = None) -> "GpioSink":
+    def from_config(cls, cfg: SinkConfig, metrics: Any = None, pin_factory: Any = None) -> GpioSink:
         assert cfg.gpio_pin is not None
         return cls(cfg.gpio_pin, mode=cfg.gpio_mode, pulse_s=cfg.gpio_pulse_s, active_high=cfg.gpio_active_high,
                    pin_factory=pin_factory, queue_size=cfg.sink_queue_size, on_clear=cfg.on_clear, metrics=metrics)
@@ -56,10 +56,10 @@ class GpioSink(Sink):
     def device(self) -> Any:
         return self._device
 
-    def wants(self, event: dict) -> bool:
+    def wants(self, event: dict[str, Any]) -> bool:
         return super().wants(event) or (self._mode == "hold" and event.get("event") == "clear")
 
-    def process(self, event: dict, frame_bgr: np.ndarray | None, overlay_bgr: np.ndarray | None) -> None:
+    def process(self, event: dict[str, Any], frame_bgr: np.ndarray | None, overlay_bgr: np.ndarray | None) -> None:
         kind = event.get("event")
         if kind == "raise":
             if self._mode == "hold":

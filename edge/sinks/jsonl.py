@@ -27,11 +27,11 @@ class JsonlSink(Sink):
             self._file = self._open()  # fail at start-up (permissions, missing mount), not at the first alarm
 
     @classmethod
-    def from_config(cls, cfg: SinkConfig, metrics: Any = None) -> "JsonlSink":
+    def from_config(cls, cfg: SinkConfig, metrics: Any = None) -> JsonlSink:
         return cls(cfg.log_path or "-", all_frames=cfg.log_all_frames, max_mb=cfg.log_max_mb,
                    queue_size=cfg.sink_queue_size, on_clear=cfg.on_clear, metrics=metrics)
 
-    def wants(self, event: dict) -> bool:
+    def wants(self, event: dict[str, Any]) -> bool:
         return self._all_frames or super().wants(event)
 
     def _open(self) -> IO[str]:
@@ -41,7 +41,7 @@ class JsonlSink(Sink):
         except OSError as exc:
             raise SinkConfigError(f"--log-path / [sinks] log_path: cannot append to {self._path} ({exc})") from None
 
-    def process(self, event: dict, frame_bgr: np.ndarray | None, overlay_bgr: np.ndarray | None) -> None:
+    def process(self, event: dict[str, Any], frame_bgr: np.ndarray | None, overlay_bgr: np.ndarray | None) -> None:
         line = event_json(event) + "\n"
         if self._file is None:
             sys.stdout.write(line)

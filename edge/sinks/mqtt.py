@@ -18,7 +18,8 @@ import os
 import socket
 import ssl
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .base import log
 from .config import SinkConfig, SinkConfigError, _where
@@ -102,7 +103,7 @@ class MqttSink(OutboxSink):
 
     @classmethod
     def from_config(cls, cfg: SinkConfig, metrics: Any = None,
-                    client_factory: Callable[[], Any] | None = None) -> "MqttSink":
+                    client_factory: Callable[[], Any] | None = None) -> MqttSink:
         spool_dir = cfg.mqtt_spool_dir_resolved()
         assert cfg.mqtt_host and spool_dir  # SinkConfig.validate() guarantees both
         return cls(cfg.mqtt_host, spool_dir, port=cfg.mqtt_port, topic=cfg.mqtt_topic, qos=cfg.mqtt_qos,
@@ -123,6 +124,7 @@ class MqttSink(OutboxSink):
             client = self._client_factory()
         else:
             mqtt = self._mqtt
+            assert mqtt is not None  # imported whenever there is no client factory
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self._client_id,
                                  protocol=mqtt.MQTTv311)
         if self._username is not None:

@@ -83,15 +83,16 @@ class Outbox:
             os.close(self._lock_fd)
             raise SinkConfigError(f"{where}: the {sink} outbox in {self.dir} is in use by another sender "
                                   "(one process per outbox and sink)") from None
-        self._db: sqlite3.Connection | None = None
+        db: sqlite3.Connection | None = None
         try:
-            self._db = self._open()
+            db = self._open()
+            self._db: sqlite3.Connection = db
             if import_legacy_spool:
                 self._import_legacy_spool()
             self._pending = self._count("pending")
         except (sqlite3.Error, OSError) as exc:
-            if self._db is not None:
-                self._db.close()
+            if db is not None:
+                db.close()
             self._release_lock()
             raise SinkConfigError(f"{where}: cannot open the outbox {self.path} ({exc})") from None
 

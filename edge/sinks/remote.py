@@ -55,7 +55,7 @@ class OutboxSink(Sink):
         """The receiver, for log lines (URL, host:port)."""
         return self.kind
 
-    def payload(self, event: dict) -> dict:
+    def payload(self, event: dict[str, Any]) -> dict[str, Any]:
         return event_payload(event)
 
     def deliver(self, alarm_id: str, data: bytes) -> tuple[str, str]:
@@ -82,7 +82,7 @@ class OutboxSink(Sink):
         """Alarms in the outbox, not yet delivered."""
         return len(self._outbox)
 
-    def start(self) -> "OutboxSink":
+    def start(self) -> OutboxSink:
         super().start()
         with self._start_lock:
             if self._sender is None and not self._closed:  # also delivers what an earlier run left queued
@@ -99,7 +99,7 @@ class OutboxSink(Sink):
         return out
 
     # ---- worker thread: persist ---------------------------------------------------------------------------
-    def process(self, event: dict, frame_bgr: np.ndarray | None, overlay_bgr: np.ndarray | None) -> None:
+    def process(self, event: dict[str, Any], frame_bgr: np.ndarray | None, overlay_bgr: np.ndarray | None) -> None:
         payload = self.payload(event)
         data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
         for _ in range(self._outbox.put(str(payload["id"]), data)):

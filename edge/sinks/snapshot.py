@@ -50,11 +50,11 @@ class SnapshotSink(Sink):
         self._enforce_bounds()  # limits may have been lowered since the last run
 
     @classmethod
-    def from_config(cls, cfg: SinkConfig, metrics: Any = None) -> "SnapshotSink":
+    def from_config(cls, cfg: SinkConfig, metrics: Any = None) -> SnapshotSink:
         return cls(cfg.snapshot_dir or ".", max_count=cfg.snapshot_max_count, max_mb=cfg.snapshot_max_mb,
                    fmt=cfg.snapshot_format, queue_size=cfg.sink_queue_size, on_clear=cfg.on_clear, metrics=metrics)
 
-    def _scan(self) -> "OrderedDict[str, dict[str, int]]":
+    def _scan(self) -> OrderedDict[str, dict[str, int]]:
         """Existing snapshots grouped by alarm key, oldest first: key → {file name: bytes}."""
         groups: dict[str, dict[str, int]] = {}
         for p in self._dir.iterdir():
@@ -70,7 +70,7 @@ class SnapshotSink(Sink):
         """Alarm keys currently kept, oldest first."""
         return list(self._groups)
 
-    def _new_key(self, event: dict) -> str:
+    def _new_key(self, event: dict[str, Any]) -> str:
         stamp = datetime.fromtimestamp(time.time(), timezone.utc).strftime("%Y%m%dT%H%M%S_%fZ")
         frame = event.get("frame")
         kind = event.get("event") or "frame"
@@ -81,7 +81,7 @@ class SnapshotSink(Sink):
             key = f"{base}_{n}"
         return key
 
-    def process(self, event: dict, frame_bgr: np.ndarray | None, overlay_bgr: np.ndarray | None) -> None:
+    def process(self, event: dict[str, Any], frame_bgr: np.ndarray | None, overlay_bgr: np.ndarray | None) -> None:
         key = self._new_key(event)
         files: dict[str, bytes] = {}
         for part, image in (("orig", frame_bgr), ("overlay", overlay_bgr)):

@@ -45,7 +45,7 @@ class WebhookSink(OutboxSink):
         self._opener = urllib.request.build_opener()  # honours http(s)_proxy / no_proxy like curl
 
     @classmethod
-    def from_config(cls, cfg: SinkConfig, metrics: Any = None) -> "WebhookSink":
+    def from_config(cls, cfg: SinkConfig, metrics: Any = None) -> WebhookSink:
         delivery = cfg.webhook
         assert cfg.webhook_url and delivery.spool_dir  # SinkConfig.validate() guarantees both
         return cls(cfg.webhook_url, delivery.spool_dir, timeout=delivery.timeout, backoff=delivery.backoff,
@@ -57,7 +57,7 @@ class WebhookSink(OutboxSink):
     def target(self) -> str:
         return self._url
 
-    def payload(self, event: dict) -> dict:
+    def payload(self, event: dict[str, Any]) -> dict[str, Any]:
         payload = super().payload(event)
         payload["host"] = self._host
         return payload

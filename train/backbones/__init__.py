@@ -6,9 +6,10 @@
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Generic, TypeVar
 
 from torch import nn
 
@@ -18,29 +19,59 @@ from .efficientnet_lite import LITE0_TAP_BLOCKS, EfficientNetLite, EfficientNetL
 from .resnet import BasicBlock, Bottleneck, ResNet, ResNetFeatures, resnet18, wide_resnet50_2
 from .weights import WeightsError, WeightsSource
 
+Classifier = TypeVar("Classifier", bound=nn.Module)  # the torch model a BackboneSpec builds and cuts
+
+
+ResidualBlock = type[BasicBlock] | type[Bottleneck]
+
 
 @dataclass(frozen=True)
-class BackboneSpec:
+class DecoderSpec:
+    """Block type and depths of the reverse-distillation bottleneck and decoder that mirror this teacher.
+
+    layers: residual blocks of the decoder stages producing the teacher's levels 3, 2, 1 (RD's
+    ``de_resnet`` reuses the encoder's [layer1, layer2, layer3] counts in that order);
+    bottleneck_blocks: blocks of the one-class bottleneck's stride-2 stage (RD's ``BN_layer``);
+    signed_features: the teacher's taps take negative values (Lite0's linear MBConv projections), so each
+    decoder level gets a linear 1×1 conv output head — a residual stage ends in ReLU and could not match them.
+    """
+
+    block: ResidualBlock
+    layers: tuple[int, int, int]
+    base_width: int = 64
+    bottleneck_blocks: int = 2
+    signed_features: bool = False
+
+
+@dataclass(frozen=True)
+class BackboneSpec(Generic[Classifier]):
     """How to build one backbone: classifier constructor, feature cut, input normalisation, weights."""
 
-    classifier: Callable[[], nn.Module]
-    features: Callable[[nn.Module, str, str], FeatureExtractor]
+    classifier: Callable[[], Classifier]
+    features: Callable[[Classifier, str, str], FeatureExtractor]  # cuts the feature maps out of that classifier
     normalization: str  # key of edge.preprocess.NORMALIZATIONS
     weights: WeightsSource
+    decoder: DecoderSpec  # the reverse decoder (rd, dskd, mrkd) that mirrors this teacher's taps
 
 
-BACKBONES: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec(resnet18, ResNetFeatures, "imagenet", weights.RESNET18_WEIGHTS),
-    "wide_resnet50_2": BackboneSpec(wide_resnet50_2, ResNetFeatures, "imagenet", weights.WIDE_RESNET50_2_WEIGHTS),
+BACKBONES: dict[str, BackboneSpec[Any]] = {
+    # RD4AD: resnet18 → BasicBlock [2, 2, 2], BN_layer(…, 2); wide_resnet50_2 → Bottleneck [3, 4, 6], width 128,
+    # BN_layer(…, 3). Lite0 has no residual-stage counterpart: the light BasicBlock decoder keeps it edge-sized.
+    "resnet18": BackboneSpec(resnet18, ResNetFeatures, "imagenet", weights.RESNET18_WEIGHTS,
+                             DecoderSpec(BasicBlock, (2, 2, 2), 64, 2)),
+    "wide_resnet50_2": BackboneSpec(wide_resnet50_2, ResNetFeatures, "imagenet", weights.WIDE_RESNET50_2_WEIGHTS,
+                                    DecoderSpec(Bottleneck, (3, 4, 6), 128, 3)),
     # Lite0 was trained on (x/255 − 0.5)/0.5 inputs.
     "efficientnet_lite0": BackboneSpec(efficientnet_lite0, EfficientNetLiteFeatures, "half",
-                                       weights.EFFICIENTNET_LITE0_WEIGHTS),
+                                       weights.EFFICIENTNET_LITE0_WEIGHTS,
+                                       DecoderSpec(BasicBlock, (2, 2, 2), 64, 2, signed_features=True)),
 }
 
 BACKBONE_NORMALIZATION: dict[str, str] = {name: spec.normalization for name, spec in BACKBONES.items()}
 
 
-def _spec(name: str) -> BackboneSpec:
+def backbone_spec(name: str) -> BackboneSpec[Any]:
+    """The table entry of a backbone name (BackboneError listing the known ones)."""
     if name not in BACKBONES:
         raise BackboneError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
     return BACKBONES[name]
@@ -52,7 +83,7 @@ def build_classifier(name: str, pretrained: bool = True, weights_path: str | Pat
     pretrained=True loads ``weights_path`` if given, else the published ImageNet weights
     (pip package for Lite0; download/cache for ResNets). pretrained=False: random init.
     """
-    spec = _spec(name)
+    spec = backbone_spec(name)
     if weights_path is not None and not pretrained:
         raise BackboneError(f"weights file {weights_path} given for {name} with pretrained=False; "
                             f"a random-init student takes no weights file")
@@ -69,13 +100,13 @@ def build_backbone(name: str, pretrained: bool = True, weights_path: str | Path 
 
     A teacher is ``build_backbone(name)``; a student is ``build_backbone(name, pretrained=False)``.
     """
-    spec = _spec(name)
+    spec = backbone_spec(name)
     return spec.features(build_classifier(name, pretrained, weights_path), name, spec.normalization)
 
 
 __all__ = [
     "BACKBONES", "BACKBONE_NORMALIZATION", "FEATURE_STRIDES", "LITE0_TAP_BLOCKS", "BackboneError",
-    "BackboneSpec", "BasicBlock", "Bottleneck", "EfficientNetLite", "EfficientNetLiteFeatures",
-    "FeatureExtractor", "ResNet", "ResNetFeatures", "WeightsError", "WeightsSource", "build_backbone",
-    "build_classifier", "efficientnet_lite0", "resnet18", "wide_resnet50_2",
+    "BackboneSpec", "BasicBlock", "Bottleneck", "DecoderSpec", "EfficientNetLite", "EfficientNetLiteFeatures",
+    "FeatureExtractor", "ResNet", "ResNetFeatures", "ResidualBlock", "WeightsError", "WeightsSource",
+    "backbone_spec", "build_backbone", "build_classifier", "efficientnet_lite0", "resnet18", "wide_resnet50_2",
 ]

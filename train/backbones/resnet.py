@@ -8,7 +8,7 @@ The RD decoders reuse BasicBlock/Bottleneck.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +41,8 @@ class BasicBlock(nn.Module):
             raise ValueError("BasicBlock only supports groups=1 and base_width=64")
         if dilation > 1:
             raise ValueError("BasicBlock does not support dilation > 1")
-        self.conv1 = conv3x3(inplanes, planes, stride)
+        # The RD decoder (train/models/decoder.py) swaps the strided conv for a transposed one.
+        self.conv1: nn.Conv2d | nn.ConvTranspose2d = conv3x3(inplanes, planes, stride)
         self.bn1 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
@@ -70,7 +71,8 @@ class Bottleneck(nn.Module):
         width = int(planes * (base_width / 64.0)) * groups
         self.conv1 = conv1x1(inplanes, width)
         self.bn1 = norm_layer(width)
-        self.conv2 = conv3x3(width, width, stride, groups, dilation)
+        # The RD decoder (train/models/decoder.py) swaps the strided conv for a transposed one.
+        self.conv2: nn.Conv2d | nn.ConvTranspose2d = conv3x3(width, width, stride, groups, dilation)
         self.bn2 = norm_layer(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = norm_layer(planes * self.expansion)

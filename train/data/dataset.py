@@ -74,6 +74,6 @@ class ImageDataset(Dataset):
         rgb, mask = self._entry(index)
         item = {"image": torch.from_numpy(preprocess_rgb(rgb, self.spec)), "label": int(s.label),
                 "category": s.category, "path": str(s.path)}
-        if self.with_masks:
+        if mask is not None:  # exactly when with_masks
             item["mask"] = torch.from_numpy(mask[None].copy())  # copy: callers may modify it in place
         return item

@@ -99,7 +99,8 @@ def image_hw(path: str | Path) -> tuple[int, int]:
         hw = _jpeg_hw(path.read_bytes())
         if hw is not None:
             return hw
-    return tuple(decode_image(path).shape[:2])  # type: ignore[return-value]
+    height, width = decode_image(path).shape[:2]
+    return int(height), int(width)
 
 
 def _jpeg_hw(data: bytes) -> tuple[int, int] | None:

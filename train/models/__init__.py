@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import dcam, rd, dskd, mrkd, knn  # noqa: F401, I001  (registration order = the order of METHODS)
+# isort: off
+from . import dcam, rd, dskd, mrkd, knn  # noqa: F401  (registration order = the order of METHODS)
+# isort: on
 from .registry import METHOD_REGISTRY, MethodSpec, method_spec, register_method
 
 if TYPE_CHECKING:
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
 METHODS: tuple[str, ...] = tuple(METHOD_REGISTRY)
 
 
-def build_model(cfg: "ModelConfig") -> "DistillationModel":
+def build_model(cfg: ModelConfig) -> DistillationModel:
     """The method's model for a configuration (its module is imported here, not at configuration time)."""
     return method_spec(cfg.method).model_class()(cfg)
 

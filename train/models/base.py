@@ -22,7 +22,7 @@ class DistillationModel(nn.Module):
             p.requires_grad_(False)
         self.teacher.eval()
 
-    def train(self, mode: bool = True) -> "DistillationModel":
+    def train(self, mode: bool = True) -> DistillationModel:
         super().train(mode)
         self.teacher.eval()  # the teacher's BatchNorm statistics are ImageNet's and never change
         return self
@@ -46,5 +46,5 @@ class DistillationModel(nn.Module):
         """Before training: statistics of the training normals the model needs (teacher feature mean/std,
         the memory bank). Deterministic for a given data split, so a resumed run recomputes them. Default: none."""
 
-    def calibrate(self, normal_batches: Iterable[torch.Tensor]) -> None:
+    def fit_normal_statistics(self, normal_batches: Iterable[torch.Tensor]) -> None:
         """Collect statistics on normal images that inference needs (e.g. DSKD's μ, σ). Default: none."""

@@ -10,52 +10,24 @@ with Lite0's channels). The blocks are the torchvision-named ones of ``train.bac
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..backbones.resnet import BasicBlock, Bottleneck, conv1x1
-
-ResidualBlock = type[BasicBlock] | type[Bottleneck]
+from ..backbones import DecoderSpec, ResidualBlock, backbone_spec
+from ..backbones.resnet import Bottleneck, conv1x1
 
 
 class DecoderConfigError(ValueError):
     """A backbone's channel counts do not fit the requested residual block (one-line message)."""
 
 
-@dataclass(frozen=True)
-class DecoderSpec:
-    """Block type and depths of the RD bottleneck and decoder for one teacher backbone.
-
-    layers: residual blocks of the decoder stages producing the teacher's levels 3, 2, 1 (RD's
-    ``de_resnet`` reuses the encoder's [layer1, layer2, layer3] counts in that order);
-    bottleneck_blocks: blocks of the one-class bottleneck's stride-2 stage (RD's ``BN_layer``);
-    signed_features: the teacher's levels take negative values (Lite0's linear MBConv projections), so each
-    decoder level gets a linear 1×1 conv output head — a residual stage ends in ReLU and could not match them.
-    """
-
-    block: ResidualBlock
-    layers: tuple[int, int, int]
-    base_width: int = 64
-    bottleneck_blocks: int = 2
-    signed_features: bool = False
-
-
-# RD4AD: resnet18 → BasicBlock [2, 2, 2], BN_layer(…, 2); wide_resnet50_2 → Bottleneck [3, 4, 6], width 128,
-# BN_layer(…, 3). Lite0 has no residual-stage counterpart: the light BasicBlock decoder keeps it edge-sized.
-DECODER_SPECS: dict[str, DecoderSpec] = {
-    "resnet18": DecoderSpec(BasicBlock, (2, 2, 2), 64, 2),
-    "wide_resnet50_2": DecoderSpec(Bottleneck, (3, 4, 6), 128, 3),
-    "efficientnet_lite0": DecoderSpec(BasicBlock, (2, 2, 2), 64, 2, signed_features=True),
-}
-
-
 def decoder_spec(backbone: str, bottleneck_blocks: int = 0) -> DecoderSpec:
-    """The spec for ``backbone`` (BasicBlock [2, 2, 2] for unknown names); bottleneck_blocks > 0 overrides RD's count."""
-    spec = DECODER_SPECS.get(backbone, DecoderSpec(BasicBlock, (2, 2, 2)))
+    """The reverse decoder of a teacher backbone: its ``BackboneSpec.decoder`` (the backbone table holds it,
+    beside its taps); ``bottleneck_blocks`` > 0 overrides RD's count of bottleneck blocks."""
     if bottleneck_blocks < 0:
         raise DecoderConfigError(f"--rd-bottleneck-layers: expected >= 0 (0 = RD's count), got {bottleneck_blocks}")
+    spec = backbone_spec(backbone).decoder
     if bottleneck_blocks:
         spec = dataclasses.replace(spec, bottleneck_blocks=bottleneck_blocks)
     return spec

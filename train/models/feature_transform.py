@@ -16,7 +16,9 @@ STD_FLOOR = 1e-4  # channels that are constant on the normals are not amplified 
 
 
 def local_average(feature: torch.Tensor, size: int) -> torch.Tensor:
-    """Mean over each position's size×size neighbourhood, same map size, borders over the valid part (PatchCore Eq. 2)."""
+    """Mean over each position's size×size neighbourhood (PatchCore Eq. 2).
+
+    Same map size; at the borders the mean is over the valid part."""
     if size == 1:
         return feature
     return F.avg_pool2d(feature, size, 1, size // 2, count_include_pad=False)

@@ -10,6 +10,10 @@ single-channel Resize, and the int8 quantisers still find the head by structure 
 """
 from __future__ import annotations
 
+import functools
+import operator
+from collections.abc import Iterable, Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,6 +29,11 @@ def channel_sum(x: torch.Tensor) -> torch.Tensor:
     and a matmul over the flattened map makes OpenVINO reorder its NHWC/blocked tensor first (+5 ms).
     """
     return F.conv2d(x, torch.ones(1, x.shape[1], 1, 1, dtype=x.dtype, device=x.device))
+
+
+def level_sum(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Σ_k of one term per feature level (at least one), added left to right as sum() does, typed as a tensor."""
+    return functools.reduce(operator.add, terms)
 
 
 def cosine_distance_map(teacher_features: torch.Tensor, student_features: torch.Tensor) -> torch.Tensor:
@@ -89,7 +98,7 @@ class DistanceHead(nn.Module):
         self.blur_sigma = float(blur_sigma)
         self._matrices: dict[tuple, tuple[torch.Tensor, list[torch.Tensor]]] = {}
 
-    def matrices(self, level_sizes: list[tuple[int, int]], output_size: tuple[int, int],
+    def matrices(self, level_sizes: list[tuple[int, int]], output_size: Sequence[int],
                  dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """([R_1 … R_K] as H×Σh_k, [C_kᵀ as w_k×W]), cached per level sizes / output size / dtype / device."""
         height, width = (int(v) for v in output_size)
@@ -102,7 +111,7 @@ class DistanceHead(nn.Module):
         return self._matrices[key]
 
     def forward(self, distance_maps: list[torch.Tensor],
-                output_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+                output_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         sizes = [(int(d.shape[-2]), int(d.shape[-1])) for d in distance_maps]
         rows, columns = self.matrices(sizes, output_size, distance_maps[0].dtype, distance_maps[0].device)
         stacked = torch.cat([torch.matmul(d, c) for d, c in zip(distance_maps, columns)], dim=-2)
@@ -112,8 +121,10 @@ class DistanceHead(nn.Module):
 
 
 def pyramid_cosine_head(head: DistanceHead, teacher_features: list[torch.Tensor],
-                        student_features: list[torch.Tensor], output_size: tuple[int, int]
+                        student_features: list[torch.Tensor], output_size: Sequence[int]
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ_k Upsample(1 − cos(f_t^k, f_s^k)) then blur/max: the anomaly map of every method here."""
+    """Σ_k Upsample(1 − cos(f_t^k, f_s^k)) then blur/max: the anomaly map of every method here.
+
+    ``output_size``: (H, W), e.g. the input images' ``shape[-2:]``."""
     distances = [cosine_distance_map(t, s) for t, s in zip(teacher_features, student_features)]
     return head(distances, output_size)

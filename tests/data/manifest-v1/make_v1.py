@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, "/work/main/tests")
 from test_export_units import TinyPyramid  # noqa: E402

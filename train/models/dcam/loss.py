@@ -6,26 +6,57 @@ each term is averaged over the batch.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..head import EPS
+from ..head import EPS, level_sum
 
 
-def hard_mean(values: torch.Tensor, quantile: float) -> torch.Tensor:
-    """Mean of the values at or above their `quantile` (EfficientAD's hard feature loss, §3.2); 0 = plain mean."""
+def global_batch_world() -> int:
+    """Processes of a DDP run (1 without one): a training batch is split across them."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _gather_padded(local: torch.Tensor, world: int) -> torch.Tensor:
+    """Every process's 1-D values, concatenated (the last global batch may split unevenly: NaN-padded)."""
+    size = torch.tensor([local.numel()], device=local.device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    longest = int(max(int(s) for s in sizes))
+    padded = torch.full((longest,), float("nan"), dtype=local.dtype, device=local.device)
+    padded[:local.numel()] = local
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    return torch.cat(gathered)
+
+
+def hard_mean(values: torch.Tensor, quantile: float, world: int = 1) -> torch.Tensor:
+    """Mean of the values at or above their `quantile` (EfficientAD's hard feature loss, §3.2); 0 = plain mean.
+
+    world > 1 (a DDP training step, all processes calling): the quantile and the count are the global batch's,
+    and each process's sum is divided by count / world, so the averaged gradients equal one process's.
+    """
     if quantile <= 0.0:
         return values.mean()
     flat = values.flatten()
-    threshold = torch.quantile(flat.detach().float(), quantile)
-    return flat[flat >= threshold].mean()
+    if world == 1:
+        threshold = torch.quantile(flat.detach().float(), quantile)
+        return flat[flat >= threshold].mean()
+    local = flat.detach().float()
+    threshold = torch.nanquantile(_gather_padded(local, world), quantile)
+    selected = flat >= threshold
+    count = selected.sum().to(local.dtype)
+    dist.all_reduce(count)
+    return flat[selected].sum() / (count / world)
 
 
-def channel_cosine_distance(teacher: torch.Tensor, student: torch.Tensor, hard_quantile: float = 0.0) -> torch.Tensor:
+def channel_cosine_distance(teacher: torch.Tensor, student: torch.Tensor, hard_quantile: float = 0.0,
+                            world: int = 1) -> torch.Tensor:
     """CD_channel for one level: 1/(HW) Σ_h Σ_w (1 − cos(f_t, f_s)), vectors along C (DCAM Eq. 3); with a hard
     quantile only the worst-matched positions of the batch are averaged."""
     cos = F.cosine_similarity(teacher, student, dim=1, eps=EPS)  # B×H×W
-    return hard_mean(1.0 - cos, hard_quantile)
+    return hard_mean(1.0 - cos, hard_quantile, world)
 
 
 def spatial_cosine_distance(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
@@ -58,15 +89,18 @@ def spatial_kl_divergence(teacher: torch.Tensor, student: torch.Tensor, reductio
     return per_image.mean()
 
 
-def normalized_mse(teacher: torch.Tensor, student: torch.Tensor, hard_quantile: float = 0.0) -> torch.Tensor:
+def normalized_mse(teacher: torch.Tensor, student: torch.Tensor, hard_quantile: float = 0.0,
+                   world: int = 1) -> torch.Tensor:
     """STFPM's loss for one level: 1/(2HW) Σ_h Σ_w ‖f̂_t − f̂_s‖², f̂ = f/‖f‖ along channels (STFPM Eq. 1)."""
     t = F.normalize(teacher, dim=1, eps=EPS)
     s = F.normalize(student, dim=1, eps=EPS)
-    return hard_mean(0.5 * ((t - s) ** 2).sum(dim=1), hard_quantile)
+    return hard_mean(0.5 * ((t - s) ** 2).sum(dim=1), hard_quantile, world)
 
 
 class FeatureMatchingLoss(nn.Module):
-    """L = Σ_k [w_cc·CD_ch + w_cs·CD_sp + w_kc·KLD_ch + w_ks·KLD_sp + w_mse·MSE] (DCAM §3.2–3.3, Table 6: 1·CD_ch + 0.5·KLD_sp)."""
+    """L = Σ_k [w_cc·CD_ch + w_cs·CD_sp + w_kc·KLD_ch + w_ks·KLD_sp + w_mse·MSE] (DCAM §3.2–3.3).
+
+    DCAM Table 6's best: 1·CD_ch + 0.5·KLD_sp."""
 
     def __init__(self, channel_cosine: float = 1.0, spatial_cosine: float = 0.0, channel_kl: float = 0.0,
                  spatial_kl: float = 0.5, mse: float = 0.0, kl_reduction: str = "sum",
@@ -79,16 +113,20 @@ class FeatureMatchingLoss(nn.Module):
         self.kl_reduction = kl_reduction
         self.hard_quantile = hard_quantile
 
+    def _world(self) -> int:
+        """DDP processes sharing this training batch; 1 in eval mode (validation runs on one process only)."""
+        return global_batch_world() if self.training else 1
+
     def _term(self, name: str, teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
         if name == "channel_cosine":
-            return channel_cosine_distance(teacher, student, self.hard_quantile)
+            return channel_cosine_distance(teacher, student, self.hard_quantile, self._world())
         if name == "spatial_cosine":
             return spatial_cosine_distance(teacher, student)
         if name == "channel_kl":
             return channel_kl_divergence(teacher, student, self.kl_reduction)
         if name == "spatial_kl":
             return spatial_kl_divergence(teacher, student, self.kl_reduction)
-        return normalized_mse(teacher, student, self.hard_quantile)
+        return normalized_mse(teacher, student, self.hard_quantile, self._world())
 
     def forward(self, teacher_features: list[torch.Tensor], student_features: list[torch.Tensor]
                 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -97,7 +135,8 @@ class FeatureMatchingLoss(nn.Module):
         for name, weight in self.weights.items():
             if weight <= 0:
                 continue
-            term = sum(self._term(name, t.float(), s.float()) for t, s in zip(teacher_features, student_features))
+            term = level_sum(self._term(name, t.float(), s.float())
+                             for t, s in zip(teacher_features, student_features))
             parts[name] = float(term.detach())
             total = total + weight * term
         return total, parts

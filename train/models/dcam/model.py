@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ...backbones import build_backbone
+from ...backbones import FeatureExtractor, build_backbone
 from ...config import ModelConfig
 from ..base import DistillationModel
 from ..feature_transform import MatchedFeatureTransform
@@ -26,7 +26,7 @@ def select_levels(features: list[torch.Tensor], levels: tuple[int, ...]) -> list
     return features if len(levels) == len(features) else [features[i] for i in levels]
 
 
-def student_pyramid(student: nn.Module, images: torch.Tensor, teacher_features: list[torch.Tensor],
+def student_pyramid(student: FeatureExtractor, images: torch.Tensor, teacher_features: list[torch.Tensor],
                     shared_levels: int) -> list[torch.Tensor]:
     """The student's three maps; with shared levels the first ones are the teacher's and the student continues
     from the last shared map (backbones' forward_from)."""
@@ -36,7 +36,7 @@ def student_pyramid(student: nn.Module, images: torch.Tensor, teacher_features: 
     return [*shared, *student.forward_from(shared[-1], shared_levels - 1)]
 
 
-def matched_features(all_teacher: list[torch.Tensor], student: nn.Module, images: torch.Tensor,
+def matched_features(all_teacher: list[torch.Tensor], student: FeatureExtractor, images: torch.Tensor,
                      levels: tuple[int, ...], shared_levels: int, attention: nn.Module | None,
                      transform: MatchedFeatureTransform) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The teacher's and the (attention-refined) student's maps at the distilled levels, both through the same
@@ -51,7 +51,7 @@ def matched_features(all_teacher: list[torch.Tensor], student: nn.Module, images
 class FeaturePyramidInference(nn.Module):
     """Teacher + student (+ optional attention) + distance head as one module: x → (anomaly_map, score)."""
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, head: DistanceHead,
+    def __init__(self, teacher: nn.Module, student: FeatureExtractor, head: DistanceHead,
                  attention: nn.Module | None = None, levels: tuple[int, ...] = (0, 1, 2),
                  shared_levels: int = 0, transform: MatchedFeatureTransform | None = None) -> None:
         super().__init__()

@@ -18,8 +18,8 @@ from ...config import ModelConfig
 from ..base import DistillationModel
 from ..decoder import ReverseDecoder, decoder_spec
 from ..head import DistanceHead
-from ..rd.model import OneClassBottleneck
 from ..rd.loss import student_distance_maps, student_loss
+from ..rd.model import OneClassBottleneck
 
 SIGMA_FLOOR = 1e-6
 
@@ -49,8 +49,11 @@ class ScoreStandardizer(nn.Module):
     Bilinear up-sampling, the level sum, a normalised blur and the max all commute with x ↦ x/σ − c, so
     each level map is divided by its student's σ and the constant μ_loc/σ_loc + μ_glo/σ_glo is subtracted
     from one level. μ, σ are buffers (saved in checkpoints, constants in exported graphs); before
-    ``DualStudentModel.calibrate`` they are 0 and 1.
+    ``DualStudentModel.fit_normal_statistics`` they are 0 and 1.
     """
+
+    mean: torch.Tensor  # buffers (register_buffer): μ_loc, μ_glo and σ_loc, σ_glo
+    std: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -138,7 +141,7 @@ class DualStudentModel(DistillationModel):
         return plain(local_maps, images.shape[-2:])[0], plain(global_maps, images.shape[-2:])[0]
 
     @torch.no_grad()
-    def calibrate(self, normal_batches: Iterable[torch.Tensor]) -> None:
+    def fit_normal_statistics(self, normal_batches: Iterable[torch.Tensor]) -> None:
         """μ, σ of each student's map over all pixels of the normal (validation) images (Eq. 8)."""
         was_training = self.training
         self.eval()
@@ -155,11 +158,12 @@ class DualStudentModel(DistillationModel):
             count += images.shape[0] * images.shape[2] * images.shape[3]
         self.train(was_training)
         if count == 0:
-            raise ValueError("dskd calibration: the validation set yielded no images (μ, σ of Eq. 8 need normal images)")
+            raise ValueError("dskd normal statistics: the validation set yielded no images "
+                             "(μ, σ of Eq. 8 need normal images)")
         mean = sums / count
         std = torch.sqrt(torch.clamp(squares / count - mean * mean, min=0.0)).clamp_min(SIGMA_FLOOR)
         self.standardizer.mean.copy_(mean.to(self.standardizer.mean.dtype))
         self.standardizer.std.copy_(std.to(self.standardizer.std.dtype))
 
-    def inference_model(self) -> nn.Module:
+    def inference_model(self) -> DualStudentInference:
         return DualStudentInference(self.teacher, self.students, self.standardizer, self.head, self.cfg)

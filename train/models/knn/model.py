@@ -15,13 +15,14 @@ At inference the distance to every bank entry is a 1×1 convolution with the ban
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ...backbones import build_backbone
+from ...backbones import FeatureExtractor, build_backbone
 from ...config import ModelConfig
 from ..base import DistillationModel
 from ..feature_transform import local_average
@@ -35,7 +36,7 @@ CORESET_CANDIDATES_PER_ENTRY = 10
 class PatchFeatures(nn.Module):
     """Teacher levels → locally averaged, upsampled, concatenated patch features B×C×h×w (PatchCore Eq. 2)."""
 
-    def __init__(self, teacher: nn.Module, levels: tuple[int, ...], neighbourhood: int) -> None:
+    def __init__(self, teacher: FeatureExtractor, levels: tuple[int, ...], neighbourhood: int) -> None:
         super().__init__()
         self.teacher = teacher
         self.levels = tuple(levels)
@@ -65,6 +66,9 @@ def nearest_distance_map(patches: torch.Tensor, bank_weight: torch.Tensor, bank_
 
 class MemoryBankInference(nn.Module):
     """Patch features → nearest-bank distance → shared head: x → (anomaly_map, score)."""
+
+    bank_weight: torch.Tensor  # buffers (register_buffer)
+    bank_sq_norms: torch.Tensor
 
     def __init__(self, patch_features: PatchFeatures, bank: torch.Tensor, head: DistanceHead) -> None:
         super().__init__()
@@ -111,6 +115,7 @@ class MemoryBankModel(DistillationModel):
     """``--method knn``: a frozen teacher and a bank of normal patch features; fitted, not trained."""
 
     needs_gradient_training = False
+    bank: torch.Tensor  # a buffer (register_buffer): the fitted patch features, M×C
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -121,7 +126,7 @@ class MemoryBankModel(DistillationModel):
         self.register_buffer("bank", torch.zeros(0, self.patch_features.channels))
         self.head = DistanceHead(cfg.blur_sigma)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         bank = state_dict.get(prefix + "bank")
         if bank is not None:  # the bank's length is known only once fitted: take the checkpoint's
             self.bank = torch.zeros_like(bank, device=self.bank.device)

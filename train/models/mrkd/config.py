@@ -26,6 +26,8 @@ class MRKDOptions:
 
 
 # §4.2: Adam lr 1e-3 (its L2 regularisation has no stated coefficient: none here); σ = 4 as the RD family.
-SPEC = MethodSpec(name="mrkd", paper="Masked reverse distillation with SCSAtt", model="mrkd.model:MaskedReverseDistillationModel",
-                  paper_model=dict(blur_sigma=4.0), paper_train=dict(optimizer="adam", lr=0.001, epochs=200, batch_size=16),
+SPEC = MethodSpec(name="mrkd", paper="Masked reverse distillation with SCSAtt",
+                  model="mrkd.model:MaskedReverseDistillationModel",
+                  paper_model=dict(blur_sigma=4.0),
+                  paper_train=dict(optimizer="adam", lr=0.001, epochs=200, batch_size=16),
                   needs_all_levels=True)

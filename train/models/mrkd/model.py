@@ -12,8 +12,8 @@ from torch import nn
 
 from ...config import ModelConfig
 from ..decoder import DecoderSpec, init_rd_weights
-from ..rd.model import OneClassBottleneck, ReverseDistillationModel
 from ..rd.loss import multi_level_cosine_loss
+from ..rd.model import OneClassBottleneck, ReverseDistillationModel
 from .scsatt import SCSAtt
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dskd.config import STUDENT_LOSSES
-from ..head import EPS, channel_sum, cosine_distance_map
+from ..head import EPS, channel_sum, cosine_distance_map, level_sum
 from .config import LOSS_MODES
 
 
@@ -34,7 +34,7 @@ def cosine_loss(teacher: torch.Tensor, student: torch.Tensor, mode: str = "pixel
 def multi_level_cosine_loss(teacher_features: list[torch.Tensor], student_features: list[torch.Tensor],
                             mode: str = "pixel") -> torch.Tensor:
     """L_KD = Σ_k cosine_loss(f_t^k, f_s^k) over the three levels (RD Eq. 2)."""
-    return sum(cosine_loss(t, s, mode) for t, s in zip(teacher_features, student_features))
+    return level_sum(cosine_loss(t, s, mode) for t, s in zip(teacher_features, student_features))
 
 
 def _unit_vectors(features: torch.Tensor) -> torch.Tensor:
@@ -81,8 +81,8 @@ def contextual_affinity_loss(teacher_features: list[torch.Tensor], student_featu
     """L_glo = Σ_l 1/(h_l·w_l) Σ_i KL(P_T,i^l, P_S,i^l) (DSKD Eq. 7), averaged over the batch."""
     # Autocast would run the affinity matmuls in bf16/fp16, far too coarse for KL values of ~1e-3.
     with torch.autocast(device_type=teacher_features[0].device.type, enabled=False):
-        return sum(contextual_affinity_map(t.float(), s.float(), temperature).mean()
-                   for t, s in zip(teacher_features, student_features))
+        return level_sum(contextual_affinity_map(t.float(), s.float(), temperature).mean()
+                         for t, s in zip(teacher_features, student_features))
 
 
 def student_distance_maps(teacher_features: list[torch.Tensor], student_features: list[torch.Tensor],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...backbones import build_backbone
+from ...backbones import FeatureExtractor, build_backbone
 from ...backbones.resnet import conv1x1, conv3x3
 from ...config import ModelConfig
 from ..base import DistillationModel
@@ -92,6 +92,8 @@ class ReverseDistillationInference(nn.Module):
 
 class ReverseDistillationModel(DistillationModel):
     """RD: E (frozen, pretrained) → OCBE → D; L = Σ_k 1/(h_k w_k) Σ (1 − cos(f_E^k, f_D^k)) (RD Eq. 1–2)."""
+
+    teacher: FeatureExtractor
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
