@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 from edge.cliconfig import ConfigCli, run_cli
 
-from .config import AccuracyGuardError, ExportConfig
+from .config import ExportConfig
+from .pipeline import AccuracyGuardError
 
 CLI = ConfigCli(ExportConfig, "dcam-export", __doc__.split("\n\n")[0])
 

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edge.accuracy import GuardLimits
 from edge.cliconfig import option
@@ -25,9 +25,6 @@ from edge.formats import (
     get_format,
 )
 
-if TYPE_CHECKING:
-    from .pipeline import ExportResult
-
 FORMATS = FORMAT_NAMES
 THRESHOLD_MODES = ("fpr", "f1")
 # Architecture-independent stem of every exported file (contract: dcam.onnx, dcam.int8.onnx, ...).
@@ -39,12 +36,6 @@ RECOMMENDED_CALIB_SAMPLES = 300
 
 class ExportError(ValueError):
     """Bad export input or a failed conversion; the message names the file/option and what was expected."""
-
-
-class AccuracyGuardError(RuntimeError):
-    """An int8 file lost more accuracy than the guard allows (and --allow-accuracy-drop was not given)."""
-
-    result: ExportResult | None = None  # what was written before the guard failed (set by export.pipeline)
 
 
 def require(module: str, purpose: str) -> ModuleType:

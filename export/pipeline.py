@@ -17,7 +17,7 @@ from edge.formats import FORMAT_NAMES, PRECISIONS, get_format, model_filename
 from edge.manifest import forget_entry
 from train.models import method_spec
 
-from .config import MODEL_STEM, AccuracyGuardError, ExportConfig, ExportError, require
+from .config import MODEL_STEM, ExportConfig, ExportError, require
 from .datasets import CalibrationWarning, ExportData, load_export_data
 from .graph import FusedGraph, load_fused_graph
 from .guard import PARITY_ATOL, Outputs, file_accuracy, guard_violations, load_file_engine, score_outputs, split_metrics
@@ -25,6 +25,11 @@ from .manifest_writer import build_manifest, write_file_manifest
 from .thresholds import file_thresholds
 from .writers import WriteJob, Written
 
+
+class AccuracyGuardError(RuntimeError):
+    """An int8 file lost more accuracy than the guard allows (and --allow-accuracy-drop was not given)."""
+
+    result: ExportResult | None = None  # what was written before the guard failed
 
 @dataclass
 class ExportedFile:

@@ -9,16 +9,15 @@ from typing import TYPE_CHECKING
 # isort: off
 from . import dcam, rd, dskd, mrkd, knn  # noqa: F401  (registration order = the order of METHODS)
 # isort: on
-from .registry import METHOD_REGISTRY, MethodSpec, method_spec, register_method
+from .registry import METHOD_REGISTRY, MethodConfig, MethodSpec, method_spec, register_method
 
 if TYPE_CHECKING:
-    from ..config import ModelConfig
     from .base import DistillationModel
 
 METHODS: tuple[str, ...] = tuple(METHOD_REGISTRY)
 
 
-def build_model(cfg: ModelConfig) -> DistillationModel:
+def build_model(cfg: MethodConfig) -> DistillationModel:
     """The method's model for a configuration (its module is imported here, not at configuration time)."""
     return method_spec(cfg.method).model_class()(cfg)
 

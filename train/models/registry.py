@@ -9,7 +9,7 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,12 @@ class MethodSpec:
     def model_class(self) -> type:
         module_name, _, class_name = self.model.partition(":")
         return getattr(importlib.import_module(f"train.models.{module_name}"), class_name)
+
+
+class MethodConfig(Protocol):
+    """What building a model needs to know of its configuration here: the method (train.config.ModelConfig)."""
+
+    method: str
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
