@@ -303,6 +303,9 @@ def test_standardised_dcam_fits_statistics_before_training_and_exports_them_in_i
         anomaly_map, _ = inference(images)
     assert torch.allclose(anomaly_map, expected, atol=1e-4)
     assert "feature_transform.mean_1" in model.state_dict()
+    # Without standardisation the transform has no state: checkpoints of earlier runs still load strictly.
+    plain = build_model(ModelConfig(method="dcam", backbone="efficientnet_lite0", pretrained=False))
+    assert not any(k.startswith("feature_transform.") for k in plain.state_dict())
 
 
 def test_hard_feature_loss_averages_only_the_worst_positions() -> None:

@@ -31,7 +31,8 @@ class MatchedFeatureTransform(nn.Module):
         super().__init__()
         self.standardize = bool(standardize)
         self.neighbourhood = int(neighbourhood)
-        for k, c in enumerate(channels):
+        # Only a standardising transform has state: runs trained without it keep their checkpoint keys.
+        for k, c in enumerate(channels if self.standardize else []):
             self.register_buffer(f"mean_{k}", torch.zeros(1, c, 1, 1))
             self.register_buffer(f"std_{k}", torch.ones(1, c, 1, 1))
 
