@@ -152,8 +152,9 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {"categories": categories, "mean": mean, "train_seconds": sum(r["train_seconds"] for r in results)}
 
 
-def run_benchmark(bench: QualityBenchConfig) -> dict[str, Any]:
-    configs = load_configs(bench.configs, bench.config_names)
+def run_benchmark(bench: QualityBenchConfig, configs: Sequence[QualityConfig] | None = None) -> dict[str, Any]:
+    """Every configuration × data set × budget; ``configs`` replaces the --configs file (dcam-ablate's rows)."""
+    configs = list(configs) if configs is not None else load_configs(bench.configs, bench.config_names)
     datasets = [Path(d) for d in bench.data]
     for d in datasets:
         if not d.is_dir():

@@ -149,7 +149,7 @@ def run_accuracy(job: dict[str, Any]) -> dict[str, Any]:
             amap, score = run(preprocess_rgb(rgb, spec)[None])
             maps.append(amap[0, 0])
             scores.append(float(score[0]))
-            masks.append(load_mask(s["mask"], rgb.shape[:2], spec.image_size) if s["mask"]
+            masks.append(load_mask(s["mask"], rgb.shape[:2], spec.image_size, spec.fit) if s["mask"]
                          else np.zeros((spec.image_size, spec.image_size), np.uint8))
             labels.append(int(s["label"]))
             progress()

@@ -9,19 +9,21 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .preprocess import map_to_frame
+
 
 def overlay_heatmap(frame_bgr: np.ndarray, anomaly_map: np.ndarray, threshold: float | None = None,
-                    score: float | None = None, alpha: float = 0.45) -> np.ndarray:
+                    score: float | None = None, alpha: float = 0.45, fit: str = "stretch") -> np.ndarray:
     """Blend a JET heat map of ``anomaly_map`` (S×S, any leading 1-dims) onto ``frame_bgr`` (H×W×3 uint8).
 
-    The map is resized to the frame (the model saw the frame squashed to S×S, so stretching
-    the map back is the exact inverse).  Returns a new H×W×3 uint8 image.
+    The map is put back onto the frame through the inverse of the model's fit policy (edge.preprocess.map_to_frame:
+    stretched back, or only the letterboxed content, or into the centre crop). Returns a new H×W×3 uint8 image.
     """
     amap: np.ndarray = np.asarray(anomaly_map, dtype=np.float32).squeeze()
     if amap.ndim != 2:
         raise ValueError(f"anomaly map must be 2-D after squeezing, got shape {np.shape(anomaly_map)}")
     h, w = frame_bgr.shape[:2]
-    amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
+    amap = map_to_frame(amap, (h, w), fit)
     finite_max = float(np.nanmax(amap)) if np.isfinite(amap).any() else 1.0
     vmax = 2.0 * threshold if threshold and threshold > 0 else max(finite_max, 1e-12)
     norm = np.clip(np.nan_to_num(amap / vmax), 0.0, 1.0)

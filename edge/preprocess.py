@@ -23,6 +23,10 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
 # "area": cv2.INTER_AREA along an axis that shrinks (antialiased: a thin scratch survives a 4× reduction),
 # bilinear along one that grows; "linear": bilinear both ways (runs made before the resize policy existed).
 RESIZE_METHODS = ("area", "linear")
+# How a non-square image becomes the square model input: "stretch" (squash, every pixel kept), "letterbox"
+# (keep the aspect ratio, pad with the normalisation mean, which the model sees as 0) or "center-crop" (keep the
+# aspect ratio, drop the sides of the longer axis). Grey images are replicated to three channels in every case.
+FITS = ("stretch", "letterbox", "center-crop")
 
 
 class ImageReadError(ValueError):
@@ -37,28 +41,81 @@ class PreprocessSpec:
     mean: tuple[float, float, float] = NORMALIZATIONS["imagenet"][0]
     std: tuple[float, float, float] = NORMALIZATIONS["imagenet"][1]
     resize: str = "area"
+    fit: str = "stretch"
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_METHODS:
             raise ValueError(f"resize: expected one of {', '.join(RESIZE_METHODS)}, got {self.resize!r}")
+        if self.fit not in FITS:
+            raise ValueError(f"fit: expected one of {', '.join(FITS)}, got {self.fit!r}")
 
     @classmethod
-    def for_normalization(cls, name: str, image_size: int = 256, resize: str = "area") -> PreprocessSpec:
+    def for_normalization(cls, name: str, image_size: int = 256, resize: str = "area",
+                          fit: str = "stretch") -> PreprocessSpec:
         if name not in NORMALIZATIONS:
             raise ValueError(f"unknown normalisation {name!r}; expected one of {sorted(NORMALIZATIONS)}")
         mean, std = NORMALIZATIONS[name]
-        return cls(image_size=image_size, mean=mean, std=std, resize=resize)
+        return cls(image_size=image_size, mean=mean, std=std, resize=resize, fit=fit)
+
+    @property
+    def pad_rgb(self) -> tuple[int, int, int]:
+        """The letterbox border: the normalisation mean as uint8 RGB (≈ 0 after normalising)."""
+        r, g, b = (int(round(m * 255.0)) for m in self.mean)
+        return r, g, b
 
     def to_dict(self) -> dict[str, Any]:
         return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-                "layout": "NCHW", "dtype": "float32", "color": "RGB", "resize": self.resize}
+                "layout": "NCHW", "dtype": "float32", "color": "RGB", "resize": self.resize, "fit": self.fit}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
-        # Manifests written before the resize policy say "cv2.INTER_LINEAR" (or nothing): bilinear.
+        # Manifests written before the resize policy say "cv2.INTER_LINEAR" (or nothing): bilinear; before the fit
+        # policy every image was stretched.
         resize = d.get("resize", "linear")
         return cls(image_size=int(d["image_size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
-                   resize="linear" if resize == "cv2.INTER_LINEAR" else resize)
+                   resize="linear" if resize == "cv2.INTER_LINEAR" else resize, fit=d.get("fit", "stretch"))
+
+
+@dataclass(frozen=True)
+class FitGeometry:
+    """Where the model input comes from: the source rows/columns used (``crop``: y0, y1, x0, x1), the size they are
+    resized to (``content``: h, w) and where that lands in the S×S input (``offset``: y, x)."""
+
+    crop: tuple[int, int, int, int]
+    content: tuple[int, int]
+    offset: tuple[int, int]
+
+
+def fit_geometry(height: int, width: int, image_size: int, fit: str = "stretch") -> FitGeometry:
+    """The geometry of FITS' policy for an height×width image; a square image maps onto the input whole."""
+    s = image_size
+    if fit == "center-crop":
+        side = min(height, width)
+        y0, x0 = (height - side) // 2, (width - side) // 2
+        return FitGeometry((y0, y0 + side, x0, x0 + side), (s, s), (0, 0))
+    if fit == "letterbox":
+        scale = s / max(height, width)
+        h, w = min(s, max(1, round(height * scale))), min(s, max(1, round(width * scale)))
+        return FitGeometry((0, height, 0, width), (h, w), ((s - h) // 2, (s - w) // 2))
+    if fit != "stretch":
+        raise ValueError(f"fit: expected one of {', '.join(FITS)}, got {fit!r}")
+    return FitGeometry((0, height, 0, width), (s, s), (0, 0))
+
+
+def map_to_frame(anomaly_map: np.ndarray, frame_hw: tuple[int, int], fit: str = "stretch") -> np.ndarray:
+    """The S×S anomaly map back onto the frame's pixels (the inverse of fit_geometry); pixels the model did not
+    see (cropped sides) are 0."""
+    s = anomaly_map.shape[0]
+    height, width = frame_hw
+    g = fit_geometry(height, width, s, fit)
+    (oy, ox), (h, w) = g.offset, g.content
+    content = np.ascontiguousarray(anomaly_map[oy:oy + h, ox:ox + w], dtype=np.float32)
+    y0, y1, x0, x1 = g.crop
+    if (y0, y1, x0, x1) == (0, height, 0, width):
+        return cv2.resize(content, (width, height), interpolation=cv2.INTER_LINEAR)
+    out = np.zeros((height, width), np.float32)
+    out[y0:y1, x0:x1] = cv2.resize(content, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    return out
 
 
 def _read_file(path: str | Path, flags: int, what: str) -> np.ndarray:
@@ -86,21 +143,41 @@ def bgr_to_rgb(frame_bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
 
 
-def resize_rgb(rgb: np.ndarray, image_size: int, method: str = "area") -> np.ndarray:
-    """Resize to image_size × image_size (square, as the model was trained); method: see RESIZE_METHODS."""
-    height, width = rgb.shape[:2]
-    if height == image_size and width == image_size:
-        return rgb
-    if method == "linear" or (height <= image_size and width <= image_size):
-        return cv2.resize(rgb, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
-    if height >= image_size and width >= image_size:
-        return cv2.resize(rgb, (image_size, image_size), interpolation=cv2.INTER_AREA)
+def _resize_to(image: np.ndarray, height: int, width: int, method: str) -> np.ndarray:
+    """Resize to height × width; "area" antialiases an axis that shrinks (RESIZE_METHODS)."""
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image
+    if method == "linear" or (h <= height and w <= width):
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    if h >= height and w >= width:
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
     # One axis shrinks, the other grows: area-average the shrinking axis first, then stretch the other.
-    if height > image_size:
-        return cv2.resize(cv2.resize(rgb, (width, image_size), interpolation=cv2.INTER_AREA),
-                          (image_size, image_size), interpolation=cv2.INTER_LINEAR)
-    return cv2.resize(cv2.resize(rgb, (image_size, height), interpolation=cv2.INTER_AREA),
-                      (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+    if h > height:
+        return cv2.resize(cv2.resize(image, (w, height), interpolation=cv2.INTER_AREA), (width, height),
+                          interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(cv2.resize(image, (width, h), interpolation=cv2.INTER_AREA), (width, height),
+                      interpolation=cv2.INTER_LINEAR)
+
+
+def resize_rgb(rgb: np.ndarray, image_size: int, method: str = "area", fit: str = "stretch",
+               pad_rgb: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """The image_size × image_size model view of an RGB image: FITS' geometry, then RESIZE_METHODS' resize."""
+    g = fit_geometry(rgb.shape[0], rgb.shape[1], image_size, fit)
+    y0, y1, x0, x1 = g.crop
+    content = _resize_to(rgb[y0:y1, x0:x1], *g.content, method)
+    if g.content == (image_size, image_size):
+        return content
+    out = np.empty((image_size, image_size, 3), np.uint8)
+    out[...] = np.asarray(pad_rgb, np.uint8)
+    (oy, ox), (h, w) = g.offset, g.content
+    out[oy:oy + h, ox:ox + w] = content
+    return out
+
+
+def fit_image(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """uint8 RGB of any size → uint8 S×S×3 RGB, as the spec says (fit, resize, letterbox border)."""
+    return resize_rgb(rgb, spec.image_size, spec.resize, spec.fit, spec.pad_rgb)
 
 
 def normalize(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -114,7 +191,7 @@ def preprocess_rgb(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """uint8 RGB image of any size → float32 3×S×S model input."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {rgb.shape} dtype {rgb.dtype}")
-    return normalize(resize_rgb(rgb, spec.image_size, spec.resize), spec)
+    return normalize(fit_image(rgb, spec), spec)
 
 
 def load_image(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
@@ -122,8 +199,9 @@ def load_image(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
     return preprocess_rgb(decode_image(path), spec)
 
 
-def load_mask(path: str | Path, expected_hw: tuple[int, int], image_size: int) -> np.ndarray:
-    """Ground-truth mask file → uint8 {0,1} S×S, nearest-neighbour resized.
+def load_mask(path: str | Path, expected_hw: tuple[int, int], image_size: int, fit: str = "stretch") -> np.ndarray:
+    """Ground-truth mask file → uint8 {0,1} S×S through the image's geometry (``fit``), nearest-neighbour resized;
+    a letterbox border is 0 (normal).
 
     The mask must have the same height and width as its image (MVTec convention);
     anything else is an error naming the file.
@@ -132,5 +210,9 @@ def load_mask(path: str | Path, expected_hw: tuple[int, int], image_size: int) -
     if tuple(mask.shape[:2]) != tuple(expected_hw):
         raise ImageReadError(
             f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {expected_hw[1]}x{expected_hw[0]}")
-    mask = cv2.resize(mask, (image_size, image_size), interpolation=cv2.INTER_NEAREST)
-    return (mask > 127).astype(np.uint8)
+    g = fit_geometry(mask.shape[0], mask.shape[1], image_size, fit)
+    y0, y1, x0, x1 = g.crop
+    (oy, ox), (h, w) = g.offset, g.content
+    out = np.zeros((image_size, image_size), np.uint8)
+    out[oy:oy + h, ox:ox + w] = cv2.resize(mask[y0:y1, x0:x1], (w, h), interpolation=cv2.INTER_NEAREST) > 127
+    return out

@@ -95,8 +95,10 @@ class Publisher:
     """
 
     def __init__(self, config: RunConfig, metrics: RuntimeCounters, *, threshold: float, identity: RunIdentity,
-                 corrupt: CorruptFiles, out: IO[str] | None = None, sinks: list[Any] | None = None) -> None:
+                 corrupt: CorruptFiles, out: IO[str] | None = None, sinks: list[Any] | None = None,
+                 fit: str = "stretch") -> None:
         self.config, self.metrics, self.threshold, self.identity = config, metrics, threshold, identity
+        self.fit = fit  # the model's fit policy: how its map lies on the frame (overlays)
         self.corrupt = corrupt
         self._injected_out, self._injected_sinks = out, sinks
         self.out: IO[str] = sys.stdout
@@ -176,7 +178,7 @@ class Publisher:
         now = time.monotonic()
         if not is_event and (self.status is None or now - self._last_overlay < self.config.overlay_interval):
             return None, None
-        overlay = overlay_heatmap(frame.bgr, anomaly_map, self.threshold, score)
+        overlay = overlay_heatmap(frame.bgr, anomaly_map, self.threshold, score, fit=self.fit)
         jpeg = encode_jpeg(overlay)
         self.metrics.set_latest_jpeg(jpeg)
         self._last_overlay = now

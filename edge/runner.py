@@ -115,7 +115,8 @@ def run(config: RunConfig, *, stop_event: threading.Event | None = None, raw_sou
     _announce(config, engine, metrics, threshold, source_desc)
     heartbeat = Heartbeat(notifier or SystemdNotifier(), source, metrics, config.source.stall_timeout)
     publisher = Publisher(config, metrics, threshold=threshold, corrupt=corrupt, out=out, sinks=sinks,
-                          identity=RunIdentity(str(config.model), dec.category, source_desc))
+                          identity=RunIdentity(str(config.model), dec.category, source_desc),
+                          fit=manifest.preprocess_spec().fit)
     tally = RunTally()
     inspect = _Inspection(engine, manifest, decider, metrics, heartbeat, publisher, tally)
     t_start = time.monotonic()

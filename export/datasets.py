@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edge.preprocess import ImageReadError, PreprocessSpec, decode_image, load_mask, preprocess_rgb, resize_rgb
+from edge.preprocess import ImageReadError, PreprocessSpec, decode_image, fit_image, load_mask, preprocess_rgb
 
 from .config import RECOMMENDED_CALIB_SAMPLES, ExportError
 
@@ -66,20 +66,20 @@ class ExportData:
     sources: dict[str, Any] = field(default_factory=dict)
 
 
-def load_image_set(paths: Sequence[Path], categories: Sequence[str], labels: Sequence[int], image_size: int,
+def load_image_set(paths: Sequence[Path], categories: Sequence[str], labels: Sequence[int], spec: PreprocessSpec,
                    mask_paths: Sequence[Path | None] | None = None, desc: str = "images",
-                   progress: bool = True, resize: str = "area") -> ImageSet:
-    """Decode and resize images (and masks) with edge.preprocess; ExportError naming a bad file."""
-    s = image_size
+                   progress: bool = True) -> ImageSet:
+    """Decode and fit images (and masks) to the spec with edge.preprocess; ExportError naming a bad file."""
+    s = spec.image_size
     rgb = np.empty((len(paths), s, s, 3), np.uint8)
     masks = np.zeros((len(paths), s, s), np.uint8) if mask_paths is not None else None
     for i, path in enumerate(tqdm(paths, desc=desc, unit="img", leave=False, disable=not progress)):
         try:
             image = decode_image(path)
-            rgb[i] = resize_rgb(image, s, resize)
+            rgb[i] = fit_image(image, spec)
             mask_path = mask_paths[i] if mask_paths is not None else None
             if masks is not None and mask_path is not None:
-                masks[i] = load_mask(mask_path, image.shape[:2], s)
+                masks[i] = load_mask(mask_path, image.shape[:2], s, spec.fit)
         except ImageReadError as exc:
             raise ExportError(str(exc)) from None
     return ImageSet(rgb, [str(p) for p in paths], [str(c) for c in categories], np.asarray(labels, np.int64), masks)
@@ -161,13 +161,13 @@ def _select_normals(cfg: Any, categories: Sequence[str], calib_data: str | None,
     return calib_items, val_items, sources
 
 
-def _load_normals(items: list[Item], image_size: int, desc: str, progress: bool, resize: str) -> ImageSet:
-    return load_image_set([p for p, _ in items], [c for _, c in items], [0] * len(items), image_size,
-                          desc=desc, progress=progress, resize=resize)
+def _load_normals(items: list[Item], spec: PreprocessSpec, desc: str, progress: bool) -> ImageSet:
+    return load_image_set([p for p, _ in items], [c for _, c in items], [0] * len(items), spec, desc=desc,
+                          progress=progress)
 
 
-def _load_test_set(cfg: Any, categories: Sequence[str], image_size: int, progress: bool,
-                   resize: str) -> tuple[ImageSet | None, str | None]:
+def _load_test_set(cfg: Any, categories: Sequence[str], spec: PreprocessSpec,
+                   progress: bool) -> tuple[ImageSet | None, str | None]:
     """The run's labelled test split and its description, or (None, None) when the dataset has none here."""
     from train.data.mvtec import MVTecLayoutError, list_test_samples
 
@@ -181,22 +181,21 @@ def _load_test_set(cfg: Any, categories: Sequence[str], image_size: int, progres
     # Image-level labels only (no mask for some anomalous image): no pixel metrics.
     masks = [s.mask_path for s in samples] if all(s.mask_path for s in samples if s.label) else None
     test = load_image_set([s.path for s in samples], [s.category for s in samples], [s.label for s in samples],
-                          image_size, desc="test images", mask_paths=masks, progress=progress, resize=resize)
+                          spec, desc="test images", mask_paths=masks, progress=progress)
     return test, f"{cfg.data}: test split ({len(samples)} images)"
 
 
-def load_export_data(cfg: Any, categories: Sequence[str], image_size: int, calib_data: str | None = None,
+def load_export_data(cfg: Any, categories: Sequence[str], spec: PreprocessSpec, calib_data: str | None = None,
                      calib_samples: int = RECOMMENDED_CALIB_SAMPLES, seed: int = 0,
                      progress: bool = True) -> ExportData:
-    """Calibration, validation and test images for a run (``cfg``: its TrainConfig)."""
+    """Calibration, validation and test images for a run (``cfg``: its TrainConfig), fitted as ``spec`` says."""
     calib_items, val_items, sources = _select_normals(cfg, categories, calib_data, seed)
     calib_items = _subset(calib_items, calib_samples, seed)
     if len(calib_items) < RECOMMENDED_CALIB_SAMPLES:
         warnings.warn(f"int8 calibration uses {len(calib_items)} normal images (< {RECOMMENDED_CALIB_SAMPLES} "
                       f"recommended); activation ranges may be unrepresentative", CalibrationWarning, stacklevel=2)
     sources["calibration_images"] = len(calib_items)
-    resize = getattr(cfg, "resize", "area")  # the run's resize policy (runs saved before it: "linear")
-    calibration = _load_normals(calib_items, image_size, "calibration images", progress, resize)
-    validation = _load_normals(val_items, image_size, "validation normals", progress, resize)
-    test, sources["test"] = _load_test_set(cfg, categories, image_size, progress, resize)
+    calibration = _load_normals(calib_items, spec, "calibration images", progress)
+    validation = _load_normals(val_items, spec, "validation normals", progress)
+    test, sources["test"] = _load_test_set(cfg, categories, spec, progress)
     return ExportData(calibration, validation, test, sources)

@@ -180,7 +180,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         bar.set_postfix_str("loading images")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", CalibrationWarning)
-            data = load_export_data(train_cfg, graph.info["categories"], graph.image_size, cfg.calib_data,
+            data = load_export_data(train_cfg, graph.info["categories"], graph.spec, cfg.calib_data,
                                     cfg.calib_samples if "int8" in cfg.precisions else 1, cfg.seed, cfg.progress)
         for w in caught:
             if any(p == "int8" for _, p in plan) and issubclass(w.category, CalibrationWarning):

@@ -40,6 +40,13 @@ TORCHVISION_KEYS = {
         "fc.weight": (1000, 512),
         "fc.bias": (1000,),
     },
+    "resnet50": {
+        "layer1.0.conv1.weight": (64, 64, 1, 1),
+        "layer1.0.conv3.weight": (256, 64, 1, 1),
+        "layer3.5.conv2.weight": (256, 256, 3, 3),
+        "layer4.2.bn3.weight": (2048,),
+        "fc.weight": (1000, 2048),
+    },
     "wide_resnet50_2": {
         "conv1.weight": (64, 3, 7, 7),
         "layer1.0.conv1.weight": (128, 64, 1, 1),
@@ -52,8 +59,9 @@ TORCHVISION_KEYS = {
     },
 }
 # torchvision's documented sizes: state-dict entries and parameter counts (weights metadata "num_params").
-TORCHVISION_SIZES = {"resnet18": (122, 11_689_512), "wide_resnet50_2": (320, 68_883_240)}
-EXPECTED_CHANNELS = {"resnet18": [64, 128, 256], "wide_resnet50_2": [256, 512, 1024],
+TORCHVISION_SIZES = {"resnet18": (122, 11_689_512), "resnet50": (320, 25_557_032),
+                     "wide_resnet50_2": (320, 68_883_240)}
+EXPECTED_CHANNELS = {"resnet18": [64, 128, 256], "resnet50": [256, 512, 1024], "wide_resnet50_2": [256, 512, 1024],
                      "efficientnet_lite0": [24, 40, 112]}
 ESPRESSO = 967
 CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -134,7 +142,7 @@ def test_lite0_taps_are_last_blocks_at_strides_4_8_16(lite0: torch.nn.Module) ->
         torch.testing.assert_close(f, outputs[i], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "wide_resnet50_2"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "wide_resnet50_2"])
 def test_resnet_state_dict_has_torchvision_names_and_shapes(name: str) -> None:
     state = build_classifier(name, pretrained=False).state_dict()
     for key, shape in TORCHVISION_KEYS[name].items():
@@ -145,7 +153,7 @@ def test_resnet_state_dict_has_torchvision_names_and_shapes(name: str) -> None:
                                                                        "num_batches_tracked"))) == n_params
 
 
-@pytest.mark.parametrize("name", ["resnet18", "wide_resnet50_2", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "wide_resnet50_2", "efficientnet_lite0"])
 def test_features_have_strides_4_8_16_and_channels(name: str) -> None:
     torch.manual_seed(0)
     student = build_backbone(name, pretrained=False).eval()

@@ -113,8 +113,8 @@ def test_run_cli_prints_one_error_line_and_returns_2(capsys) -> None:
 # ---- every console script -------------------------------------------------------------------------
 def _script(name: str) -> tuple[ConfigCli, Callable[[list[str]], int]]:
     """(its ConfigCli, its main) of a console script."""
+    from bench import ablate, quality
     from bench import cli as bench_cli
-    from bench import quality
     from edge import cli as edge_cli
     from edge.config import CalibrateConfig, RunConfig, config_cli
     from export import cli as export_cli
@@ -124,7 +124,8 @@ def _script(name: str) -> tuple[ConfigCli, Callable[[list[str]], int]]:
             "dcam-demo": (demo.CLI, demo.main), "dcam-export": (export_cli.CLI, export_cli.main),
             "edge-run": (config_cli(RunConfig, "edge-run"), edge_cli.run_main),
             "edge-calibrate": (config_cli(CalibrateConfig, "edge-calibrate"), edge_cli.calibrate_main),
-            "bench-latency": (bench_cli.CLI, bench_cli.main), "bench-quality": (quality.CLI, quality.main)}[name]
+            "bench-latency": (bench_cli.CLI, bench_cli.main), "bench-quality": (quality.CLI, quality.main),
+            "dcam-ablate": (ablate.CLI, ablate.main)}[name]
 
 
 # script: (flags, the same as a TOML file, a flag overriding the file, check of the override,
@@ -244,6 +245,16 @@ SCRIPTS: dict[str, tuple[list[str], str, list[str], Callable[[Any], bool], str, 
         """,
         ["--epochs", "20"], lambda c: c.epochs == (20,) and c.data == ["a", "b"],
         "per_category = 'yes'", "per_category: expected true or false, got 'yes'"),
+    "dcam-ablate": (
+        ["--table", "dcam-4", "--data", "a", "--epochs", "3", "--extra", "--lr", "0.1"],
+        """
+        table = "dcam-4"
+        data = "a"
+        epochs = 3
+        extra = ["--lr", "0.1"]
+        """,
+        ["--epochs", "5"], lambda c: c.epochs == 5 and c.table == "dcam-4",
+        "epochs = 'three'", "epochs: expected an integer, got 'three'"),
 }
 
 

@@ -165,6 +165,24 @@ def test_head_with_blur_is_upsample_sum_then_scipy_blur():
     np.testing.assert_allclose(score.numpy(), expected.reshape(2, -1).max(1), atol=1e-6)
 
 
+@pytest.mark.parametrize("sigma", [0.0, 2.0])
+def test_product_fusion_is_stfpms_product_of_upsampled_maps_then_scipy_blur(sigma: float) -> None:
+    levels = [torch.rand(2, 1, n, n) + 0.1 for n in (16, 8, 4)]
+    amap, score = DistanceHead(sigma, fusion="product")(levels, (48, 48))
+    product = np.prod([F.interpolate(d.double(), size=(48, 48), mode="bilinear", align_corners=False).numpy()
+                       for d in levels], axis=0)[:, 0]
+    expected = (np.stack([ndimage.gaussian_filter(m, sigma=sigma, mode="mirror", truncate=4.0) for m in product])
+                if sigma else product)
+    np.testing.assert_allclose(amap[:, 0].numpy(), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(score.numpy(), expected.reshape(2, -1).max(1), rtol=1e-5)
+    # STFPM's paper preset fuses by product; runs saved before the option summed and still do.
+    assert ModelConfig(method="stfpm", preset="paper").level_fusion == "product"
+    assert ModelConfig(method="dcam", preset="paper").level_fusion == "sum"
+    assert TrainConfig.from_dict({"model": {"method": "stfpm"}}).model.level_fusion == "sum"
+    with pytest.raises(ValueError, match="--level-fusion"):
+        ModelConfig(method="stfpm", level_fusion="max")
+
+
 def test_channel_sum_is_sum_over_channels():
     x = torch.randn(3, 5, 4, 6)
     np.testing.assert_allclose(channel_sum(x).numpy(), x.sum(1, keepdim=True).numpy(), atol=1e-6)
@@ -317,3 +335,100 @@ def test_hard_feature_loss_averages_only_the_worst_positions() -> None:
         ModelConfig(method="dcam", loss_hard_quantile=1.0)
     with pytest.raises(ValueError, match="--feature-neighbourhood"):
         ModelConfig(method="dcam", feature_neighbourhood=2)
+
+
+def test_level_normalised_head_weights_each_level_by_its_normal_spread_and_exports_the_weights() -> None:
+    cfg = ModelConfig(method="dcam", backbone="efficientnet_lite0", pretrained=False, level_normalize=True)
+    model = build_model(cfg).eval()
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        model.fit_normal_statistics(iter([images[:2], images[2:]]))
+        inference = model.inference_model()
+        distances = inference.level_distances(images)
+        # Independent: numpy quantiles of each level's pooled distances.
+        expected_weights = [1.0 / float(np.diff(np.quantile(d.numpy().ravel(), [0.9, 0.995]))[0]) for d in distances]
+        assert np.allclose(model.head.level_weights.numpy(), expected_weights, rtol=1e-3)
+        weighted, _ = inference(images)
+        plain, _ = DistanceHead(cfg.blur_sigma)([d * w for d, w in zip(distances, expected_weights)],
+                                                images.shape[-2:])
+    assert torch.allclose(weighted, plain, rtol=1e-3, atol=1e-5)
+    assert "head.level_weights" in model.state_dict()
+    # Off (every earlier run): no buffer, so their checkpoints still load strictly.
+    unweighted = build_model(ModelConfig(method="dcam", backbone="efficientnet_lite0", pretrained=False))
+    assert "head.level_weights" not in unweighted.state_dict()
+
+
+def test_augmentation_draws_symmetries_of_the_square_reproducibly() -> None:
+    from train.augment import augment_batch, augment_generator
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4).repeat(8, 1, 1, 1)
+    out = augment_batch(images, "dihedral", augment_generator(0, 0, 1, 5))
+    again = augment_batch(images, "dihedral", augment_generator(0, 0, 1, 5))
+    assert torch.equal(out, again)
+    symmetries = [images[0].rot90(k, (-2, -1)) for k in range(4)]
+    symmetries += [s.flip(-1) for s in symmetries]
+    for image in out[::2]:
+        assert any(torch.equal(image, s) for s in symmetries)
+    assert len({tuple(image.flatten().tolist()) for image in out[::2]}) > 1  # not one fixed transform
+    flips = augment_batch(images, "flip", augment_generator(0, 0, 1, 5))
+    assert all(any(torch.equal(image, s) for s in (images[0], images[0].flip(-1), images[0].flip(-2),
+                                                   images[0].flip(-1).flip(-2))) for image in flips[::2])
+    assert torch.equal(augment_batch(images, "none", augment_generator(0, 0, 0, 0)), images)
+
+
+@pytest.mark.parametrize("table", sorted(__import__("train.models.dcam.tables", fromlist=["x"]).PAPER_TABLES))
+def test_every_attention_of_a_paper_table_row_receives_gradient_under_that_rows_loss(table: str) -> None:
+    from train.models.dcam.tables import PAPER_TABLES
+    rows = PAPER_TABLES[table]
+    configs = [config_from_args(build_parser().parse_args(["--data", "x", "--backbone", "efficientnet_lite0",
+                                                           "--no-pretrained", *row.args])).model for row in rows]
+    assert len({json_key(c) for c in configs}) == len(rows)  # every row a distinct experiment
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64)
+    for row, cfg in zip(rows, configs):
+        model = build_model(cfg)
+        loss, _ = model.compute_loss(images)
+        loss.backward()
+        if cfg.attention == "none":
+            assert model.attention is None, row.label
+            continue
+        for name, parameter in model.attention.named_parameters():
+            assert parameter.grad is not None and float(parameter.grad.abs().sum()) > 0, (row.label, name)
+
+
+def json_key(cfg: ModelConfig) -> str:
+    import json
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+
+
+def test_inline_attention_feeds_the_next_stage_and_a_branch_does_not() -> None:
+    kwargs = dict(method="stfpm", backbone="efficientnet_lite0", pretrained=False, attention="spatial",
+                  levels=(0, 1, 2))
+    images = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(0)
+    branch = build_model(ModelConfig(**kwargs, attention_placement="branch")).train()
+    inline = build_model(ModelConfig(**kwargs, attention_placement="inline")).train()
+    inline.load_state_dict(branch.state_dict())
+    _, branch_student = branch.features(images)
+    _, inline_student = inline.features(images)
+    plain = branch.student(images)
+    # Branch: each level is the attention of the plain student's map; inline: later stages read refined maps.
+    assert torch.allclose(branch_student[1], branch.attention.blocks[1](plain[1]), atol=1e-6)
+    refined_0 = inline.attention.blocks[0](inline.student.first_level(images))
+    assert torch.allclose(inline_student[0], refined_0, atol=1e-6)
+    assert torch.allclose(inline_student[1], inline.attention.blocks[1](inline.student.next_level(refined_0, 0)),
+                          atol=1e-5)
+    assert not torch.allclose(inline_student[1], branch_student[1], atol=1e-4)
+    # Under STFPM's normalised loss a branch spatial attention's scale cancels; inline, the earlier blocks learn.
+    for placement, model in (("branch", branch), ("inline", inline)):
+        model.zero_grad()
+        model.compute_loss(images)[0].backward()
+        grads = [float(b.spatial.conv.weight.grad.abs().sum()) if b.spatial.conv.weight.grad is not None else 0.0
+                 for b in model.attention.blocks]
+        if placement == "branch":
+            assert max(grads) < 1e-6, grads
+        else:
+            assert grads[0] > 1e-6 and grads[1] > 1e-6, grads
+    with pytest.raises(ValueError, match="--attention-placement"):
+        ModelConfig(method="dcam", attention_placement="side")
+    with pytest.raises(ValueError, match="--loss-mse-mode"):
+        ModelConfig(method="dcam", loss_mse_mode="l1")

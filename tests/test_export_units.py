@@ -298,14 +298,15 @@ def test_calib_data_folder_without_the_runs_dataset(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     cfg = types.SimpleNamespace(data=str(tmp_path / "gone"), categories="all", val_fraction=0.2, seed=0)
     with pytest.warns(CalibrationWarning, match="10|8 normal images"):
-        data = load_export_data(cfg, ["bottle"], 32, calib_data=str(tmp_path), progress=False)
+        data = load_export_data(cfg, ["bottle"], PreprocessSpec(image_size=32), calib_data=str(tmp_path),
+                                progress=False)
     assert len(data.calibration) == 8 and len(data.validation) == 2 and data.test is None
     assert not set(data.calibration.paths) & set(data.validation.paths)
     assert data.calibration.rgb.shape == (8, 32, 32, 3) and data.validation.categories == ["bottle", "bottle"]
     x = data.validation.arrays(PreprocessSpec(image_size=32))
     np.testing.assert_array_equal(x[0], load_image(data.validation.paths[0], PreprocessSpec(image_size=32)))
     with pytest.raises(ExportError, match="not reachable.*--calib-data"):
-        load_export_data(cfg, ["bottle"], 32, calib_data=None, progress=False)
+        load_export_data(cfg, ["bottle"], PreprocessSpec(image_size=32), calib_data=None, progress=False)
 
 
 def test_gmacs_count_transposed_convolutions():

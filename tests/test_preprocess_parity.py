@@ -57,7 +57,7 @@ def test_every_consumer_gets_identical_model_input(synthetic_root, image_files):
         np.testing.assert_array_equal(preprocess_rgb(bgr_to_rgb(frame), SPEC), reference)
         np.testing.assert_array_equal(preprocess_rgb(bgr_to_rgb(cv2.imread(str(path))), SPEC), reference)
         # export calibration / accuracy guard
-        image_set = load_image_set([path], ["c"], [0], SPEC.image_size, progress=False)
+        image_set = load_image_set([path], ["c"], [0], SPEC, progress=False)
         np.testing.assert_array_equal(image_set.arrays(SPEC)[0], reference)
     # training (plain and cached): the same tensor
     sample = next(s for s in samples if s.path == image_files[0])
@@ -106,5 +106,56 @@ def test_every_consumer_agrees_for_a_bilinear_spec_too(synthetic_root, image_fil
     for path in image_files:
         reference = load_image(path, spec)
         np.testing.assert_allclose(reference, _independent(path, spec), atol=1e-6)
-        image_set = load_image_set([path], ["c"], [0], spec.image_size, progress=False, resize="linear")
+        image_set = load_image_set([path], ["c"], [0], spec, progress=False)
         np.testing.assert_array_equal(image_set.arrays(spec)[0], reference)
+
+
+@pytest.mark.parametrize("fit", ["stretch", "letterbox", "center-crop"])
+def test_fit_policies_map_image_and_mask_the_same_way_and_the_map_back(fit: str, tmp_path) -> None:
+    from edge.preprocess import FITS, fit_image, map_to_frame, normalize
+    assert fit in FITS
+    height, width, s = 60, 120, 32
+    rgb = np.full((height, width, 3), 40, np.uint8)
+    rgb[20:40, 70:90] = 250  # a bright defect right of centre
+    mask = np.zeros((height, width), np.uint8)
+    mask[20:40, 70:90] = 255
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    spec = PreprocessSpec.for_normalization("half", s, fit=fit)
+    view = fit_image(rgb, spec)
+    fitted_mask = load_mask(tmp_path / "m.png", (height, width), s, fit)
+    assert view.shape == (s, s, 3) and fitted_mask.shape == (s, s)
+    # Independent geometry: what each policy keeps of the 60×120 frame.
+    if fit == "stretch":
+        expected = cv2.resize(rgb, (s, s), interpolation=cv2.INTER_AREA)
+    elif fit == "center-crop":
+        expected = cv2.resize(rgb[:, 30:90], (s, s), interpolation=cv2.INTER_AREA)
+    else:  # 120 → 32 wide, 60 → 16 tall, centred, the border the normalisation mean (0.5 → 128)
+        expected = np.full((s, s, 3), 128, np.uint8)
+        expected[8:24] = cv2.resize(rgb, (s, 16), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(view, expected)
+    bright = view[..., 0] > 200
+    assert bright.any() and fitted_mask.any()
+    assert (fitted_mask.astype(bool) & bright).sum() >= 0.6 * fitted_mask.sum()  # mask and defect still coincide
+    if fit == "letterbox":
+        assert np.allclose(normalize(view, spec)[:, :8], 0.0, atol=0.01)  # the border reads as the mean
+    # The map back onto the frame: the defect's map lands on the defect's pixels.
+    frame_map = map_to_frame(fitted_mask.astype(np.float32), (height, width), fit)
+    assert frame_map.shape == (height, width)
+    assert frame_map[25:35, 75:85].mean() > 0.9 and frame_map[:, :10].max() < 0.1
+    # A square image is its own view under every policy (cached views stay idempotent).
+    square = cv2.resize(rgb, (s, s))
+    np.testing.assert_array_equal(fit_image(square, spec), square)
+
+
+def test_grey_images_become_three_equal_channels_and_old_manifests_stretch(tmp_path) -> None:
+    grey = np.random.default_rng(0).integers(0, 255, (30, 50), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "g.png"), grey)
+    rgb = decode_image(tmp_path / "g.png")
+    assert rgb.shape == (30, 50, 3) and np.array_equal(rgb[..., 0], grey) and np.array_equal(rgb[..., 2], grey)
+    assert np.array_equal(bgr_to_rgb(grey), rgb)  # a grey camera frame: the same three channels
+    old = PreprocessSpec(64).to_dict()
+    del old["fit"]
+    assert PreprocessSpec.from_dict(old).fit == "stretch"
+    assert PreprocessSpec.from_dict(PreprocessSpec(64, fit="letterbox").to_dict()).fit == "letterbox"
+    with pytest.raises(ValueError, match="fit"):
+        PreprocessSpec(64, fit="pad")

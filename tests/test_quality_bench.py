@@ -96,3 +96,26 @@ def test_quality_bench_reports_a_failed_training_in_one_line(synthetic_root, tmp
                  str(tmp_path / "q")]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "failed" in errors[0] and "train.log" in errors[0]
+
+
+def test_dcam_ablate_runs_a_paper_table_and_ranks_it_next_to_the_paper(synthetic_root, tmp_path: Path) -> None:
+    from bench.ablate import main, ranks
+    from train.models.dcam.tables import PAPER_TABLES
+
+    assert ranks([0.9, 0.95, 0.9, None]) == [2, 1, 2, None]
+    out = tmp_path / "t"
+    assert main(["--table", "dcam-6", "--data", str(synthetic_root), "--epochs", "1", "--image-size", "64",
+                 "--device", "cpu", "--out", str(out), "--extra", "--max-steps-per-epoch", "1"]) == 0
+    report = json.loads((out / "table.json").read_text())
+    rows = PAPER_TABLES["dcam-6"]
+    assert [r["label"] for r in report["rows"]] == [r.label for r in rows]
+    for row, paper in zip(report["rows"], rows):
+        run = out / "runs" / synthetic_root.name
+        run = next(p for p in run.iterdir() if (p / "all" / "config.json").is_file()
+                   and json.loads((p / "all" / "config.json").read_text())["model"]["attention"]
+                   == ("none" if "--attention" in paper.args else "channel"))
+        evaluation = json.loads((run / "all" / "eval.json").read_text())
+        assert row["image_auroc"] == pytest.approx(evaluation["mean"]["image_auroc"])
+        assert row["paper_auroc"] == paper.paper_auroc
+    assert report["rows"][0]["paper_auroc_rank"] == 1 and report["rows"][1]["paper_auroc_rank"] == 2
+    assert "| DCAM ✗, CD channel + KLD spatial |" in (out / "table.md").read_text()

@@ -171,6 +171,17 @@ def test_fmm_is_training_only_and_absent_from_inference() -> None:
     assert not any(isinstance(m, FeatureMaskModule) for m in inference.modules())
     no_fmm = tiny_model("mrkd", mrkd=dict(fmm=False, scconv=False, simam=False))
     assert no_fmm.fmm is None and no_fmm.bottleneck.attention is None
+    # --mrkd-score-through-fmm (the paper's §3.8 reading): the map compares the teacher with the unmasked FMM output.
+    through = tiny_model("mrkd", mrkd=dict(score_through_fmm=True)).eval()
+    with torch.no_grad():
+        amap, _ = through.inference_model()(x)
+        teacher = through.teacher(x)
+        restored = through.fmm(through.reconstruct(teacher), masked=False)
+        distances = [1 - F.cosine_similarity(t, r, dim=1).unsqueeze(1) for t, r in zip(teacher, restored)]
+        expected, _ = through.head(distances, x.shape[-2:])
+        again, _ = through.inference_model()(x)
+    torch.testing.assert_close(amap, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(amap, again)  # no random mask at scoring time
 
 
 # --- config ------------------------------------------------------------------------------------------
@@ -333,3 +344,44 @@ def test_dskd_through_dcam_export_matches_torch(synthetic_root, tmp_path) -> Non
         ref_map, ref_score = model.inference_model()(images)
     np.testing.assert_allclose(amap, ref_map.numpy(), atol=1e-4)
     np.testing.assert_allclose(score, ref_score.numpy(), atol=1e-4)
+
+
+def test_dskd_global_student_starts_from_the_teachers_fourth_stage_and_trains_alone(tmp_path) -> None:
+    from train.backbones import build_classifier
+    from train.config import ModelConfig
+    from train.models import build_model
+
+    torch.manual_seed(0)
+    classifier = build_classifier("resnet18", pretrained=False)
+    weights = tmp_path / "my_resnet18.pth"
+    torch.save(classifier.state_dict(), weights)
+    model = build_model(ModelConfig(method="dskd", backbone="resnet18", teacher_weights=str(weights)))
+    for key, value in classifier.layer4.state_dict().items():  # OCBE_glo = the pretrained 4th stage (§3.4)
+        assert torch.equal(model.students.global_bottleneck[0].stage.state_dict()[key], value), key
+    random = build_model(ModelConfig(method="dskd", backbone="resnet18", teacher_weights=str(weights),
+                                     dskd={"global_init": "random"}))
+    assert not torch.equal(random.students.global_bottleneck[0].stage.state_dict()["0.conv1.weight"],
+                           classifier.layer4.state_dict()["0.conv1.weight"])
+    with pytest.raises(ValueError, match="--dskd-global-init teacher: efficientnet_lite0"):
+        build_model(ModelConfig(method="dskd", backbone="efficientnet_lite0", pretrained=False,
+                                dskd={"global_init": "teacher"}))
+    # g unset condenses: half of the bottleneck's 512 channels with ResNet-18 (the paper: 1024 of 2048).
+    assert model.students.global_bottleneck[1].transform[0].out_channels == 256
+    # Table 4's single-student rows: only that student is built, trained, standardised and scored.
+    alone = build_model(ModelConfig(method="dskd", backbone="efficientnet_lite0", pretrained=False,
+                                    dskd={"students": "global"}))
+    assert alone.students.local_decoder is None and alone.students.local_bottleneck is None
+    images = torch.randn(2, 3, SIZE, SIZE)
+    loss, parts = alone.compute_loss(images)
+    assert set(parts) == {"global"} and torch.isfinite(loss)
+    alone.eval()
+    alone.fit_normal_statistics(iter([images]))
+    assert float(alone.standardizer.mean[0]) == 0.0 and float(alone.standardizer.std[0]) == 1.0
+    with torch.no_grad():
+        amap, score = alone.inference_model()(images)
+        _, global_map = alone.student_anomaly_maps(images)
+    mean, std = float(alone.standardizer.mean[1]), float(alone.standardizer.std[1])
+    expected = alone.head([(global_map - mean) / std], images.shape[-2:])[0]
+    torch.testing.assert_close(amap, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="--dskd-students"):
+        ModelConfig(method="dskd", dskd={"students": "three"})

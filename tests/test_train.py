@@ -158,3 +158,25 @@ def test_ddp_resume_equals_uninterrupted_ddp_run(synthetic_root, tmp_path):
     _assert_states_close(_student_state(tmp_path / "straight" / "last.pt"),
                          _student_state(tmp_path / "resumed" / "last.pt"), atol=1e-6)
     torch.load(tmp_path / "resumed" / "best.pt", weights_only=True)
+
+
+def test_gradient_clipping_caps_the_step_of_summed_kl_terms_and_adam_takes_weight_decay(synthetic_root, tmp_path):
+    from tests.conftest import tiny_train_config
+    from train.config import ModelConfig, TrainConfig
+    from train.trainer import build_optimizer, train
+    # Eq. 5/6's sums make the KL terms ~100x the mean's, so the gradient is ~100x larger: clipped, it trains.
+    model = ModelConfig(method="dcam", backbone="efficientnet_lite0", preset="paper", kl_reduction="sum")
+    train(tiny_train_config(synthetic_root, tmp_path / "klsum", model=model, grad_clip_norm=5.0, epochs=1))
+    row = json.loads((tmp_path / "klsum" / "history.json").read_text())[0]
+    assert math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])
+    assert row["train_grad_norm"] > 5.0  # the norm before clipping is reported, and it is above the cap
+    with pytest.raises(ValueError, match="--grad-clip-norm"):
+        TrainConfig(data="x", grad_clip_norm=-1.0)
+    # --weight-decay reaches Adam (it used to be dropped); the RD family's papers state none, STFPM 1e-4.
+    assert TrainConfig(data="x", model=ModelConfig(method="rd")).weight_decay == 0.0
+    assert TrainConfig(data="x", model=ModelConfig(method="dcam")).weight_decay == pytest.approx(1e-4)
+    parameter = torch.nn.Parameter(torch.ones(3))
+    adam = build_optimizer(TrainConfig(data="x", model=ModelConfig(method="rd"), weight_decay=0.1), [parameter])
+    parameter.grad = torch.zeros(3)
+    adam.step()
+    assert float(parameter.detach().max()) < 1.0  # the L2 term alone moved the weights toward 0

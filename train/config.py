@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.cliconfig import group
-from edge.preprocess import RESIZE_METHODS
+from edge.preprocess import FITS, RESIZE_METHODS
 
+from .augment import AUGMENTATIONS
 from .models import METHOD_REGISTRY, METHODS, method_spec  # noqa: F401  (METHODS re-exported)
+from .models.dcam.config import ATTENTION_PLACEMENTS, LEVEL_FUSIONS, MSE_MODES
 from .models.dskd import DSKDOptions
 from .models.knn import KNNOptions
 from .models.mrkd import MRKDOptions
@@ -29,9 +31,10 @@ LOSS_WEIGHTS = ("loss_channel_cosine", "loss_spatial_cosine", "loss_channel_kl",
 FROM_PRESET: Any = None
 
 # What a ModelConfig field left unset takes when the method's preset does not set it either.
-_UNSET_MODEL: dict[str, Any] = {"blur_sigma": 0.0, "levels": (0, 1, 2), "attention": "none",
+_UNSET_MODEL: dict[str, Any] = {"backbone": "resnet18", "blur_sigma": 0.0, "levels": (0, 1, 2), "attention": "none",
                                 **{name: 0.0 for name in LOSS_WEIGHTS}, "student_shared_levels": 0,
-                                "feature_neighbourhood": 1, "loss_hard_quantile": 0.0}
+                                "feature_neighbourhood": 1, "loss_hard_quantile": 0.0,
+                                "level_normalize": False, "level_fusion": "sum"}
 
 # Paper presets fill every field left as None; the "default" preset adds the overrides real-image measurements
 # (bench-quality, README "Measured quality") found better at the 20-epoch CPU budget. Both live in each method's
@@ -56,7 +59,7 @@ class ModelConfig:
 
     method: str = "dcam"
     preset: str = "default"  # "default": the best measured recipe; "paper": the method's paper exactly
-    backbone: str = "resnet18"
+    backbone: str = FROM_PRESET  # unset = the method's paper teacher: ResNet-18 (stfpm, dcam, knn), WRN-50 (RD family)
     # Teacher feature levels that are distilled and scored (0 = stride 4, 1 = stride 8, 2 = stride 16).
     levels: tuple[int, ...] = FROM_PRESET
     pretrained: bool = True
@@ -66,6 +69,10 @@ class ModelConfig:
     attention_reduction: int = 16  # CBAM's MLP reduction ratio r
     attention_kernel: int = 7  # spatial attention conv, paper: 7×7
     attention_at_inference: bool = False  # the paper drops it; keep it to measure that choice
+    # "branch": the blocks refine the tapped maps on the side; "inline": inserted into the student's forward after
+    # each stage, so the refined map feeds the next stage (CBAM's use). Branch + a per-position normalised loss
+    # gives a spatial attention zero gradient (its scale cancels), see train/models/dcam/README.md.
+    attention_placement: str = "branch"
     # BatchNorm momentum of a random-init student (None = the backbone's own: Lite0 keeps TF's 0.01, whose running
     # statistics lag far behind a student that changes fast in a short training; measured: see
     # train/models/dcam/config.py).
@@ -87,9 +94,15 @@ class ModelConfig:
     loss_channel_kl: float = FROM_PRESET
     loss_spatial_kl: float = FROM_PRESET
     loss_mse: float = FROM_PRESET
+    # The MSE term: "normalized" (STFPM Eq. 1, unit vectors along channels) or "raw" (plain feature MSE).
+    loss_mse_mode: str = "normalized"
     # The KL equations sum over positions (Eq. 5) / channels (Eq. 6) while CD averages; summed, the λ=0.5 KL term
     # is ~500× the CD term and SGD at lr 0.1 diverges (measured: image AUROC 0.55 vs 0.90), so "mean" by default.
     kl_reduction: str = "mean"
+    # Inference head: weight each level's map by 1 / its normal spread on the validation images (EfficientAD §3.4).
+    level_normalize: bool = FROM_PRESET
+    # How stfpm/dcam combine the upsampled level maps: "sum" (DCAM §4.3) or "product" (STFPM's paper).
+    level_fusion: str = FROM_PRESET
     # Inference head: Gaussian blur σ before the image max (0 = off; unset = method preset: RD family 4, else 0).
     blur_sigma: float = FROM_PRESET
     # Each method's own options (train/models/<method>/config.py); the RD family (rd, dskd, mrkd) reads `rd`.
@@ -123,6 +136,7 @@ class ModelConfig:
                     setattr(self, key, value)
         self.levels = tuple(int(i) for i in self.levels)  # JSON configs give a list
         self.feature_standardize = bool(self.feature_standardize)
+        self.level_normalize = bool(self.level_normalize)
 
     def _check_levels(self) -> None:
         if not self.levels or sorted(set(self.levels)) != list(self.levels) or not set(self.levels) <= {0, 1, 2}:
@@ -134,6 +148,13 @@ class ModelConfig:
     def _check_choices(self) -> None:
         if self.attention not in ATTENTIONS:
             raise ValueError(f"--attention: expected one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
+        if self.attention_placement not in ATTENTION_PLACEMENTS:
+            raise ValueError(f"--attention-placement: expected one of {', '.join(ATTENTION_PLACEMENTS)}, "
+                             f"got {self.attention_placement!r}")
+        if self.level_fusion not in LEVEL_FUSIONS:
+            raise ValueError(f"--level-fusion: expected one of {', '.join(LEVEL_FUSIONS)}, got {self.level_fusion!r}")
+        if self.loss_mse_mode not in MSE_MODES:
+            raise ValueError(f"--loss-mse-mode: expected one of {', '.join(MSE_MODES)}, got {self.loss_mse_mode!r}")
         if self.kl_reduction not in ("sum", "mean"):
             raise ValueError(f"--kl-reduction: expected 'sum' or 'mean', got {self.kl_reduction!r}")
 
@@ -168,7 +189,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {m: dict(s.paper_train) for m, s in M
 def train_preset(method: str, preset: str) -> dict[str, Any]:
     """Optimiser / schedule preset of a method (paper values, plus the measured overrides for "default")."""
     spec = method_spec(method)
-    values = dict(lr_schedule="constant", **spec.paper_train)
+    values = {"lr_schedule": "constant", "weight_decay": 0.0, **spec.paper_train}
     if preset == "default":
         values.update(spec.measured_train)
     return values
@@ -204,11 +225,18 @@ class TrainConfig:
     # "constant" (the papers) or "cosine": lr·½(1 + cos(π·step/total steps)), set per step (resumes exactly).
     lr_schedule: str = FROM_PRESET
     momentum: float = 0.9
-    weight_decay: float = 1e-4
+    # Clip the global gradient L2 norm to this (0 = off): --kl-reduction sum makes the KL terms ~HW× larger.
+    grad_clip_norm: float = 0.0
+    # L2 regularisation for SGD and Adam; unset = the method's paper value (STFPM 1e-4; RD family: none stated, 0).
+    weight_decay: float = FROM_PRESET
     adam_betas: tuple[float, float] = (0.5, 0.999)
     image_size: int = 256
     # Downscaling: "area" antialiases (cv2.INTER_AREA), "linear" is plain bilinear (runs saved before this field).
     resize: str = "area"
+    # Non-square images: "stretch" (squash), "letterbox" (pad to square) or "center-crop" (edge.preprocess.FITS).
+    fit: str = "stretch"
+    # Training normals seen flipped ("flip") or flipped and turned by quarter turns ("dihedral"); train/augment.py.
+    augment: str = "none"
     val_fraction: float = 0.2
     seed: int = 0
     device: str = "auto"
@@ -235,7 +263,7 @@ class TrainConfig:
     def _resolve_unset(self) -> None:
         """Unset fields take the method's training preset; an overridden --optimizer brings its own paper lr."""
         preset = train_preset(self.model.method, self.model.preset)
-        for key in ("epochs", "batch_size", "lr_schedule", "optimizer"):
+        for key in ("epochs", "batch_size", "lr_schedule", "optimizer", "weight_decay"):
             if getattr(self, key) is None:
                 setattr(self, key, preset[key])
         if self.lr is None:
@@ -250,10 +278,18 @@ class TrainConfig:
             raise ValueError(f"--resize: expected one of {', '.join(RESIZE_METHODS)}, got {self.resize!r}")
         if self.image_size % 32:
             raise ValueError(f"--image-size: expected a multiple of 32, got {self.image_size}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"--augment: expected one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if self.fit not in FITS:
+            raise ValueError(f"--fit: expected one of {', '.join(FITS)}, got {self.fit!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction: expected a value in (0, 1), got {self.val_fraction}")
 
     def _check_optimization(self) -> None:
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight-decay: expected >= 0, got {self.weight_decay}")
+        if self.grad_clip_norm < 0:
+            raise ValueError(f"--grad-clip-norm: expected a norm >= 0 (0 = off), got {self.grad_clip_norm}")
         if self.lr <= 0:
             raise ValueError(f"--lr: expected a positive learning rate, got {self.lr}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -270,8 +306,10 @@ class TrainConfig:
         model_fields = dict(d.pop("model", {}))
         # Runs saved before presets existed were trained with the papers' recipe: fields they lack keep its values.
         model_fields.setdefault("preset", "paper")
+        model_fields.setdefault("level_fusion", "sum")  # every run before --level-fusion summed the levels
         d.setdefault("lr_schedule", "constant")
         d.setdefault("resize", "linear")
+        d.setdefault("weight_decay", 1e-4)  # saved before it was a preset: the old fixed default (Adam ignored it)
         model = ModelConfig(**nest_method_options(model_fields))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(model=model, **{k: v for k, v in d.items() if k in known})

@@ -256,8 +256,7 @@ def _set_blur_sigma(model: nn.Module, sigma: float) -> None:
     head = getattr(model, "head", None)
     if not isinstance(head, DistanceHead):
         raise EvalError(f"--blur-sigma: {type(model).__name__} has no DistanceHead 'head' to override")
-    device = next(model.parameters()).device
-    model.head = DistanceHead(sigma).to(device)
+    head.set_blur_sigma(sigma)
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path, categories: str | Sequence[str] | None = None,

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .augment import augment_batch, augment_generator
 from .config import TrainConfig
 from .data import ImageDataset, list_train_samples, parse_categories, split_train_val
 from .device import resolve_device
@@ -76,8 +77,10 @@ def scheduled_lr(cfg: TrainConfig, step: int, total_steps: int) -> float:
 
 
 def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD or Adam; --weight-decay is an L2 term on the loss for both (its gradient wd·w added to each parameter's:
+    masked RD §4.2's "L2 regularization" with λ = wd/2)."""
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
@@ -209,7 +212,8 @@ class Trainer:
         for batch in bar:
             for group in optimizer.param_groups:
                 group["lr"] = scheduled_lr(self.cfg, epoch * steps_per_epoch + steps, self.cfg.epochs * steps_per_epoch)
-            images = self._images(batch)
+            images = augment_batch(self._images(batch), self.cfg.augment,
+                                   augment_generator(self.cfg.seed, self.ctx.rank, epoch, steps))
             with self._autocast():
                 loss, parts = self.step_model(images)
             if not torch.isfinite(loss):
@@ -217,6 +221,10 @@ class Trainer:
                                          f"(try a lower --lr; components: {parts})")
             optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            if self.cfg.grad_clip_norm > 0:
+                self.scaler.unscale_(optimizer)  # clip the true gradients, not the AMP-scaled ones
+                parts["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
+                    [p for group in optimizer.param_groups for p in group["params"]], self.cfg.grad_clip_norm))
             self.scaler.step(optimizer)
             self.scaler.update()
             n = images.shape[0]

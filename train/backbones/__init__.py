@@ -16,7 +16,7 @@ from torch import nn
 from . import weights
 from .base import FEATURE_STRIDES, BackboneError, FeatureExtractor
 from .efficientnet_lite import LITE0_TAP_BLOCKS, EfficientNetLite, EfficientNetLiteFeatures, efficientnet_lite0
-from .resnet import BasicBlock, Bottleneck, ResNet, ResNetFeatures, resnet18, wide_resnet50_2
+from .resnet import BasicBlock, Bottleneck, ResNet, ResNetFeatures, resnet18, resnet50, wide_resnet50_2
 from .weights import WeightsError, WeightsSource
 
 Classifier = TypeVar("Classifier", bound=nn.Module)  # the torch model a BackboneSpec builds and cuts
@@ -59,6 +59,8 @@ BACKBONES: dict[str, BackboneSpec[Any]] = {
     # BN_layer(…, 3). Lite0 has no residual-stage counterpart: the light BasicBlock decoder keeps it edge-sized.
     "resnet18": BackboneSpec(resnet18, ResNetFeatures, "imagenet", weights.RESNET18_WEIGHTS,
                              DecoderSpec(BasicBlock, (2, 2, 2), 64, 2)),
+    "resnet50": BackboneSpec(resnet50, ResNetFeatures, "imagenet", weights.RESNET50_WEIGHTS,
+                             DecoderSpec(Bottleneck, (3, 4, 6), 64, 3)),
     "wide_resnet50_2": BackboneSpec(wide_resnet50_2, ResNetFeatures, "imagenet", weights.WIDE_RESNET50_2_WEIGHTS,
                                     DecoderSpec(Bottleneck, (3, 4, 6), 128, 3)),
     # Lite0 was trained on (x/255 − 0.5)/0.5 inputs.
@@ -108,5 +110,6 @@ __all__ = [
     "BACKBONES", "BACKBONE_NORMALIZATION", "FEATURE_STRIDES", "LITE0_TAP_BLOCKS", "BackboneError",
     "BackboneSpec", "BasicBlock", "Bottleneck", "DecoderSpec", "EfficientNetLite", "EfficientNetLiteFeatures",
     "FeatureExtractor", "ResNet", "ResNetFeatures", "ResidualBlock", "WeightsError", "WeightsSource",
-    "backbone_spec", "build_backbone", "build_classifier", "efficientnet_lite0", "resnet18", "wide_resnet50_2",
+    "backbone_spec", "build_backbone", "build_classifier", "efficientnet_lite0", "resnet18", "resnet50",
+    "wide_resnet50_2",
 ]

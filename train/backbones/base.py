@@ -5,6 +5,8 @@ feature pyramid at strides 4, 8 and 16); every backbone exposes exactly these th
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
 
 # Output strides of the three tapped stages, shared by every backbone.
@@ -38,14 +40,35 @@ class FeatureExtractor(nn.Module):
         """Output strides of the three returned maps: [4, 8, 16]."""
         return list(FEATURE_STRIDES)
 
-    def forward(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - abstract
-        """Normalised B×3×H×W input → [B×C1×H/4×W/4, B×C2×H/8×W/8, B×C3×H/16×W/16]."""
+    def first_level(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Normalised B×3×H×W input → the stride-4 map (level 0)."""
         raise NotImplementedError
 
-    def forward_from(self, feature: Tensor, level: int) -> list[Tensor]:  # pragma: no cover - abstract
+    def next_level(self, feature: Tensor, level: int) -> Tensor:  # pragma: no cover - abstract
+        """The map of level+1 computed from the map of ``level`` (0 or 1)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, refine: Callable[[int, Tensor], Tensor] | None = None) -> list[Tensor]:
+        """Normalised B×3×H×W input → [B×C1×H/4×W/4, B×C2×H/8×W/8, B×C3×H/16×W/16].
+
+        ``refine(level, map)``: a module placed inline after each level (CBAM's placement, DCAM
+        --attention-placement inline): its output is both the returned map and the next stage's input."""
+        feature = self.first_level(x)
+        if refine is not None:
+            feature = refine(0, feature)
+        return [feature, *self.forward_from(feature, 0, refine)]
+
+    def forward_from(self, feature: Tensor, level: int,
+                     refine: Callable[[int, Tensor], Tensor] | None = None) -> list[Tensor]:
         """The maps of levels level+1 … 2 computed from the map of ``level`` (a student that shares the
         teacher's first levels starts here)."""
-        raise NotImplementedError
+        maps = []
+        for next_level in range(level + 1, len(FEATURE_STRIDES)):
+            feature = self.next_level(feature, next_level - 1)
+            if refine is not None:
+                feature = refine(next_level, feature)
+            maps.append(feature)
+        return maps
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, channels={self._channels}, normalization={self.normalization!r}"

@@ -185,19 +185,13 @@ class EfficientNetLiteFeatures(FeatureExtractor):
         self._conv_stem, self._bn0, self._swish = model._conv_stem, model._bn0, model._swish
         self._blocks = nn.ModuleList(model._blocks[: taps[-1] + 1])
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def first_level(self, x: Tensor) -> Tensor:
         x = self._swish(self._bn0(self._conv_stem(x)))
-        feats: list[Tensor] = []
-        for i, block in enumerate(self._blocks):
+        for block in self._blocks[: self.taps[0] + 1]:
             x = block(x)
-            if i in self.taps:
-                feats.append(x)
-        return feats
+        return x
 
-    def forward_from(self, feature: Tensor, level: int) -> list[Tensor]:
-        feats: list[Tensor] = []
-        for i in range(self.taps[level] + 1, len(self._blocks)):
-            feature = self._blocks[i](feature)
-            if i in self.taps:
-                feats.append(feature)
-        return feats
+    def next_level(self, feature: Tensor, level: int) -> Tensor:
+        for block in self._blocks[self.taps[level] + 1: self.taps[level + 1] + 1]:
+            feature = block(feature)
+        return feature

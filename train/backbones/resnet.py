@@ -146,6 +146,11 @@ def resnet18(num_classes: int = 1000) -> ResNet:
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
 
 
+def resnet50(num_classes: int = 1000) -> ResNet:
+    """ResNet-50 (Bottleneck, [3, 4, 6, 3]); torchvision ``resnet50`` (masked RD Table 4's middle backbone)."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes)
+
+
 def wide_resnet50_2(num_classes: int = 1000) -> ResNet:
     """Wide ResNet-50-2 (Bottleneck, [3, 4, 6, 3], width_per_group=128); torchvision ``wide_resnet50_2``."""
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes, width_per_group=128)
@@ -163,16 +168,8 @@ class ResNetFeatures(FeatureExtractor):
         self.conv1, self.bn1, self.relu, self.maxpool = model.conv1, model.bn1, model.relu, model.maxpool
         self.layer1, self.layer2, self.layer3 = model.layer1, model.layer2, model.layer3
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        f1 = self.layer1(x)
-        f2 = self.layer2(f1)
-        return [f1, f2, self.layer3(f2)]
+    def first_level(self, x: Tensor) -> Tensor:
+        return self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
 
-    def forward_from(self, feature: Tensor, level: int) -> list[Tensor]:
-        stages = (self.layer2, self.layer3)[level:]
-        maps = []
-        for stage in stages:
-            feature = stage(feature)
-            maps.append(feature)
-        return maps
+    def next_level(self, feature: Tensor, level: int) -> Tensor:
+        return (self.layer2, self.layer3)[level](feature)

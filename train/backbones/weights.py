@@ -66,6 +66,8 @@ def _locate_lite0() -> Path:
 
 RESNET18_WEIGHTS = WeightsSource(
     "resnet18-f37072fd.pth", url="https://download.pytorch.org/models/resnet18-f37072fd.pth")
+RESNET50_WEIGHTS = WeightsSource(  # torchvision's IMAGENET1K_V1, the weights the papers' ResNet-50 rows used
+    "resnet50-0676ba61.pth", url="https://download.pytorch.org/models/resnet50-0676ba61.pth")
 WIDE_RESNET50_2_WEIGHTS = WeightsSource(
     "wide_resnet50_2-95faca4d.pth", url="https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth")
 EFFICIENTNET_LITE0_WEIGHTS = WeightsSource(

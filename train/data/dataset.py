@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from edge.preprocess import PreprocessSpec, decode_image, load_mask, preprocess_rgb, resize_rgb
+from edge.preprocess import PreprocessSpec, decode_image, fit_image, load_mask, preprocess_rgb
 from train.data.mvtec import MVTecLayoutError, Sample
 
 
@@ -46,10 +46,10 @@ class ImageDataset(Dataset):
         mask = None
         if self.with_masks:
             size = self.spec.image_size
-            mask = (load_mask(s.mask_path, rgb.shape[:2], size) if s.mask_path is not None
+            mask = (load_mask(s.mask_path, rgb.shape[:2], size, self.spec.fit) if s.mask_path is not None
                     else np.zeros((size, size), np.uint8))
         # Resizing is idempotent in preprocess_rgb, so caching the resized image changes nothing downstream.
-        return resize_rgb(rgb, self.spec.image_size, self.spec.resize), mask
+        return fit_image(rgb, self.spec), mask
 
     def _entry(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         if not self.cache:

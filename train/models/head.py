@@ -93,10 +93,41 @@ class DistanceHead(nn.Module):
     blur G are linear per axis), computed as one product: [R_1 … R_K] · concat_k(Ω^k C_kᵀ).
     """
 
-    def __init__(self, blur_sigma: float = 0.0) -> None:
+    level_weights: torch.Tensor  # a buffer, present only with weighted_levels (hasattr)
+
+    def __init__(self, blur_sigma: float = 0.0, weighted_levels: int = 0, fusion: str = "sum") -> None:
+        """fusion: "sum" (DCAM §4.3, RD) or "product" (STFPM); config.LEVEL_FUSIONS."""
         super().__init__()
         self.blur_sigma = float(blur_sigma)
+        self.fusion = fusion
         self._matrices: dict[tuple, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        # w_k of Σ_k w_k·up(Ω^k) (--level-normalize); a buffer only when asked for: earlier checkpoints load strictly.
+        if weighted_levels:
+            self.register_buffer("level_weights", torch.ones(weighted_levels))
+
+    def set_blur_sigma(self, blur_sigma: float) -> None:
+        """Another σ for the same head (dcam-eval --blur-sigma); level weights are kept."""
+        self.blur_sigma = float(blur_sigma)
+        self._matrices.clear()
+
+    @torch.no_grad()
+    def fit_level_weights(self, distance_maps: Iterable[list[torch.Tensor]], low: float = 0.9,
+                          high: float = 0.995) -> None:
+        """w_k = 1 / (q_high − q_low) of level k's distances on normal images (EfficientAD §3.4's quantile map
+        normalisation; its offset q_low adds one constant to the summed map and is dropped): every level then
+        contributes in units of its own normal spread, so one noisy level no longer drowns the others."""
+        per_level: list[list[torch.Tensor]] = []
+        for maps in distance_maps:
+            per_level = per_level or [[] for _ in maps]
+            for values, level_map in zip(per_level, maps):
+                values.append(level_map.detach().float().flatten().cpu())
+        if len(per_level) != len(self.level_weights):
+            raise ValueError(f"level weights: expected {len(self.level_weights)} levels, got {len(per_level)}")
+        weights = []
+        for values in per_level:
+            quantiles = torch.quantile(torch.cat(values)[:16_000_000], torch.tensor([low, high]))
+            weights.append(1.0 / max(float(quantiles[1] - quantiles[0]), 1e-12))
+        self.level_weights.copy_(torch.tensor(weights, dtype=self.level_weights.dtype))
 
     def matrices(self, level_sizes: list[tuple[int, int]], output_size: Sequence[int],
                  dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -110,14 +141,52 @@ class DistanceHead(nn.Module):
                                    [torch.tensor(c, dtype=dtype, device=device) for c in columns])
         return self._matrices[key]
 
+    def product_matrices(self, level_sizes: list[tuple[int, int]], output_size: Sequence[int], dtype: torch.dtype,
+                         device: torch.device) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
+                                                        tuple[torch.Tensor, ...]]:
+        """([(U_k, V_kᵀ)] bilinear per level, (G_H, G_Wᵀ) or () without blur) for the product fusion, cached."""
+        height, width = (int(v) for v in output_size)
+        key = ("product", tuple(level_sizes), height, width, dtype, device)
+        if key not in self._matrices:
+            def tensor(matrix: np.ndarray) -> torch.Tensor:
+                return torch.tensor(matrix, dtype=dtype, device=device)
+            upsample = [(tensor(bilinear_matrix(height, h)), tensor(bilinear_matrix(width, w).T))
+                        for h, w in level_sizes]
+            blur = ((tensor(gaussian_blur_matrix(height, self.blur_sigma)),
+                     tensor(gaussian_blur_matrix(width, self.blur_sigma).T)) if self.blur_sigma > 0 else ())
+            self._matrices[key] = (upsample, blur)  # type: ignore[assignment]
+        return self._matrices[key]  # type: ignore[return-value]
+
     def forward(self, distance_maps: list[torch.Tensor],
                 output_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fusion == "product":
+            return self._product(distance_maps, output_size)
         sizes = [(int(d.shape[-2]), int(d.shape[-1])) for d in distance_maps]
         rows, columns = self.matrices(sizes, output_size, distance_maps[0].dtype, distance_maps[0].device)
+        if hasattr(self, "level_weights"):  # w_k·C_kᵀ: constants the exporters fold, no extra op per frame
+            columns = [c * w.to(c.dtype) for c, w in zip(columns, self.level_weights)]
         stacked = torch.cat([torch.matmul(d, c) for d, c in zip(distance_maps, columns)], dim=-2)
         anomaly_map = torch.matmul(rows, stacked)
         score = torch.amax(anomaly_map, dim=(1, 2, 3))
         return anomaly_map, score
+
+    def _product(self, distance_maps: list[torch.Tensor],
+                 output_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """STFPM's fusion (Wang et al. 2021, §3): Ω = Π_k up(Ω^k), then the optional blur. Level weights would
+        only scale the product by one constant, so they are not applied."""
+        sizes = [(int(d.shape[-2]), int(d.shape[-1])) for d in distance_maps]
+        upsample, blur = self.product_matrices(sizes, output_size, distance_maps[0].dtype, distance_maps[0].device)
+        anomaly_map = functools.reduce(operator.mul, (torch.matmul(torch.matmul(u, d), v)
+                                                      for d, (u, v) in zip(distance_maps, upsample)))
+        if blur:
+            anomaly_map = torch.matmul(torch.matmul(blur[0], anomaly_map), blur[1])
+        return anomaly_map, torch.amax(anomaly_map, dim=(1, 2, 3))
+
+
+def level_cosine_distances(teacher_features: list[torch.Tensor],
+                           student_features: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Ω^k = 1 − cos(f_t^k, f_s^k) per level, at each level's own resolution."""
+    return [cosine_distance_map(t, s) for t, s in zip(teacher_features, student_features)]
 
 
 def pyramid_cosine_head(head: DistanceHead, teacher_features: list[torch.Tensor],
@@ -126,5 +195,4 @@ def pyramid_cosine_head(head: DistanceHead, teacher_features: list[torch.Tensor]
     """Σ_k Upsample(1 − cos(f_t^k, f_s^k)) then blur/max: the anomaly map of every method here.
 
     ``output_size``: (H, W), e.g. the input images' ``shape[-2:]``."""
-    distances = [cosine_distance_map(t, s) for t, s in zip(teacher_features, student_features)]
-    return head(distances, output_size)
+    return head(level_cosine_distances(teacher_features, student_features), output_size)

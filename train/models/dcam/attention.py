@@ -56,11 +56,24 @@ class DCAMBlock(nn.Module):
 
 
 class DistributedAttention(nn.Module):
-    """One DCAMBlock per feature-pyramid level ("distributed" across conv2_x..conv4_x)."""
+    """One DCAMBlock per distilled feature-pyramid level ("distributed" across conv2_x..conv4_x).
 
-    def __init__(self, channels: list[int], mode: str, reduction: int = 16, kernel_size: int = 7) -> None:
+    Two placements (--attention-placement): "branch" refines the student's tapped maps on the side (what the loss
+    sees; the next stage still reads the unrefined map), "inline" inserts each block into the student's forward
+    after its stage, as CBAM is used, so the refined map feeds the next stage (``refine``)."""
+
+    def __init__(self, levels: tuple[int, ...], channels: list[int], mode: str, reduction: int = 16,
+                 kernel_size: int = 7) -> None:
         super().__init__()
+        if len(levels) != len(channels):
+            raise ValueError(f"attention: {len(levels)} levels but {len(channels)} channel counts")
+        self.levels = tuple(levels)
         self.blocks = nn.ModuleList(DCAMBlock(c, mode, reduction, kernel_size) for c in channels)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Branch placement: the distilled levels' maps, each refined by its block."""
         return [block(f) for block, f in zip(self.blocks, features)]
+
+    def refine(self, level: int, feature: torch.Tensor) -> torch.Tensor:
+        """Inline placement: backbone level ``level``'s map refined by its block (undistilled levels pass through)."""
+        return self.blocks[self.levels.index(level)](feature) if level in self.levels else feature

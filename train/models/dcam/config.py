@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from ..registry import MethodSpec
 
+ATTENTION_PLACEMENTS = ("branch", "inline")  # --attention-placement (attention.DistributedAttention)
+LEVEL_FUSIONS = ("sum", "product")  # --level-fusion: Σ_k (DCAM §4.3) or Π_k (STFPM) of the upsampled level maps
+MSE_MODES = ("normalized", "raw")  # --loss-mse-mode: STFPM's unit-vector MSE, or plain feature MSE (loss.py)
+
 # DCAM §4.2: SGD lr 0.1, 400 epochs, batch 32; STFPM is trained with DCAM's settings for a fair comparison.
-PAPER_TRAIN = dict(optimizer="sgd", lr=0.1, epochs=400, batch_size=32)
+PAPER_TRAIN = dict(optimizer="sgd", lr=0.1, epochs=400, batch_size=32, weight_decay=1e-4)  # wd: STFPM's
 # Real-image measurements (bench-quality, README "Measured quality"; MTD + photoset, 6 epochs, Lite0): student
 # BatchNorm momentum 0.1, strides 8 + 16, σ = 4 for both; DCAM also the hard feature loss (q 0.99: image AUROC
 # +0.08 MTD, +0.12 photoset). STFPM keeps the plain mean until it is measured with it.
@@ -16,8 +20,8 @@ MEASURED_MODEL = dict(student_bn_momentum=0.1, blur_sigma=4.0, levels=(1, 2))
 DCAM_MEASURED_MODEL = dict(MEASURED_MODEL, loss_hard_quantile=0.99)
 
 STFPM = MethodSpec(name="stfpm", paper="Wang et al., BMVC 2021 (STFPM)", model="dcam.model:STFPMModel",
-                   paper_model=dict(attention="none", loss_mse=1.0, loss_channel_cosine=0.0, loss_spatial_cosine=0.0,
-                                    loss_channel_kl=0.0, loss_spatial_kl=0.0),
+                   paper_model=dict(attention="none", level_fusion="product", loss_mse=1.0, loss_channel_cosine=0.0,
+                                    loss_spatial_cosine=0.0, loss_channel_kl=0.0, loss_spatial_kl=0.0),
                    paper_train=PAPER_TRAIN, measured_model=MEASURED_MODEL)
 # DCAM Table 6, best row: channel attention, 1·CD_channel + 0.5·KLD_spatial.
 DCAM = MethodSpec(name="dcam", paper="Jena et al., Attend, Distill, Detect (DCAM)", model="dcam.model:STFPMModel",

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..head import EPS, level_sum
+from .config import MSE_MODES
 
 
 def global_batch_world() -> int:
@@ -97,15 +98,29 @@ def normalized_mse(teacher: torch.Tensor, student: torch.Tensor, hard_quantile: 
     return hard_mean(0.5 * ((t - s) ** 2).sum(dim=1), hard_quantile, world)
 
 
+def raw_mse(teacher: torch.Tensor, student: torch.Tensor, hard_quantile: float = 0.0, world: int = 1) -> torch.Tensor:
+    """Plain MSE for one level: 1/(CHW) Σ (f_t − f_s)², no normalisation (DCAM Table 3's "only MSE", read as
+    written: a per-position or per-channel attention scale does not cancel in it, unlike in STFPM's loss)."""
+    return hard_mean(((teacher - student) ** 2).mean(dim=1), hard_quantile, world)
+
+
+# --loss-mse-mode: what the MSE term is, in config.MSE_MODES' order.
+MSE_FUNCTIONS = dict(zip(MSE_MODES, (normalized_mse, raw_mse), strict=True))
+
+
 class FeatureMatchingLoss(nn.Module):
-    """L = Σ_k [w_cc·CD_ch + w_cs·CD_sp + w_kc·KLD_ch + w_ks·KLD_sp + w_mse·MSE] (DCAM §3.2–3.3).
+    """L = Σ_k [w_cc·CD_ch + w_cs·CD_sp + w_kc·KLD_ch + w_ks·KLD_sp + w_mse·MSE] (DCAM §3.2–3.3); MSE is
+    STFPM's normalised one or the plain one (mse_mode).
 
     DCAM Table 6's best: 1·CD_ch + 0.5·KLD_sp."""
 
     def __init__(self, channel_cosine: float = 1.0, spatial_cosine: float = 0.0, channel_kl: float = 0.0,
                  spatial_kl: float = 0.5, mse: float = 0.0, kl_reduction: str = "sum",
-                 hard_quantile: float = 0.0) -> None:
+                 hard_quantile: float = 0.0, mse_mode: str = "normalized") -> None:
         super().__init__()
+        if mse_mode not in MSE_FUNCTIONS:
+            raise ValueError(f"--loss-mse-mode: expected one of {', '.join(MSE_MODES)}, got {mse_mode!r}")
+        self.mse = MSE_FUNCTIONS[mse_mode]
         self.weights = {"channel_cosine": channel_cosine, "spatial_cosine": spatial_cosine,
                         "channel_kl": channel_kl, "spatial_kl": spatial_kl, "mse": mse}
         if not any(w > 0 for w in self.weights.values()):
@@ -126,7 +141,7 @@ class FeatureMatchingLoss(nn.Module):
             return channel_kl_divergence(teacher, student, self.kl_reduction)
         if name == "spatial_kl":
             return spatial_kl_divergence(teacher, student, self.kl_reduction)
-        return normalized_mse(teacher, student, self.hard_quantile, self._world())
+        return self.mse(teacher, student, self.hard_quantile, self._world())
 
     def forward(self, teacher_features: list[torch.Tensor], student_features: list[torch.Tensor]
                 ) -> tuple[torch.Tensor, dict[str, float]]:

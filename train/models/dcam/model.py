@@ -7,7 +7,7 @@ L2-normalised MSE.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from ...backbones import FeatureExtractor, build_backbone
 from ...config import ModelConfig
 from ..base import DistillationModel
 from ..feature_transform import MatchedFeatureTransform
-from ..head import DistanceHead, pyramid_cosine_head
+from ..head import DistanceHead, level_cosine_distances
 from .attention import DistributedAttention
 from .loss import FeatureMatchingLoss
 
@@ -27,23 +27,26 @@ def select_levels(features: list[torch.Tensor], levels: tuple[int, ...]) -> list
 
 
 def student_pyramid(student: FeatureExtractor, images: torch.Tensor, teacher_features: list[torch.Tensor],
-                    shared_levels: int) -> list[torch.Tensor]:
+                    shared_levels: int, refine: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+                    ) -> list[torch.Tensor]:
     """The student's three maps; with shared levels the first ones are the teacher's and the student continues
-    from the last shared map (backbones' forward_from)."""
+    from the last shared map (backbones' forward_from). ``refine``: inline attention after each level."""
     if shared_levels == 0:
-        return student(images)
+        return student(images, refine)
     shared = teacher_features[:shared_levels]
-    return [*shared, *student.forward_from(shared[-1], shared_levels - 1)]
+    return [*shared, *student.forward_from(shared[-1], shared_levels - 1, refine)]
 
 
 def matched_features(all_teacher: list[torch.Tensor], student: FeatureExtractor, images: torch.Tensor,
-                     levels: tuple[int, ...], shared_levels: int, attention: nn.Module | None,
-                     transform: MatchedFeatureTransform) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                     levels: tuple[int, ...], shared_levels: int, attention: DistributedAttention | None,
+                     transform: MatchedFeatureTransform, placement: str = "branch"
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The teacher's and the (attention-refined) student's maps at the distilled levels, both through the same
     standardise/average transform: what loss and anomaly map compare."""
     teacher_features = select_levels(all_teacher, levels)
-    student_features = select_levels(student_pyramid(student, images, all_teacher, shared_levels), levels)
-    if attention is not None:
+    inline = attention.refine if attention is not None and placement == "inline" else None
+    student_features = select_levels(student_pyramid(student, images, all_teacher, shared_levels, inline), levels)
+    if attention is not None and placement == "branch":
         student_features = attention(student_features)
     return transform(teacher_features), transform(student_features)
 
@@ -52,8 +55,9 @@ class FeaturePyramidInference(nn.Module):
     """Teacher + student (+ optional attention) + distance head as one module: x → (anomaly_map, score)."""
 
     def __init__(self, teacher: nn.Module, student: FeatureExtractor, head: DistanceHead,
-                 attention: nn.Module | None = None, levels: tuple[int, ...] = (0, 1, 2),
-                 shared_levels: int = 0, transform: MatchedFeatureTransform | None = None) -> None:
+                 attention: DistributedAttention | None = None, levels: tuple[int, ...] = (0, 1, 2),
+                 shared_levels: int = 0, transform: MatchedFeatureTransform | None = None,
+                 placement: str = "branch") -> None:
         super().__init__()
         self.transform = transform if transform is not None else MatchedFeatureTransform([], False, 1)
         self.teacher = teacher
@@ -62,15 +66,23 @@ class FeaturePyramidInference(nn.Module):
         self.head = head
         self.levels = tuple(levels)
         self.shared_levels = shared_levels
+        self.placement = placement
+
+    def level_distances(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Ω^k per distilled level at its own resolution, before the head weights, upsamples and sums them."""
+        teacher_features, student_features = matched_features(self.teacher(images), self.student, images, self.levels,
+                                                              self.shared_levels, self.attention, self.transform,
+                                                              self.placement)
+        return level_cosine_distances(teacher_features, student_features)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        teacher_features, student_features = matched_features(self.teacher(images), self.student, images, self.levels,
-                                                              self.shared_levels, self.attention, self.transform)
-        return pyramid_cosine_head(self.head, teacher_features, student_features, images.shape[-2:])
+        return self.head(self.level_distances(images), images.shape[-2:])
 
 
 class STFPMModel(DistillationModel):
     """Student-teacher feature pyramid matching, with DCAM attention when cfg.attention != "none"."""
+
+    head: DistanceHead
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -82,14 +94,13 @@ class STFPMModel(DistillationModel):
                 if isinstance(module, nn.BatchNorm2d):
                     module.momentum = cfg.student_bn_momentum
         self.freeze_teacher()
-        self.attention = (DistributedAttention([self.teacher.channels[i] for i in cfg.levels], cfg.attention,
-                                               cfg.attention_reduction,
-                                               cfg.attention_kernel)
+        self.attention = (DistributedAttention(cfg.levels, [self.teacher.channels[i] for i in cfg.levels],
+                                               cfg.attention, cfg.attention_reduction, cfg.attention_kernel)
                           if cfg.attention != "none" else None)
         self.loss = FeatureMatchingLoss(cfg.loss_channel_cosine, cfg.loss_spatial_cosine, cfg.loss_channel_kl,
                                         cfg.loss_spatial_kl, cfg.loss_mse, cfg.kl_reduction,
-                                        cfg.loss_hard_quantile)
-        self.head = DistanceHead(cfg.blur_sigma)
+                                        cfg.loss_hard_quantile, cfg.loss_mse_mode)
+        self.head = DistanceHead(cfg.blur_sigma, len(cfg.levels) if cfg.level_normalize else 0, cfg.level_fusion)
         self.feature_transform = MatchedFeatureTransform([self.teacher.channels[i] for i in cfg.levels],
                                                          cfg.feature_standardize, cfg.feature_neighbourhood)
 
@@ -97,18 +108,25 @@ class STFPMModel(DistillationModel):
         """The teacher's channel mean/std on the training normals (--feature-standardize)."""
         self.feature_transform.fit(select_levels(self.teacher(images), self.cfg.levels) for images in normal_batches)
 
+    def fit_normal_statistics(self, normal_batches: Iterable[torch.Tensor]) -> None:
+        """Per-level map weights from the validation normals' distances (--level-normalize), as inference sees them."""
+        if self.cfg.level_normalize:
+            inference = self.inference_model()
+            self.head.fit_level_weights(inference.level_distances(images) for images in normal_batches)
+
     def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher features (no grad) and the student's features refined by DCAM (training view)."""
         with torch.no_grad():
             all_teacher = self.teacher(images)
         return matched_features(all_teacher, self.student, images, self.cfg.levels, self.cfg.student_shared_levels,
-                                self.attention, self.feature_transform)
+                                self.attention, self.feature_transform, self.cfg.attention_placement)
 
     def compute_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         teacher_features, student_features = self.features(images)
         return self.loss(teacher_features, student_features)
 
-    def inference_model(self) -> nn.Module:
+    def inference_model(self) -> FeaturePyramidInference:
         attention = self.attention if self.cfg.attention_at_inference else None
         return FeaturePyramidInference(self.teacher, self.student, self.head, attention, self.cfg.levels,
-                                       self.cfg.student_shared_levels, self.feature_transform)
+                                       self.cfg.student_shared_levels, self.feature_transform,
+                                       self.cfg.attention_placement)

@@ -8,12 +8,15 @@ normal validation images and the two are added (Eq. 8), then blurred; score = ma
 """
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 from torch import nn
 
-from ...backbones import build_backbone
+from ...backbones import backbone_spec, build_classifier
 from ...config import ModelConfig
 from ..base import DistillationModel
 from ..decoder import ReverseDecoder, decoder_spec
@@ -60,9 +63,12 @@ class ScoreStandardizer(nn.Module):
         self.register_buffer("mean", torch.zeros(2))
         self.register_buffer("std", torch.ones(2))
 
-    def forward(self, local_maps: list[torch.Tensor], global_maps: list[torch.Tensor]) -> list[torch.Tensor]:
-        scaled = [m / self.std[0] for m in local_maps] + [m / self.std[1] for m in global_maps]
-        offset = self.mean[0] / self.std[0] + self.mean[1] / self.std[1]
+    def forward(self, local_maps: list[torch.Tensor] | None,
+                global_maps: list[torch.Tensor] | None) -> list[torch.Tensor]:
+        """The standardised level maps of the students present (a single-student model has one)."""
+        present = [(k, maps) for k, maps in enumerate((local_maps, global_maps)) if maps is not None]
+        scaled = [m / self.std[k] for k, maps in present for m in maps]
+        offset = functools.reduce(operator.add, (self.mean[k] / self.std[k] for k, _ in present))
         return [scaled[0] - offset] + scaled[1:]
 
 
@@ -72,16 +78,31 @@ class DualStudents(nn.Module):
     def __init__(self, cfg: ModelConfig, channels: list[int]) -> None:
         super().__init__()
         spec = decoder_spec(cfg.backbone, cfg.rd.bottleneck_layers)
-        self.local_bottleneck = OneClassBottleneck(channels, spec, "concat")
-        self.local_decoder = ReverseDecoder(channels, self.local_bottleneck.out_channels, spec)
-        ocbe_global = OneClassBottleneck(channels, spec, "last")
-        gccb = GlobalContextCondensingBlock(ocbe_global.out_channels, cfg.dskd.g) if cfg.dskd.g else nn.Identity()
-        self.global_bottleneck = nn.Sequential(ocbe_global, gccb)
-        self.global_decoder = ReverseDecoder(channels, ocbe_global.out_channels, spec)
+        self.local_bottleneck: nn.Module | None = None
+        self.local_decoder: nn.Module | None = None
+        self.global_bottleneck: nn.Sequential | None = None
+        self.global_decoder: nn.Module | None = None
+        if cfg.dskd.students in ("both", "local"):
+            self.local_bottleneck = OneClassBottleneck(channels, spec, "concat")
+            self.local_decoder = ReverseDecoder(channels, self.local_bottleneck.out_channels, spec)
+        if cfg.dskd.students in ("both", "global"):
+            ocbe_global = OneClassBottleneck(channels, spec, "last")
+            g = cfg.dskd.g if cfg.dskd.g is not None else ocbe_global.out_channels // 2
+            gccb = GlobalContextCondensingBlock(ocbe_global.out_channels, g) if g else nn.Identity()
+            self.global_bottleneck = nn.Sequential(ocbe_global, gccb)
+            self.global_decoder = ReverseDecoder(channels, ocbe_global.out_channels, spec)
 
-    def forward(self, teacher_features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        local_features = self.local_decoder(self.local_bottleneck(teacher_features))
-        global_features = self.global_decoder(self.global_bottleneck(teacher_features))
+    def start_global_from(self, fourth_stage: nn.Module) -> None:
+        """OCBE_glo's residual stage ← the teacher's pretrained 4th stage (same blocks and shapes, DSKD §3.4)."""
+        if self.global_bottleneck is not None:
+            cast(OneClassBottleneck, self.global_bottleneck[0]).stage.load_state_dict(fourth_stage.state_dict())
+
+    def forward(self, teacher_features: list[torch.Tensor]
+                ) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
+        local_features = (self.local_decoder(self.local_bottleneck(teacher_features))
+                          if self.local_decoder is not None and self.local_bottleneck is not None else None)
+        global_features = (self.global_decoder(self.global_bottleneck(teacher_features))
+                           if self.global_decoder is not None and self.global_bottleneck is not None else None)
         return local_features, global_features
 
 
@@ -98,12 +119,14 @@ class DualStudentInference(nn.Module):
         self.kinds = (cfg.dskd.local_loss, cfg.dskd.global_loss)
         self.temperature = cfg.dskd.temperature
 
-    def level_maps(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def level_maps(self, images: torch.Tensor) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
         """M_loc^l and M_glo^l, each student scored with its own loss's discrepancy (Eq. 1 or Eq. 6, §3.5)."""
         teacher_features = self.teacher(images)
-        local_features, global_features = self.students(teacher_features)
-        return (student_distance_maps(teacher_features, local_features, self.kinds[0], self.temperature),
-                student_distance_maps(teacher_features, global_features, self.kinds[1], self.temperature))
+        features = self.students(teacher_features)
+        local_maps, global_maps = (None if f is None else
+                                   student_distance_maps(teacher_features, f, kind, self.temperature)
+                                   for f, kind in zip(features, self.kinds))
+        return local_maps, global_maps
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         local_maps, global_maps = self.level_maps(images)
@@ -116,9 +139,17 @@ class DualStudentModel(DistillationModel):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.teacher = build_backbone(cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.teacher_weights)
+        classifier = build_classifier(cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.teacher_weights)
+        backbone = backbone_spec(cfg.backbone)
+        self.teacher = backbone.features(classifier, cfg.backbone, backbone.normalization)
         self.freeze_teacher()
         self.students = DualStudents(cfg, self.teacher.channels)
+        fourth_stage = getattr(classifier, "layer4", None)
+        if cfg.dskd.global_init == "teacher" and fourth_stage is None:
+            raise ValueError(f"--dskd-global-init teacher: {cfg.backbone} has no 4th residual stage "
+                             f"(a ResNet teacher has); use auto or random")
+        if cfg.dskd.global_init != "random" and fourth_stage is not None and cfg.pretrained:
+            self.students.start_global_from(fourth_stage)  # a run being loaded gets its trained weights instead
         self.standardizer = ScoreStandardizer()
         self.head = DistanceHead(cfg.blur_sigma)
 
@@ -126,19 +157,20 @@ class DualStudentModel(DistillationModel):
         cfg = self.cfg
         with torch.no_grad():
             teacher_features = self.teacher(images)
-        local_features, global_features = self.students(teacher_features)
-        local = student_loss(teacher_features, local_features, cfg.dskd.local_loss, cfg.dskd.temperature,
-                             cfg.rd.loss_mode)
-        global_ = student_loss(teacher_features, global_features, cfg.dskd.global_loss, cfg.dskd.temperature,
-                               cfg.rd.loss_mode)
-        return local + global_, {"local": float(local.detach()), "global": float(global_.detach())}
+        terms = {name: student_loss(teacher_features, features, kind, cfg.dskd.temperature, cfg.rd.loss_mode)
+                 for name, features, kind in zip(("local", "global"), self.students(teacher_features),
+                                                 (cfg.dskd.local_loss, cfg.dskd.global_loss)) if features is not None}
+        total = functools.reduce(operator.add, terms.values())
+        return total, {name: float(term.detach()) for name, term in terms.items()}
 
     @torch.no_grad()
-    def student_anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """M_loc = Σ_l Ψ(M_loc^l) and M_glo (Eq. 8, before standardisation and blur), each B×1×H×W."""
-        local_maps, global_maps = self.inference_model().level_maps(images)
+    def student_anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """M_loc = Σ_l Ψ(M_loc^l) and M_glo (Eq. 8, before standardisation and blur), each B×1×H×W (None for a
+        student a single-student model does not have)."""
         plain = DistanceHead(0.0)
-        return plain(local_maps, images.shape[-2:])[0], plain(global_maps, images.shape[-2:])[0]
+        local_maps, global_maps = (None if maps is None else plain(maps, images.shape[-2:])[0]
+                                   for maps in self.inference_model().level_maps(images))
+        return local_maps, global_maps
 
     @torch.no_grad()
     def fit_normal_statistics(self, normal_batches: Iterable[torch.Tensor]) -> None:
@@ -152,6 +184,8 @@ class DualStudentModel(DistillationModel):
         for batch in normal_batches:
             images = batch["image"] if isinstance(batch, dict) else batch
             for k, m in enumerate(self.student_anomaly_maps(images.to(device))):
+                if m is None:
+                    continue  # a single-student model: the absent student's μ, σ stay 0, 1
                 m = m.to("cpu", torch.float64)
                 sums[k] += m.sum()
                 squares[k] += (m * m).sum()
@@ -162,6 +196,8 @@ class DualStudentModel(DistillationModel):
                              "(μ, σ of Eq. 8 need normal images)")
         mean = sums / count
         std = torch.sqrt(torch.clamp(squares / count - mean * mean, min=0.0)).clamp_min(SIGMA_FLOOR)
+        absent = torch.tensor([self.students.local_decoder is None, self.students.global_decoder is None])
+        mean, std = mean.masked_fill(absent, 0.0), std.masked_fill(absent, 1.0)  # an absent student: identity
         self.standardizer.mean.copy_(mean.to(self.standardizer.mean.dtype))
         self.standardizer.std.copy_(std.to(self.standardizer.std.dtype))
 

@@ -13,7 +13,7 @@ from torch import nn
 from ...config import ModelConfig
 from ..decoder import DecoderSpec, init_rd_weights
 from ..rd.loss import multi_level_cosine_loss
-from ..rd.model import OneClassBottleneck, ReverseDistillationModel
+from ..rd.model import OneClassBottleneck, ReverseDistillationInference, ReverseDistillationModel
 from .scsatt import SCSAtt
 
 
@@ -33,13 +33,29 @@ class FeatureMaskModule(nn.Module):
             for c in channels)
         init_rd_weights(self)
 
-    def forward(self, student_features: list[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, student_features: list[torch.Tensor], masked: bool = True) -> list[torch.Tensor]:
+        """Masked (training) or whole (scoring through the FMM: a random mask would make scores random)."""
         restored = []
         for features, align, generate in zip(student_features, self.align, self.generate):
-            b, _, h, w = features.shape
-            keep = torch.rand(b, 1, h, w, device=features.device) >= self.mask_rate
-            restored.append(generate(align(features) * keep.to(features.dtype)))
+            aligned = align(features)
+            if masked:
+                b, _, h, w = features.shape
+                aligned = aligned * (torch.rand(b, 1, h, w, device=features.device) >= self.mask_rate).to(aligned.dtype)
+            restored.append(generate(aligned))
         return restored
+
+
+class DecoderThroughFMM(nn.Module):
+    """D then the unmasked FMM: the student features the paper scores with (§3.8, "outputting the features via the
+    mask generation module ... generate a two-dimensional anomaly score map at each level")."""
+
+    def __init__(self, decoder: nn.Module, fmm: FeatureMaskModule) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.fmm = fmm
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.fmm(self.decoder(x), masked=False)
 
 
 class MaskedReverseDistillationModel(ReverseDistillationModel):
@@ -69,3 +85,11 @@ class MaskedReverseDistillationModel(ReverseDistillationModel):
             parts["fmm"] = float(fmm_loss.detach())
             loss = loss + self.cfg.mrkd.fmm_weight * fmm_loss
         return loss, parts
+
+    def inference_model(self) -> nn.Module:
+        """Scored from the decoder (default: the FMM is a training-time regulariser) or, with
+        --mrkd-score-through-fmm, from the FMM's regenerated features as the paper's §3.8 describes."""
+        if self.cfg.mrkd.score_through_fmm and self.fmm is not None:
+            decoder = DecoderThroughFMM(self.decoder, self.fmm)
+            return ReverseDistillationInference(self.teacher, self.bottleneck, decoder, self.head)
+        return super().inference_model()

@@ -26,6 +26,9 @@ class RDOptions:
 
 
 # RD §4.1: Adam lr 0.005, betas (0.5, 0.999), 200 epochs, batch 16; the map is smoothed with σ = 4 before the max.
+# The RD family's papers all distil a WideResNet-50 teacher (RD4AD §4.1, DSKD §4.1, masked RD §4).
+RD_PAPER_BACKBONE = "wide_resnet50_2"
 RD_PAPER_TRAIN = dict(optimizer="adam", lr=0.005, epochs=200, batch_size=16)
 SPEC = MethodSpec(name="rd", paper="Deng & Li, CVPR 2022 (RD4AD)", model="rd.model:ReverseDistillationModel",
-                  paper_model=dict(blur_sigma=4.0), paper_train=RD_PAPER_TRAIN, needs_all_levels=True)
+                  paper_model=dict(blur_sigma=4.0, backbone=RD_PAPER_BACKBONE), paper_train=RD_PAPER_TRAIN,
+                  needs_all_levels=True)
