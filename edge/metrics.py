@@ -19,7 +19,7 @@ Degenerate inputs (a single class, no anomalous pixels) return nan with a ``Metr
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -300,3 +300,40 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
         return float("nan")
     fpr, pro = curve
     return trapezoid(fpr, pro, x_max=fpr_limit) / fpr_limit
+
+
+# ----------------------------------------------------------------------------------------------------
+# MVTec LOCO's saturated per-region overlap
+
+
+def spro(regions: Sequence[Sequence[tuple[np.ndarray, float]]], anomalous_maps: Sequence[np.ndarray],
+         normal_maps: np.ndarray, fpr_limit: float = 0.05, n_thresholds: int = 200) -> float:
+    """Normalised area under the sPRO curve up to FPR = fpr_limit (MVTec LOCO AD, Bergmann et al. IJCV 2022).
+
+    regions[i]: the defect regions of anomalous image i, each (boolean mask like its map, saturation s in
+    pixels); sPRO(t) = mean over all regions of min(1, |{map ≥ t} ∩ region| / s); FPR(t) is the share of the
+    normal images' pixels ≥ t (LOCO counts false positives on anomaly-free images only). Thresholds: the normal
+    pixels' quantiles at n_thresholds FPRs evenly spaced in [0, fpr_limit].
+    """
+    if not 0.0 < fpr_limit <= 1.0:
+        raise MetricInputError(f"fpr_limit: expected a value in (0, 1], got {fpr_limit}")
+    normal = np.sort(np.asarray(normal_maps, np.float64).ravel())
+    region_scores = [np.sort(np.asarray(amap, np.float64)[mask]) for masks, amap in zip(regions, anomalous_maps)
+                     for mask, _ in masks]
+    saturation = np.array([s for masks in regions for _, s in masks], np.float64)
+    if normal.size == 0 or not region_scores:
+        return _undefined("sPRO", "no normal pixels" if normal.size == 0 else "no defect regions")
+    if np.any(saturation <= 0):
+        raise MetricInputError("spro: every region needs a saturation threshold > 0")
+    quantiles = np.linspace(0.0, fpr_limit, n_thresholds + 1)[1:]
+    thresholds = np.r_[np.nextafter(normal[-1], np.inf), np.quantile(normal, 1.0 - quantiles)]
+    fpr = np.asarray(normal.size - np.searchsorted(normal, thresholds, side="left"), np.float64) / normal.size
+    covered = np.stack([scores.size - np.searchsorted(scores, thresholds, side="left") for scores in region_scores])
+    overlap: np.ndarray = np.minimum(1.0, covered / saturation[:, None]).mean(axis=0)
+    order = np.argsort(fpr, kind="stable")
+    fpr, overlap = fpr[order], overlap[order]
+    x = np.r_[0.0, fpr] if fpr[0] > 0 else fpr
+    y = np.r_[overlap[0], overlap] if fpr[0] > 0 else overlap
+    if x[-1] < fpr_limit:  # a map with many tied normal scores: the curve ends early; extend it flat
+        x, y = np.r_[x, fpr_limit], np.r_[y, y[-1]]
+    return trapezoid(x, y, x_max=fpr_limit) / fpr_limit

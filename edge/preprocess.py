@@ -206,6 +206,13 @@ def load_mask(path: str | Path, expected_hw: tuple[int, int], image_size: int, f
     The mask must have the same height and width as its image (MVTec convention);
     anything else is an error naming the file.
     """
+    path = Path(path)
+    if path.is_dir():  # MVTec LOCO: one mask file per defect region, their union is the image's mask
+        parts = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not parts:
+            raise ImageReadError(f"{path}: mask directory holds no mask images")
+        union: np.ndarray = np.maximum.reduce([load_mask(p, expected_hw, image_size, fit) for p in parts])
+        return union
     mask = _read_file(path, cv2.IMREAD_GRAYSCALE, "mask")
     if tuple(mask.shape[:2]) != tuple(expected_hw):
         raise ImageReadError(

@@ -4,7 +4,7 @@ Every image goes through edge.preprocess — decode_image → resize_rgb here, p
 calibration ranges and export-time accuracy figures are measured on exactly the tensors the edge runtime
 builds.  Decoded images are cached as resized uint8 (4× smaller than the float tensors).
 
-Split (the one dcam-train used): train.data.split_train_val(train/good, cfg.val_fraction, cfg.seed) →
+Split (the one dcam-train used): train.data.training_split(data, categories, cfg.val_fraction, cfg.seed) →
 calibration draws from the training part, thresholds / Spearman / map correlation use the validation
 part (images the student never saw).  ``--calib-data DIR`` replaces the calibration images with every
 image under DIR; when the run's dataset is not reachable, 20 % of DIR (seeded) becomes the validation set.
@@ -114,11 +114,10 @@ Item = tuple[Any, str]  # (image path, category)
 
 def _dataset_normals(cfg: Any, categories: Sequence[str]) -> tuple[list[Item], list[Item]]:
     """The run's own train/good split: (training part, validation part), as dcam-train split it."""
-    from train.data.mvtec import MVTecLayoutError, list_train_samples, split_train_val
+    from train.data.mvtec import MVTecLayoutError, training_split
 
     try:
-        train_part, val_part = split_train_val(list_train_samples(cfg.data, list(categories)),
-                                               cfg.val_fraction, cfg.seed)
+        train_part, val_part = training_split(cfg.data, list(categories), cfg.val_fraction, cfg.seed)
     except MVTecLayoutError as exc:
         raise ExportError(str(exc)) from None
     return [(s.path, s.category) for s in train_part], [(s.path, s.category) for s in val_part]

@@ -29,11 +29,12 @@ from tqdm import tqdm
 from edge.accuracy import AUPRO_FPR_LIMIT, COUNT_KEYS, METRIC_KEYS, category_means, category_metrics, category_table
 from edge.cliconfig import ConfigCli, option, run_cli
 from edge.jsonsafe import write_json as write_strict_json
-from edge.metrics import MetricWarning, image_auroc
+from edge.metrics import MetricWarning, image_auroc, spro
 from edge.preprocess import PreprocessSpec
 from train.device import resolve_device
 
 RESULT_KEYS = METRIC_KEYS + ("ms_per_image",) + COUNT_KEYS
+SPRO_FPR_LIMIT = 0.05  # MVTec LOCO AD reports sPRO up to this false positive rate
 
 
 class EvalError(ValueError):
@@ -175,7 +176,7 @@ def evaluate_model(inference_model: nn.Module, spec: PreprocessSpec, data: str |
     category from the run's validation images (the same seeded split of train/good as training, via
     val_fraction/seed), falling back to the normal test images when the dataset has no train/good.
     """
-    from train.data import MVTecLayoutError, list_test_samples, list_train_samples, split_train_val
+    from train.data import MVTecLayoutError, list_test_samples, training_split
     from train.visualize import heatmap_range, visualize_category
 
     dev = resolve_device(device) if isinstance(device, str) else device
@@ -195,6 +196,8 @@ def evaluate_model(inference_model: nn.Module, spec: PreprocessSpec, data: str |
         row["ms_per_image"] = 1000.0 * scored.forward_s / max(len(samples), 1)
         per_category[cat] = {k: row[k] for k in RESULT_KEYS}
         per_category[cat]["defects"] = defect_aurocs(samples, scored.labels, scored.scores)
+        if with_masks and any(s.mask_path is not None and s.mask_path.is_dir() for s in samples):
+            per_category[cat]["spro"] = loco_spro(samples, scored.maps, scored.labels, spec, Path(data) / cat)
         images.extend({"path": str(s.path), "category": cat, "defect": s.defect, "label": int(label),
                        "score": float(score)} for s, label, score in zip(samples, scored.labels, scored.scores))
         if visualize_dir is None:
@@ -203,7 +206,7 @@ def evaluate_model(inference_model: nn.Module, spec: PreprocessSpec, data: str |
             print(f"note: {cat}: no masks, no figures", file=sys.stderr)
             continue
         try:
-            _, val = split_train_val(list_train_samples(data, [cat]), val_fraction, seed)
+            _, val = training_split(data, [cat], val_fraction, seed)
         except MVTecLayoutError:
             val = []
         if val:
@@ -214,6 +217,17 @@ def evaluate_model(inference_model: nn.Module, spec: PreprocessSpec, data: str |
         visualize_category(visualize_dir, cat, samples, scored.maps, scored.scores, scored.masks, spec,
                            heatmap_range(normal_maps), AUPRO_FPR_LIMIT)
     return {"categories": per_category, "mean": summarize(per_category), "images": images}
+
+
+def loco_spro(samples: Sequence, maps: np.ndarray, labels: np.ndarray, spec: PreprocessSpec,
+              category_dir: Path) -> float:
+    """MVTec LOCO's sPRO up to FPR 0.05 (its own metric; defects_config.json's saturation thresholds)."""
+    from train.data.loco import defect_regions, load_saturations
+
+    saturations = load_saturations(category_dir)
+    anomalous = [i for i, s in enumerate(samples) if labels[i] == 1]
+    regions = [defect_regions(samples[i], spec, saturations) for i in anomalous]
+    return spro(regions, [maps[i] for i in anomalous], maps[labels == 0], SPRO_FPR_LIMIT)
 
 
 def has_masks(samples: Sequence) -> bool:
@@ -319,6 +333,9 @@ def format_table(result: Mapping[str, Any]) -> str:
         lines += ["", f"{'category':<16}{'defect':<20}{'images':>7}{'img AUROC':>11}"]
         lines += [f"{cat:<16}{defect:<20}{int(r['n_images']):>7}{fmt(r['image_auroc']):>11}"
                   for cat, defect, r in defect_rows]
+    spro_rows = [(cat, row["spro"]) for cat, row in result["categories"].items() if "spro" in row]
+    if spro_rows:
+        lines += ["", f"{'category':<16}{'sPRO@0.05':>10}"] + [f"{cat:<16}{fmt(v):>10}" for cat, v in spro_rows]
     return "\n".join(lines)
 
 

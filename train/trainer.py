@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .augment import augment_batch, augment_generator
 from .config import TrainConfig
-from .data import ImageDataset, list_train_samples, parse_categories, split_train_val
+from .data import ImageDataset, parse_categories, training_split
 from .device import resolve_device
 from .distributed import GlobalBatchSampler, barrier, convert_batchnorm, init_distributed, shutdown
 from .models import DistillationModel, build_model
@@ -93,8 +93,7 @@ class DataSplit:
 
 def build_datasets(cfg: TrainConfig) -> DataSplit:
     categories = parse_categories(cfg.categories, cfg.data)
-    samples = list_train_samples(cfg.data, categories)
-    train_samples, val_samples = split_train_val(samples, cfg.val_fraction, cfg.seed)
+    train_samples, val_samples = training_split(cfg.data, categories, cfg.val_fraction, cfg.seed)
     spec = preprocess_spec(cfg)
     split = DataSplit(ImageDataset(train_samples, spec, cache=cfg.cache_images),
                       ImageDataset(val_samples, spec, cache=cfg.cache_images), categories)

@@ -9,16 +9,21 @@ from train.data.mvtec import (
     MVTecLayoutError,
     Sample,
     discover_categories,
+    ground_truth_path,
     image_hw,
     list_test_samples,
     list_train_samples,
+    list_validation_samples,
+    mask_files,
     parse_categories,
     split_train_val,
+    training_split,
 )
 
 __all__ = [
     "GOOD", "IMAGE_EXTENSIONS", "ImageDataset", "MVTecLayoutError", "Sample", "discover_categories", "image_hw",
-    "list_test_samples", "list_train_samples", "parse_categories", "split_train_val",
+    "list_test_samples", "list_train_samples", "list_validation_samples", "parse_categories", "split_train_val",
+    "ground_truth_path", "mask_files", "training_split",
 ]
 
 

@@ -6,6 +6,10 @@ Layout (Bergmann et al., MVTec AD, CVPR 2019)::
     <root>/<category>/test/<defect>/*.png|jpg          (test/good = normal test images)
     <root>/<category>/ground_truth/<defect>/<name>_mask.png   (anomalous test images only)
 
+MVTec LOCO AD (Bergmann et al., IJCV 2022) is read too: ``ground_truth/<defect>/<name>/000.png, 001.png …``
+(one mask per defect region, unioned for pixel metrics, kept apart for sPRO), ``<category>/validation/good``
+as the validation split, and ``defects_config.json`` (saturation thresholds) beside them.
+
 This module needs only numpy/OpenCV (no torch), so evaluation and benchmarking can list samples
 without the training stack. Every layout problem raises one line naming the offending file or
 directory, before any training or evaluation time is spent.
@@ -26,7 +30,8 @@ MASK_SUFFIX = "_mask.png"
 
 __all__ = [
     "GOOD", "IMAGE_EXTENSIONS", "MVTecLayoutError", "Sample", "discover_categories", "parse_categories",
-    "list_train_samples", "list_test_samples", "split_train_val", "image_hw",
+    "list_train_samples", "list_test_samples", "list_validation_samples", "split_train_val", "image_hw",
+    "ground_truth_path", "mask_files", "training_split",
 ]
 
 
@@ -180,18 +185,58 @@ def list_test_samples(root: str | Path, categories: str | Sequence[str]) -> list
                 if not (root / cat / "ground_truth").is_dir():
                     cat_samples.append(Sample(path=img, category=cat, label=1, defect=ddir.name))
                     continue
-                mask = root / cat / "ground_truth" / ddir.name / f"{img.stem}{MASK_SUFFIX}"
-                if not mask.is_file():
-                    raise MVTecLayoutError(f"{mask}: ground-truth mask not found for anomalous test image {img}")
-                img_hw, mask_hw = image_hw(img), image_hw(mask)
-                if img_hw != mask_hw:
-                    raise MVTecLayoutError(f"{mask}: mask is {mask_hw[1]}x{mask_hw[0]} but its image {img} "
-                                           f"is {img_hw[1]}x{img_hw[0]}")
+                mask = ground_truth_path(root / cat / "ground_truth" / ddir.name, img)
+                img_hw = image_hw(img)
+                for part in mask_files(mask):
+                    if image_hw(part) != img_hw:
+                        mask_hw = image_hw(part)
+                        raise MVTecLayoutError(f"{part}: mask is {mask_hw[1]}x{mask_hw[0]} but its image {img} "
+                                               f"is {img_hw[1]}x{img_hw[0]}")
                 cat_samples.append(Sample(path=img, category=cat, label=1, defect=ddir.name, mask_path=mask))
         if not cat_samples:
             raise MVTecLayoutError(f"{test_dir}: no test images found (expected test/<defect>/*.png)")
         samples.extend(cat_samples)
     return samples
+
+
+def ground_truth_path(defect_dir: Path, image: Path) -> Path:
+    """An anomalous image's mask: MVTec AD's ``<name>_mask.png`` or MVTec LOCO's directory ``<name>/`` of masks."""
+    mask = defect_dir / f"{image.stem}{MASK_SUFFIX}"
+    if mask.is_file():
+        return mask
+    if (defect_dir / image.stem).is_dir() and mask_files(defect_dir / image.stem):
+        return defect_dir / image.stem
+    raise MVTecLayoutError(f"{mask}: ground-truth mask not found for anomalous test image {image} "
+                           f"(nor a LOCO mask directory {defect_dir / image.stem}/)")
+
+
+def mask_files(mask_path: Path) -> list[Path]:
+    """The mask images of a ground-truth path: itself, or every image in a LOCO mask directory (one per region)."""
+    if mask_path.is_dir():
+        return sorted(p for p in mask_path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return [mask_path]
+
+
+def list_validation_samples(root: str | Path, categories: str | Sequence[str]) -> list[Sample] | None:
+    """The data set's own validation normals (``<cat>/validation/good``, MVTec LOCO), or None when a category
+    has none (then a seeded share of train/good is held out: split_train_val)."""
+    root = Path(root)
+    names = _resolve(root, categories)
+    if not all((root / cat / "validation" / GOOD).is_dir() for cat in names):
+        return None
+    samples = [Sample(path=p, category=cat, label=0, defect=GOOD)
+               for cat in names for p in _list_images(root / cat / "validation" / GOOD)]
+    return samples or None
+
+
+def training_split(root: str | Path, categories: str | Sequence[str], val_fraction: float = 0.2,
+                   seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """(training normals, validation normals) of a run, as training, export and evaluation all take them:
+    every train/good image and the data set's own validation/good where it ships one (MVTec LOCO), else a seeded
+    share of train/good held out (split_train_val)."""
+    samples = list_train_samples(root, categories)
+    own_validation = list_validation_samples(root, categories)
+    return (samples, own_validation) if own_validation is not None else split_train_val(samples, val_fraction, seed)
 
 
 def split_train_val(samples: Sequence[Sample], val_fraction: float = 0.2,
