@@ -432,3 +432,32 @@ def test_inline_attention_feeds_the_next_stage_and_a_branch_does_not() -> None:
         ModelConfig(method="dcam", attention_placement="side")
     with pytest.raises(ValueError, match="--loss-mse-mode"):
         ModelConfig(method="dcam", loss_mse_mode="l1")
+
+
+@pytest.mark.parametrize("fields", [
+    dict(level_normalize=True),
+    dict(level_fusion="product", blur_sigma=2.0),
+    dict(attention="both", attention_placement="inline", attention_at_inference=True),
+], ids=["level-normalize", "product", "inline-attention"])
+def test_new_heads_and_placements_export_to_onnx_with_parity(fields: dict, tmp_path) -> None:
+    import contextlib
+    import io
+    import warnings
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(method="dcam", backbone="efficientnet_lite0", pretrained=False, **fields)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    if fields.get("level_normalize"):
+        model.fit_normal_statistics(iter([x]))
+        assert not torch.allclose(model.head.level_weights, torch.ones(2))
+    inference = model.inference_model().eval()
+    with torch.no_grad():
+        amap, score = inference(x[:1])
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(inference, (x[:1],), str(path), dynamo=True, external_data=False, optimize=False,
+                          input_names=["image"], output_names=["anomaly_map", "score"])
+    got_map, got_score = ort.InferenceSession(str(path)).run(None, {"image": x[:1].numpy()})
+    np.testing.assert_allclose(got_map, amap.numpy(), rtol=1e-4, atol=1e-4 * float(amap.abs().max()))
+    np.testing.assert_allclose(got_score, score.numpy(), rtol=1e-4)

@@ -207,6 +207,8 @@ class Trainer:
                    desc=f"epoch {epoch + 1}/{self.cfg.epochs}", disable=not self.ctx.is_main, leave=False,
                    dynamic_ncols=True)
         t0 = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         steps_per_epoch = min(limit, len(self.train_loader))
         for batch in bar:
             for group in optimizer.param_groups:
@@ -238,6 +240,8 @@ class Trainer:
         seconds = time.perf_counter() - t0
         stats = self._reduce(totals, n_images)
         stats["images_per_s"] = stats.pop("_images") / max(seconds, 1e-9)
+        if self.device.type == "cuda":  # this process's peak (the GPU training check reports it)
+            stats["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         return stats
 
     def _reduce(self, totals: dict[str, float], n_images: int) -> dict[str, float]:
