@@ -353,9 +353,12 @@ def test_level_normalised_head_weights_each_level_by_its_normal_spread_and_expor
                                                 images.shape[-2:])
     assert torch.allclose(weighted, plain, rtol=1e-3, atol=1e-5)
     assert "head.level_weights" in model.state_dict()
-    # Off (every earlier run): no buffer, so their checkpoints still load strictly.
-    unweighted = build_model(ModelConfig(method="dcam", backbone="efficientnet_lite0", pretrained=False))
+    # Off (every earlier run): no buffer, so their checkpoints still load strictly; they read back as off.
+    unweighted = build_model(ModelConfig(method="dcam", backbone="efficientnet_lite0", pretrained=False,
+                                         level_normalize=False))
     assert "head.level_weights" not in unweighted.state_dict()
+    assert TrainConfig.from_dict({"model": {"method": "dcam", "preset": "default"}}).model.level_normalize is False
+    assert ModelConfig(method="dcam").level_normalize is True and ModelConfig(method="stfpm").level_normalize is False
 
 
 def test_augmentation_draws_symmetries_of_the_square_reproducibly() -> None:

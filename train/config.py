@@ -307,6 +307,7 @@ class TrainConfig:
         # Runs saved before presets existed were trained with the papers' recipe: fields they lack keep its values.
         model_fields.setdefault("preset", "paper")
         model_fields.setdefault("level_fusion", "sum")  # every run before --level-fusion summed the levels
+        model_fields.setdefault("level_normalize", False)  # ... and weighted them equally (no level_weights buffer)
         d.setdefault("lr_schedule", "constant")
         d.setdefault("resize", "linear")
         d.setdefault("weight_decay", 1e-4)  # saved before it was a preset: the old fixed default (Adam ignored it)

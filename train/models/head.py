@@ -126,7 +126,8 @@ class DistanceHead(nn.Module):
         weights = []
         for values in per_level:
             quantiles = torch.quantile(torch.cat(values)[:16_000_000], torch.tensor([low, high]))
-            weights.append(1.0 / max(float(quantiles[1] - quantiles[0]), 1e-12))
+            spread = float(quantiles[1] - quantiles[0])
+            weights.append(1.0 / spread if spread > 1e-6 else 1.0)  # a flat level carries no scale to normalise
         self.level_weights.copy_(torch.tensor(weights, dtype=self.level_weights.dtype))
 
     def matrices(self, level_sizes: list[tuple[int, int]], output_size: Sequence[int],
