@@ -46,7 +46,7 @@ from bench.files import (
 )
 from bench.gemm import ENGINE_GEMM
 from bench.rows import build_rows
-from bench.runner import Job, run_group, run_once
+from bench.runner import E2E_COMMANDS, Job, run_group, run_once
 from edge.cliconfig import ConfigCli, option, run_cli
 from edge.devices import DEVICE_CHOICES, parse_devices
 from edge.formats import FORMATS
@@ -190,7 +190,7 @@ def _latency_group(cfg: BenchConfig, arch: Arch | None, members: list[ModelFile]
                    threads: int) -> list[Job]:
     """One comparison group at ``threads``: the architecture's eager baseline (if any), then its files per device."""
     latency = {"warmup": cfg.warmup, "frames": frames}
-    units = cfg.runs + cfg.e2e_runs
+    units = cfg.runs + len(E2E_COMMANDS) * cfg.e2e_runs
     group = [Job("latency", {**latency, "target": eager_targets[arch], "spec": eager_targets[arch]["spec"]},
                  units, ("eager", arch, threads))] if arch is not None else []
     group += [Job("latency", {**latency, "target": _file_target(cfg, f, d), "spec": f.spec},

@@ -13,7 +13,8 @@ GUARD_LIMITS = GuardLimits()  # dcam-export's defaults: the verdict it would giv
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("Model", "label"), ("Engine", "engine"), ("Device", "device"), ("Prec.", "precision"), ("Thr.", "threads"),
     ("Size MB", "size_mb"), ("GMACs", "gmacs"), ("Median ms", "median_ms"), ("p90 ms", "p90_ms"),
-    ("p99 ms", "p99_ms"), ("FPS", "fps"), ("E2E ms", "e2e_median_ms"), ("GMAC/s", "gmac_per_s"),
+    ("p99 ms", "p99_ms"), ("FPS", "fps"), ("E2E ms", "e2e_median_ms"), ("Frame ms 1024", "frame_1024_ms"),
+    ("Frame ms 640×480", "frame_640x480_ms"), ("Frame / engine", "frame_overhead"), ("GMAC/s", "gmac_per_s"),
     ("% peak", "peak_fraction"), ("RSS MB", "peak_rss_mb"), ("× eager", "speedup_vs_eager"),
     ("Image AUROC (Δ)", "image_auroc"), ("Pixel AUROC (Δ)", "pixel_auroc"), ("ρ vs fp32", "score_spearman_vs_fp32"),
     ("Other CPU", "other_cpu_cores"),
@@ -71,7 +72,8 @@ def _number_cell(key: str, v: Any) -> str:
     """Decimals by kind: GMACs 2, latencies 2 under 10 ms else 1, rates and memory 0, the rest 1."""
     if key == "gmacs":
         return _num(v, 2)
-    if key in ("median_ms", "p90_ms", "p99_ms", "e2e_median_ms"):
+    if key in ("median_ms", "p90_ms", "p99_ms", "e2e_median_ms", "frame_1024_ms", "frame_640x480_ms",
+               "frame_overhead"):
         return _num(v, 2 if v is not None and v < 10 else 1)
     return _num(v, 0 if key in ("gmac_per_s", "peak_rss_mb") else 1)
 

@@ -48,6 +48,9 @@ class Row:
     e2e_median_ms: float | None = None
     e2e_p90_ms: float | None = None
     e2e_fps: float | None = None
+    frame_1024_ms: float | None = None  # a decoded 1024×1024 BGR camera frame → decision (median)
+    frame_640x480_ms: float | None = None
+    frame_overhead: float | None = None  # frame_1024_ms / median_ms: the host work around the engine (issue: ≤ 1.25)
     gmac_per_s: float | None = None
     peak_gmac_per_s: float | None = None
     peak_source: str | None = None
@@ -143,6 +146,11 @@ def _record_run(row: Row, result: dict[str, Any], cores: int | None) -> None:
     if result.get("e2e_ms"):
         e = stats.summarize(result["e2e_ms"])
         row.e2e_median_ms, row.e2e_p90_ms, row.e2e_fps = e.median_ms, e.p90_ms, e.fps
+    for name in ("1024", "640x480"):
+        if result.get(f"frame_{name}_ms"):
+            setattr(row, f"frame_{name}_ms", stats.summarize(result[f"frame_{name}_ms"]).median_ms)
+    if row.frame_1024_ms and row.median_ms:
+        row.frame_overhead = row.frame_1024_ms / row.median_ms
     row.other_cpu_cores = result.get("other_cpu_cores")
     row.contended = cpuload.contended(row.other_cpu_cores, row.threads, cores)
 

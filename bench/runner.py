@@ -22,7 +22,10 @@ from tqdm import tqdm
 
 from bench import cpuload
 from bench.gemm import gemm_env
-from bench.worker import MESSAGE_TAG
+from bench.worker import CAMERA_FRAMES, MESSAGE_TAG
+
+# Timed per --e2e-runs: image files end to end (decode + preprocess + inference), then decoded camera frames.
+E2E_COMMANDS = ("e2e", *(f"frame_{name}" for name in CAMERA_FRAMES))
 
 # Untimed runs at the start of each round — at least this many and this long — so that weights are back in
 # cache, the engine's threads awake and the core clocked up after another model ran.
@@ -120,7 +123,8 @@ def run_group(jobs: Sequence[Job], threads: int, runs: int, e2e_runs: int, round
     """Latency of every job of one comparison group, interleaved in rounds (module docstring)."""
     group = _GroupRun(jobs, threads, workdir, bar)
     group.start()
-    schedule = [("infer", n) for n in split_runs(runs, rounds)] + [("e2e", n) for n in split_runs(e2e_runs, rounds)]
+    schedule = [("infer", n) for n in split_runs(runs, rounds)] + [
+        (cmd, n) for cmd in E2E_COMMANDS for n in split_runs(e2e_runs, rounds)]
     for r, (cmd, n) in enumerate(schedule):
         group.timed_round(r, cmd, n)
     group.finish()
@@ -153,7 +157,7 @@ class _GroupRun:
             reply = worker.receive()
             if reply.get("status") == "ready":
                 self.alive.append(key)
-                self.samples[key] = {"infer_ms": [], "e2e_ms": []}
+                self.samples[key] = {f"{cmd}_ms": [] for cmd in ("infer", *E2E_COMMANDS)}
                 self.load[key] = [0.0, 0.0]
             else:
                 self.drop(key, reply)

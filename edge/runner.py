@@ -30,7 +30,7 @@ from edge.formats import format_for_path
 from edge.heartbeat import Heartbeat
 from edge.loop import FrameLoop
 from edge.manifest import Manifest, backup_manifest, load_manifest, update_threshold
-from edge.preprocess import bgr_to_rgb, preprocess_rgb
+from edge.preprocess import preprocess_frame
 from edge.publisher import CorruptFiles, Publisher, RunIdentity
 from edge.sdnotify import SystemdNotifier
 from edge.sinks import sink_stats
@@ -81,7 +81,7 @@ def open_source(cfg: SourceConfig, metrics: RuntimeCounters, stop_event: threadi
 
 def score_frame(engine: Engine, manifest: Manifest, frame_bgr: np.ndarray) -> tuple[np.ndarray, float]:
     """One BGR frame → (anomaly map S×S, score) through THE shared preprocessing path."""
-    x = preprocess_rgb(bgr_to_rgb(frame_bgr), manifest.preprocess_spec())
+    x = preprocess_frame(frame_bgr, manifest.preprocess_spec())
     amap, score = engine.run(x[None])
     return amap[0, 0], float(score[0])
 

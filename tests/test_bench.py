@@ -200,6 +200,8 @@ def test_bench_end_to_end_json_failed_row_and_accuracy(tmp_path, synthetic_root,
         assert r["threads"] == 1 and 0 < r["median_ms"] <= r["p90_ms"] <= r["p99_ms"]
         assert r["fps"] == pytest.approx(1000 / r["median_ms"]) and r["peak_rss_mb"] > 10
         assert r["e2e_median_ms"] > 0
+        assert r["frame_1024_ms"] > 0 and r["frame_640x480_ms"] > 0  # decoded camera frames → decision
+        assert r["frame_overhead"] == pytest.approx(r["frame_1024_ms"] / r["median_ms"])
         if r["other_cpu_cores"] is not None:  # Linux, and long enough a timed block
             assert r["other_cpu_cores"] >= 0 and isinstance(r["contended"], bool)
         if torch_present:
