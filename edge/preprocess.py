@@ -5,7 +5,6 @@ these functions, so a frame scores the same everywhere (numpy + OpenCV only, no 
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,37 +180,23 @@ def fit_image(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return resize_rgb(rgb, spec.image_size, spec.resize, spec.fit, spec.pad_rgb)
 
 
-@functools.lru_cache(maxsize=16)
-def _normalization_table(mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
-    """3×256 float32: (v/255 − mean_c)/std_c for every uint8 value v, computed in float32 as the formula reads."""
-    values = np.arange(256, dtype=np.float32)[None, :] / np.float32(255.0)
-    table: np.ndarray = (values - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]
-    table.setflags(write=False)
-    return table
-
-
-def normalize(rgb: np.ndarray, spec: PreprocessSpec, channels: tuple[int, int, int] = (0, 1, 2)) -> np.ndarray:
-    """uint8 HxWx3 → float32 3xHxW, (x/255 − mean)/std per RGB channel.
-
-    A per-channel look-up of the 256 possible values, written straight into the CHW output: the same float32
-    numbers as the formula, in one pass instead of four plus a transpose. ``channels``: which input channel
-    holds R, G, B ((2, 1, 0) for an OpenCV BGR frame, so no colour conversion is needed)."""
-    table = _normalization_table(tuple(spec.mean), tuple(spec.std))
-    out = np.empty((3, rgb.shape[0], rgb.shape[1]), np.float32)
-    for c, source in enumerate(channels):
-        np.take(table[c], rgb[:, :, source], out=out[c])
-    return out
+def normalize(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """uint8 HxWx3 RGB → float32 3xHxW, (x/255 − mean)/std."""
+    x: np.ndarray = rgb.astype(np.float32) / np.float32(255.0)
+    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 def preprocess_frame(frame_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """A camera frame (OpenCV BGR, or grey) → float32 3×S×S: the same numbers as
-    ``preprocess_rgb(bgr_to_rgb(frame))``, with the resize done first and the channel swap folded into
-    normalize (resizing and padding act on each channel alike, so the order does not change a value)."""
-    if frame_bgr.ndim == 2 or frame_bgr.dtype != np.uint8:
+    ``preprocess_rgb(bgr_to_rgb(frame))``, with the resize done first, so the colour conversion touches S×S
+    pixels instead of the whole frame (resizing and padding act on each channel alike: the order changes no
+    value)."""
+    if frame_bgr.ndim == 2 or frame_bgr.dtype != np.uint8 or frame_bgr.shape[2] != 3:
         return preprocess_rgb(bgr_to_rgb(frame_bgr), spec)
     r, g, b = spec.pad_rgb
     small = resize_rgb(frame_bgr, spec.image_size, spec.resize, spec.fit, (b, g, r))
-    return normalize(small, spec, channels=(2, 1, 0))
+    return normalize(cv2.cvtColor(small, cv2.COLOR_BGR2RGB), spec)
 
 
 def preprocess_rgb(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
