@@ -422,15 +422,14 @@ def test_inline_attention_feeds_the_next_stage_and_a_branch_does_not() -> None:
                           atol=1e-5)
     assert not torch.allclose(inline_student[1], branch_student[1], atol=1e-4)
     # Under STFPM's normalised loss a branch spatial attention's scale cancels; inline, the earlier blocks learn.
+    grads = {}
     for placement, model in (("branch", branch), ("inline", inline)):
         model.zero_grad()
         model.compute_loss(images)[0].backward()
-        grads = [float(b.spatial.conv.weight.grad.abs().sum()) if b.spatial.conv.weight.grad is not None else 0.0
-                 for b in model.attention.blocks]
-        if placement == "branch":
-            assert max(grads) < 1e-6, grads
-        else:
-            assert grads[0] > 1e-6 and grads[1] > 1e-6, grads
+        grads[placement] = [float(b.spatial.conv.weight.grad.abs().sum()) if b.spatial.conv.weight.grad is not None
+                            else 0.0 for b in model.attention.blocks]
+    # Branch: zero up to float rounding (threads change it), far below what the inline blocks receive.
+    assert max(grads["branch"]) < 1e-3 * min(grads["inline"][:2]), grads
     with pytest.raises(ValueError, match="--attention-placement"):
         ModelConfig(method="dcam", attention_placement="side")
     with pytest.raises(ValueError, match="--loss-mse-mode"):

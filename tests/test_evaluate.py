@@ -250,7 +250,7 @@ def test_evaluate_run_defaults_to_the_runs_categories_and_blur_override(tiny_run
 
     plain = evaluate.evaluate_run(tiny_run, synthetic_root, device="cpu", progress=False)
     assert list(plain["categories"]) == parse_categories(load_config(tiny_run).categories, synthetic_root)
-    assert plain["blur_sigma"] == load_config(tiny_run).model.blur_sigma == 4.0  # the default preset blurs
+    assert plain["blur_sigma"] == load_config(tiny_run).model.blur_sigma == 6.0  # the dcam default preset blurs
     sharp = evaluate.evaluate_run(tiny_run, synthetic_root, device="cpu", blur_sigma=0.0, progress=False)
     assert sharp["blur_sigma"] == 0.0
     assert any(sharp["categories"][c]["pixel_auroc"] != plain["categories"][c]["pixel_auroc"]
