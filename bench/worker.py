@@ -104,29 +104,16 @@ def _runner(job: dict[str, Any]) -> tuple[Callable[[Any], Any], dict[str, Any], 
 CAMERA_FRAMES = {"1024": (1024, 1024), "640x480": (640, 480)}
 
 
-def _decode_bgr(path: Path) -> Any:
-    """An image file as edge-run's file source reads it: OpenCV BGR (ImageReadError naming a bad file)."""
-    import cv2
-    import numpy as np
-
-    from edge.preprocess import ImageReadError
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise ImageReadError(f"{path}: cannot decode image")
-    return image
-
-
 def serve_latency(job: dict[str, Any], commands: Any) -> dict[str, Any]:
     """Load, warm up, reply ready; then time inference / end-to-end frames on command until "finish"."""
     import cv2
     import numpy as np
 
-    from edge.preprocess import preprocess_frame
+    from edge.preprocess import decode_bgr, preprocess_frame
     cv2.setNumThreads(int(job["threads"]))  # decode/resize get the same core budget as the engine
     frames = [Path(p) for p in job["frames"]]
     run, info, spec = _runner(job)
-    first = _decode_bgr(frames[0])
+    first = decode_bgr(frames[0])
     x = preprocess_frame(first, spec)[None]
     # Decoded camera frames of the two common sizes (the same picture): frame → decision without a file decode.
     cameras = {f"frame_{name}": cv2.resize(first, size, interpolation=cv2.INTER_AREA)
@@ -139,7 +126,7 @@ def serve_latency(job: dict[str, Any], commands: Any) -> dict[str, Any]:
     counter = iter(range(1 << 62))
 
     def frame() -> Any:  # edge-run on image files: decode (BGR, as its sources read) → preprocess → inference
-        return run(preprocess_frame(_decode_bgr(frames[next(counter) % len(frames)]), spec)[None])
+        return run(preprocess_frame(decode_bgr(frames[next(counter) % len(frames)]), spec)[None])
 
     def camera(bgr: Any) -> Callable[[], Any]:
         return lambda: run(preprocess_frame(bgr, spec)[None])

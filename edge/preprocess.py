@@ -27,6 +27,7 @@ RESIZE_METHODS = ("area", "linear")
 # (keep the aspect ratio, pad with the normalisation mean, which the model sees as 0) or "center-crop" (keep the
 # aspect ratio, drop the sides of the longer axis). Grey images are replicated to three channels in every case.
 FITS = ("stretch", "letterbox", "center-crop")
+MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # files a LOCO mask directory's regions are read from
 
 
 class ImageReadError(ValueError):
@@ -131,9 +132,15 @@ def _read_file(path: str | Path, flags: int, what: str) -> np.ndarray:
     return decoded
 
 
+def decode_bgr(path: str | Path) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 BGR (as OpenCV and edge-run's file source read it); ImageReadError
+    naming the file otherwise."""
+    return _read_file(path, cv2.IMREAD_COLOR, "image")
+
+
 def decode_image(path: str | Path) -> np.ndarray:
     """Read an image file as HxWx3 uint8 RGB; raise ImageReadError naming the file otherwise."""
-    return cv2.cvtColor(_read_file(path, cv2.IMREAD_COLOR, "image"), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(decode_bgr(path), cv2.COLOR_BGR2RGB)
 
 
 def bgr_to_rgb(frame_bgr: np.ndarray) -> np.ndarray:
@@ -220,7 +227,7 @@ def load_mask(path: str | Path, expected_hw: tuple[int, int], image_size: int, f
     """
     path = Path(path)
     if path.is_dir():  # MVTec LOCO: one mask file per defect region, their union is the image's mask
-        parts = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        parts = mask_files(path)
         if not parts:
             raise ImageReadError(f"{path}: mask directory holds no mask images")
         union: np.ndarray = np.maximum.reduce([load_mask(p, expected_hw, image_size, fit) for p in parts])
@@ -229,6 +236,18 @@ def load_mask(path: str | Path, expected_hw: tuple[int, int], image_size: int, f
     if tuple(mask.shape[:2]) != tuple(expected_hw):
         raise ImageReadError(
             f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {expected_hw[1]}x{expected_hw[0]}")
+    return fit_mask(mask, image_size, fit)
+
+
+def mask_files(mask_path: Path) -> list[Path]:
+    """The mask images of a ground-truth path: itself, or every image in a LOCO mask directory (one per region)."""
+    if mask_path.is_dir():
+        return sorted(p for p in mask_path.iterdir() if p.is_file() and p.suffix.lower() in MASK_SUFFIXES)
+    return [mask_path]
+
+
+def fit_mask(mask: np.ndarray, image_size: int, fit: str = "stretch") -> np.ndarray:
+    """A decoded grey mask (values > 127 = defect) → uint8 {0,1} S×S through the fit geometry, nearest-neighbour."""
     g = fit_geometry(mask.shape[0], mask.shape[1], image_size, fit)
     y0, y1, x0, x1 = g.crop
     (oy, ox), (h, w) = g.offset, g.content

@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.preprocess import PreprocessSpec, load_mask
-from train.data.mvtec import MVTecLayoutError, Sample, image_hw, mask_files
+from edge.preprocess import PreprocessSpec, fit_mask
+from train.data.mvtec import MVTecLayoutError, Sample, mask_files
 
 DEFECTS_CONFIG = "defects_config.json"
 
@@ -45,7 +45,6 @@ def defect_regions(sample: Sample, spec: PreprocessSpec,
     """(region mask S×S bool, saturation in S×S pixels) per mask file of an anomalous sample."""
     if sample.mask_path is None:
         return []
-    hw = image_hw(sample.path)
     regions = []
     for part in mask_files(sample.mask_path):
         raw = cv2.imread(str(part), cv2.IMREAD_GRAYSCALE)
@@ -54,7 +53,7 @@ def defect_regions(sample: Sample, spec: PreprocessSpec,
         area = float(np.count_nonzero(raw))
         if area == 0:
             continue
-        region = load_mask(part, hw, spec.image_size, spec.fit).astype(bool)
+        region = fit_mask(raw, spec.image_size, spec.fit).astype(bool)  # one read: area and region from it
         scale = region.sum() / area  # the region's pixels in the model's view per original pixel
         rule = saturations.get(int(raw.max()))
         pixels = area if rule is None else (rule.threshold * area if rule.relative else rule.threshold)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.preprocess import ImageReadError, decode_image
+from edge.preprocess import ImageReadError, decode_image, mask_files
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
 GOOD = "good"
@@ -208,13 +208,6 @@ def ground_truth_path(defect_dir: Path, image: Path) -> Path:
         return defect_dir / image.stem
     raise MVTecLayoutError(f"{mask}: ground-truth mask not found for anomalous test image {image} "
                            f"(nor a LOCO mask directory {defect_dir / image.stem}/)")
-
-
-def mask_files(mask_path: Path) -> list[Path]:
-    """The mask images of a ground-truth path: itself, or every image in a LOCO mask directory (one per region)."""
-    if mask_path.is_dir():
-        return sorted(p for p in mask_path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    return [mask_path]
 
 
 def list_validation_samples(root: str | Path, categories: str | Sequence[str]) -> list[Sample] | None:
