@@ -554,6 +554,7 @@ def load_engine(model_path: str | Path, threads: int | None = None, manifest: Ma
             log.info("--device auto: %s; trying %s", e, targets[i + 1].device)
             continue
         _note_guard_coverage(engine, target, covers, model_path, precision)
+        _note_runtime_version(manifest, fmt.runtime_package, model_path)
         return engine
     raise EngineError(f"--device {device}: no device to run {model_path} on")  # pragma: no cover - cpu is last
 
@@ -596,6 +597,31 @@ def _note_guard_coverage(engine: Engine, target: DeviceTarget, covers: frozenset
                     "(it was measured in %s on the CPU): scores may shift; re-calibrate the threshold with "
                     "edge-calibrate --device %s", model_path.name, target.device, target.computes, precision,
                     target.device)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """Leading numeric release parts: "1.23.2" → (1, 23, 2), "2025.3.0-19807" → (2025, 3, 0)."""
+    release = re.match(r"\d+(?:\.\d+)*", version.strip())
+    return tuple(int(p) for p in release.group(0).split(".")) if release else ()
+
+
+def installed_version(package: str) -> str | None:
+    import importlib.metadata
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _note_runtime_version(manifest: Manifest | None, package: str, model_path: Path) -> None:
+    """Warn when the installed runtime is older than the one dcam-export checked this file with
+    (``runtime.checked_with``): older kernels may lack an op or compute it differently."""
+    checked = (manifest.entry.runtime.get("checked_with") or {}).get(package) if manifest else None
+    installed = installed_version(package)
+    if checked and installed and version_tuple(installed) < version_tuple(str(checked)):
+        log.warning("%s was checked at export with %s %s; this machine has %s %s, which is older: scores are "
+                    "not guaranteed to match (pip install '%s>=%s')", model_path.name, package, checked, package,
+                    installed, package, checked)
 
 
 def _model_cache_dir(base: Path, model_path: Path, manifest: Manifest | None) -> Path:

@@ -20,7 +20,8 @@ silently.  Strict JSON (never NaN).  Layout::
           "weights_file", "weights_sha256",    the side file of formats that have one (OpenVINO .bin)
           "format":    "onnx" | "openvino" | "tflite"                 (edge.formats)
           "precision": "fp32" | "int8",
-          "runtime":   {"engine": edge.engines name, "inference_precision_hint": "f32" | "bf16" | "f16", "note"},
+          "runtime":   {"engine": edge.engines name, "inference_precision_hint": "f32" | "bf16" | "f16", "note",
+                        "checked_with": {runtime package: version dcam-export measured the file with}},
           "graph_io":  {"input", "anomaly_map", "score"}   tensor names as the engine sees them IN THIS FILE,
                        resolved once by dcam-export; the runtime selects its outputs by these names exactly
                        ("score": null — the file has no score output, the runtime takes the map maximum).

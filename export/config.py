@@ -87,6 +87,12 @@ class ExportConfig:
     min_score_spearman: float = option(GuardLimits.min_score_spearman, "guard: smallest allowed Spearman of int8 vs "
                                        "fp32 image scores on validation normals")
     threads: int = option(2, "engine threads for evaluation/timing")
+    # Measured (export.sensitivity): a few early teacher convolutions carry most of the int8 loss on real photos
+    int8_fp32_layers: str = option("auto", "convolutions every int8 file keeps fp32: auto (the fewest most "
+                                   "int8-sensitive ones that bring the simulated score Spearman to "
+                                   "--int8-sensitivity-target, at most 8), N (the N most sensitive) or 0 (none)")
+    int8_sensitivity_target: float = option(0.99, "--int8-fp32-layers auto: simulated int8-vs-fp32 score Spearman "
+                                            "on validation normals to reach")
     # "backbone" quantises every backbone op (Conv, Add, Clip, ...); "conv" only Conv/MatMul/Gemm (head fp32 in both)
     onnx_int8_scope: str = option("backbone", "backbone: quantise every backbone op; conv: only Conv/MatMul/Gemm "
                                               "(head always fp32)", choices=ONNX_INT8_SCOPES)
@@ -136,6 +142,11 @@ class ExportConfig:
                                       f"got {getattr(self, format_option.field)!r}")
 
     def _check_guard_limits(self) -> None:
+        if self.int8_fp32_layers != "auto" and not (self.int8_fp32_layers.isdigit()):
+            raise ExportError(f"--int8-fp32-layers: expected auto or a count >= 0, got {self.int8_fp32_layers!r}")
+        if not -1.0 <= self.int8_sensitivity_target <= 1.0:
+            raise ExportError(f"--int8-sensitivity-target: expected a value in [-1, 1], "
+                              f"got {self.int8_sensitivity_target}")
         for name in ("max_image_auroc_drop", "max_pixel_auroc_drop"):
             if getattr(self, name) < 0:
                 raise ExportError(f"--{name.replace('_', '-')}: expected >= 0 AUROC points")

@@ -17,12 +17,38 @@ Convolutions / matmuls upstream of the roots are the backbone and are what gets 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .config import ExportError
+
+WeightKey = tuple[int, float, float]
+
+
+def weight_fingerprint(weight: np.ndarray | None) -> WeightKey | None:
+    """A layout-free identity of a weight tensor: (size, Σ|w|, Σw²) to 7 significant digits.
+
+    The same convolution is an OIHW initializer in ONNX, a GroupConvolution constant in OpenVINO and an OHWI
+    buffer in TFLite; sums do not depend on layout, so a torch layer is found in every format's graph by its
+    weights (the fused graph's BatchNorm-folded values are what every converter writes).
+    """
+    if weight is None or weight.size < 2:
+        return None
+    w = np.asarray(weight, dtype=np.float64).ravel()
+    return (int(w.size), float(f"{np.abs(w).sum():.7g}"), float(f"{np.square(w).sum():.7g}"))
+
+
+def kept_layer_nodes(nodes: Iterable[GraphNode], keep: Mapping[str, WeightKey], where: str) -> set[str]:
+    """Names of the graph nodes carrying the weights of the torch layers in ``keep`` (layer → fingerprint);
+    ExportError naming ``where`` when a layer is not found (its fp32 choice would be silently lost)."""
+    nodes = list(nodes)
+    found = {n.name for n in nodes if n.weight_key is not None and n.weight_key in set(keep.values())}
+    missing = [layer for layer, key in keep.items() if not any(n.weight_key == key for n in nodes)]
+    if missing:
+        raise ExportError(f"{where}: cannot find the layer(s) chosen to stay fp32 in the graph: {', '.join(missing)}")
+    return found
 
 
 @dataclass(frozen=True)
@@ -35,6 +61,7 @@ class GraphNode:
     outputs: tuple[str, ...]
     weighted: bool = False
     channel_reduction: bool = False
+    weight_key: WeightKey | None = None  # weight_fingerprint of its weight constant (weighted ops)
 
 
 def is_single_axis_reduction(axes: Sequence[int] | np.ndarray | None, input_rank: int | None) -> bool:

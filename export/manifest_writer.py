@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from edge.engines import installed_version
 from edge.formats import FORMATS, get_format
 from edge.jsonsafe import json_safe
 from edge.manifest import GraphIO, write_manifest
@@ -55,6 +56,9 @@ def build_manifest(fmt: str, precision: str, graph: FusedGraph, threshold: dict[
     return {
         "precision": precision,
         "runtime": {"engine": get_format(fmt).engine, "inference_precision_hint": inference_precision_hint,
+                    # the engine version the accuracy figures below were measured with (edge warns when older)
+                    "checked_with": {package: version for package in [get_format(fmt).runtime_package]
+                                     if (version := installed_version(package))},
                     **({"note": runtime_note} if runtime_note else {})},
         # input/outputs are shared by every format in edge.manifest's layout: canonical names there, the
         # tensor names each converter produced (e.g. TFLite's "serving_default_score_output") per file.

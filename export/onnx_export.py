@@ -18,7 +18,7 @@ import contextlib
 import io
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,15 @@ import numpy as np
 
 from .config import ExportError, require
 from .graph import FusedGraph
-from .head_scope import GraphNode, find_head, is_ones_vector_product, is_single_axis_reduction
+from .head_scope import (
+    GraphNode,
+    WeightKey,
+    find_head,
+    is_ones_vector_product,
+    is_single_axis_reduction,
+    kept_layer_nodes,
+    weight_fingerprint,
+)
 from .writers import WriteJob, try_export
 
 INPUT_NAME, MAP_NAME, SCORE_NAME = "image", "anomaly_map", "score"
@@ -82,7 +90,7 @@ def onnx_graph_nodes(model: Any) -> list[GraphNode]:
              if vi.type.tensor_type.HasField("shape")}
     nodes = []
     for i, n in enumerate(model.graph.node):
-        reduction = False
+        reduction, key = False, None
         if n.op_type in REDUCE_OPS:
             attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
             axes = attrs.get("axes")
@@ -91,8 +99,9 @@ def onnx_graph_nodes(model: Any) -> list[GraphNode]:
             reduction = is_single_axis_reduction(axes, ranks.get(n.input[0]))
         elif n.op_type in WEIGHTED_OPS:  # Σ_c written as a product by ones (head.channel_sum)
             reduction = is_ones_vector_product(_constant_array(model, t) for t in n.input[:2])
+            key = weight_fingerprint(_constant_array(model, n.input[1])) if len(n.input) > 1 else None
         nodes.append(GraphNode(n.name or f"#{i}", n.op_type, tuple(n.input), tuple(n.output),
-                               weighted=n.op_type in WEIGHTED_OPS, channel_reduction=reduction))
+                               weighted=n.op_type in WEIGHTED_OPS, channel_reduction=reduction, weight_key=key))
     return nodes
 
 
@@ -115,8 +124,9 @@ class ArrayCalibrationReader:
 
 
 def quantize_onnx(fp32_path: Path, out_path: Path, calibration_images: np.ndarray, scope: str = "backbone",
-                  calibration: str = "minmax") -> dict[str, Any]:
-    """int8 QDQ copy of ``fp32_path`` with the distance head in fp32; returns what was done (for the manifest)."""
+                  calibration: str = "minmax", keep_fp32: Mapping[str, WeightKey] | None = None) -> dict[str, Any]:
+    """int8 QDQ copy of ``fp32_path`` with the distance head and the ``keep_fp32`` layers (torch name →
+    weight fingerprint, export.int8_scope) in fp32; returns what was done (for the manifest)."""
     onnx = require("onnx", "ONNX int8 quantisation")
     q = require("onnxruntime.quantization", "ONNX int8 quantisation")
     shape_inference = require("onnxruntime.quantization.shape_inference", "ONNX int8 quantisation")
@@ -127,12 +137,13 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration_images: np.ndarra
         model = onnx.load(str(pre))
         nodes = onnx_graph_nodes(model)
         head = find_head(nodes)
+        layers = kept_layer_nodes(nodes, keep_fp32 or {}, str(fp32_path))
         op_types = sorted(WEIGHTED_OPS) if scope == "conv" else None
         extra = {"CalibPercentile": 99.999} if calibration == "percentile" else {}
         q.quantize_static(str(pre), str(out_path), ArrayCalibrationReader(calibration_images),
                           quant_format=q.QuantFormat.QDQ, per_channel=True,
                           activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                          op_types_to_quantize=op_types, nodes_to_exclude=sorted(head),
+                          op_types_to_quantize=op_types, nodes_to_exclude=sorted(head | layers),
                           calibrate_method=getattr(q.CalibrationMethod, CALIBRATION_METHODS[calibration]),
                           use_external_data_format=False, extra_options=extra)
     head_types = sorted({n.op_type for n in nodes if n.name in head})
@@ -141,7 +152,8 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration_images: np.ndarra
             "calibration_images": int(len(calibration_images)),
             "fp32_nodes_kept": {"count": len(head), "op_types": head_types,
                                 "rule": "distance head (export.head_scope)" +
-                                        (" + every non-Conv/MatMul/Gemm node" if scope == "conv" else "")}}
+                                        (" + every non-Conv/MatMul/Gemm node" if scope == "conv" else "")},
+            "fp32_layers_kept": {"count": len(layers), "layers": sorted(keep_fp32 or {})}}
 
 
 @try_export("onnx", "fp32")
@@ -153,4 +165,4 @@ def write_fp32(job: WriteJob) -> None:
 def write_int8(job: WriteJob) -> dict[str, Any]:
     assert job.source is not None and job.calibration is not None
     return quantize_onnx(job.source, job.path, job.calibration, job.options["onnx_int8_scope"],
-                         job.options["onnx_calibration"])
+                         job.options["onnx_calibration"], job.keep_fp32)

@@ -15,13 +15,22 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .config import ExportError, require
-from .head_scope import GraphNode, find_head, is_ones_vector_product, is_single_axis_reduction
+from .head_scope import (
+    GraphNode,
+    WeightKey,
+    find_head,
+    is_ones_vector_product,
+    is_single_axis_reduction,
+    kept_layer_nodes,
+    weight_fingerprint,
+)
 from .writers import WriteJob, try_export
 
 INFERENCE_PRECISION_HINT = "f32"
@@ -48,6 +57,18 @@ def _constant_array(node: Any) -> np.ndarray | None:
     return np.asarray(node.get_data()) if node.get_type_name() == "Constant" else None
 
 
+LAYOUT_OPS = frozenset({"Reshape", "Convert", "Transpose", "Squeeze", "Unsqueeze"})
+
+
+def _weight_array(op: Any) -> np.ndarray | None:
+    """The constant behind a weighted op's second input, through layout-only ops (GroupConvolution's
+    weights are a Reshape of the ONNX initializer)."""
+    node = op.input_value(1).get_node()
+    while node.get_type_name() in LAYOUT_OPS:
+        node = node.input_value(0).get_node()
+    return _constant_array(node)
+
+
 def openvino_graph_nodes(model: Any) -> list[GraphNode]:
     """Format-neutral view of an ``openvino.Model`` for export.head_scope (tensors named node:port)."""
     nodes = []
@@ -55,7 +76,7 @@ def openvino_graph_nodes(model: Any) -> list[GraphNode]:
         name, kind = op.get_friendly_name(), op.get_type_name()
         inputs = tuple(f"{v.get_node().get_friendly_name()}:{v.get_index()}" for v in op.input_values())
         outputs = tuple(f"{name}:{i}" for i in range(op.get_output_size()))
-        reduction = False
+        reduction, key = False, None
         if kind in REDUCE_OPS:
             axes = _constant_array(op.input_value(1).get_node())
             shape = op.input_value(0).get_partial_shape()
@@ -63,14 +84,17 @@ def openvino_graph_nodes(model: Any) -> list[GraphNode]:
             reduction = is_single_axis_reduction(axes, rank)
         elif kind in WEIGHTED_OPS:  # Σ_c written as a product by ones (head.channel_sum)
             reduction = is_ones_vector_product(_constant_array(v.get_node()) for v in op.input_values())
+            key = weight_fingerprint(_weight_array(op))
         nodes.append(GraphNode(name, kind, inputs, outputs, weighted=kind in WEIGHTED_OPS,
-                               channel_reduction=reduction))
+                               channel_reduction=reduction, weight_key=key))
     return nodes
 
 
 def quantize_openvino(fp32_xml: Path, out_xml: Path, calibration_images: np.ndarray,
-                      bias_correction: str = "full") -> dict[str, Any]:
-    """int8 IR with NNCF post-training quantisation; the distance head stays fp32.
+                      bias_correction: str = "full",
+                      keep_fp32: Mapping[str, WeightKey] | None = None) -> dict[str, Any]:
+    """int8 IR with NNCF post-training quantisation; the distance head and the ``keep_fp32`` layers (torch
+    name → weight fingerprint, export.int8_scope) stay fp32.
 
     ``bias_correction`` "full" runs NNCF's BiasCorrection (statistics per layer on the calibration set),
     "fast" its FastBiasCorrection.
@@ -82,7 +106,9 @@ def quantize_openvino(fp32_xml: Path, out_xml: Path, calibration_images: np.ndar
     nodes = openvino_graph_nodes(model)
     head = find_head(nodes)
     # Parameters/Results/Constants are not quantisable ops; naming them only adds noise.
-    ignored = sorted(n.name for n in nodes if n.name in head and n.op_type not in ("Constant", "Parameter", "Result"))
+    layers = kept_layer_nodes(nodes, keep_fp32 or {}, str(fp32_xml))
+    ignored = sorted(n.name for n in nodes if n.name in head | layers
+                     and n.op_type not in ("Constant", "Parameter", "Result"))
     data = [np.ascontiguousarray(x[None], dtype=np.float32) for x in calibration_images]
     logging.getLogger("nncf").setLevel(logging.ERROR)  # NNCF logs every step at INFO
     with contextlib.redirect_stdout(io.StringIO()):
@@ -94,7 +120,8 @@ def quantize_openvino(fp32_xml: Path, out_xml: Path, calibration_images: np.ndar
     return {"tool": f"nncf.quantize {getattr(nncf, '__version__', '')}".strip(), "mode": "post-training static, "
             "int8 weights and activations", "bias_correction": bias_correction, "calibration_images": len(data),
             "fp32_nodes_kept": {"count": len(ignored), "op_types": head_types,
-                                "rule": "distance head (export.head_scope) as nncf.IgnoredScope"}}
+                                "rule": "distance head (export.head_scope) as nncf.IgnoredScope"},
+            "fp32_layers_kept": {"count": len(layers), "layers": sorted(keep_fp32 or {})}}
 
 
 @try_export("openvino", "fp32")
@@ -106,4 +133,5 @@ def write_fp32(job: WriteJob) -> None:
 @try_export("openvino", "int8")
 def write_int8(job: WriteJob) -> dict[str, Any]:
     assert job.source is not None and job.calibration is not None
-    return quantize_openvino(job.source, job.path, job.calibration, job.options["openvino_bias_correction"])
+    return quantize_openvino(job.source, job.path, job.calibration, job.options["openvino_bias_correction"],
+                             job.keep_fp32)

@@ -21,6 +21,8 @@ from .config import MODEL_STEM, ExportConfig, ExportError, require
 from .datasets import CalibrationWarning, ExportData, load_export_data
 from .graph import FusedGraph, load_fused_graph
 from .guard import PARITY_ATOL, Outputs, file_accuracy, guard_violations, load_file_engine, score_outputs, split_metrics
+from .head_scope import WeightKey
+from .int8_scope import choose_layers
 from .manifest_writer import build_manifest, write_file_manifest
 from .thresholds import file_thresholds
 from .writers import WriteJob, Written
@@ -98,12 +100,22 @@ class _Exporter:
         self.out = Path(cfg.out)
         self._calibration: np.ndarray | None = None
         self._fp32: dict[str, Written] = {}
+        self._keep_fp32: tuple[dict[str, WeightKey], dict[str, Any]] | None = None
 
     @property
     def calibration(self) -> np.ndarray:
         if self._calibration is None:
             self._calibration = self.data.calibration.arrays(self.graph.spec)
         return self._calibration
+
+    @property
+    def keep_fp32(self) -> tuple[dict[str, WeightKey], dict[str, Any]]:
+        """The layers every int8 file keeps fp32 (chosen once, export.int8_scope) and the report on them."""
+        if self._keep_fp32 is None:
+            self._keep_fp32 = choose_layers(self.graph, self.calibration, self.data.validation.arrays(self.graph.spec),
+                                            self.cfg.int8_fp32_layers, self.cfg.int8_sensitivity_target,
+                                            self.cfg.progress)
+        return self._keep_fp32
 
     def fp32_path(self, fmt: str) -> Path:
         """Where the fp32 file of a format goes: --out if requested, else a temp dir (a conversion source only:
@@ -120,9 +132,13 @@ class _Exporter:
         return self._fp32[fmt]
 
     def int8(self, fmt: str) -> Written:
+        keep, report = self.keep_fp32
         job = WriteJob(self.graph, self.out / model_filename(MODEL_STEM, fmt, "int8"), self.cfg.format_options(fmt),
-                       source=self.fp32(fmt).path, calibration=self.calibration)
-        return _writer(fmt).write_int8(job)
+                       source=self.fp32(fmt).path, calibration=self.calibration, keep_fp32=keep)
+        written = _writer(fmt).write_int8(job)
+        assert written.quantization is not None
+        written.quantization["fp32_layers_kept"].update(sensitivity=report)
+        return written
 
     def finish(self, written: Written) -> ExportedFile:
         """Evaluate a file through edge.engines, calibrate its own thresholds and write its manifest (with the

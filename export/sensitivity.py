@@ -6,12 +6,14 @@ Engine-independent simulation of the int8 recipe every quantiser here applies to
 per output channel, symmetric (scale max|w|/127), activations per tensor, asymmetric uint8 over the min/max the
 calibration normals reach. One layer at a time is fake-quantised (weights and its input) while the rest stays
 fp32, and on the validation normals the anomaly map's relative error ‖m_q − m‖/‖m‖ and the Spearman correlation
-of image scores with fp32 are measured; then all layers at once. The distance head is never quantised (every
-exporter keeps it fp32). Layers are tagged by network (teacher / student / other) and kind (depthwise, 1×1,
-k×k), so a plot shows whether depthwise convolutions, a network or a level dominate the loss.
+of image scores with fp32 are measured; then all layers at once, and the head's inputs alone (the tapped
+features rounded to uint8: the head computes in fp32 everywhere, but the quantisers hand it int8
+features). Layers are tagged by network (teacher / student / other) and kind (depthwise, 1×1, k×k), so a
+plot shows whether depthwise convolutions, a network or a level dominate the loss.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -70,8 +72,50 @@ class LayerQuantizer:
     """Activation ranges of every Conv2d's input (from calibration) and a switch to fake-quantise chosen layers."""
 
     def __init__(self, model: nn.Module) -> None:
+        from train.models.feature_transform import MatchedFeatureTransform
         self.convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
         self.ranges: dict[str, list[float]] = {}
+        # The head's inputs: the tapped features entering the teacher/student feature transform (called once
+        # per network and forward, teacher first), each level with its own range as the quantisers give it.
+        self.transforms = [m for m in model.modules() if isinstance(m, MatchedFeatureTransform)]
+        self.tap_ranges: dict[tuple[int, int], list[float]] = {}
+        self._calls = 0
+
+    @contextmanager
+    def _tap_hooks(self, model: nn.Module, on_features: Any) -> Iterator[None]:
+        def reset(*_: Any) -> None:
+            self._calls = 0
+
+        def pre(_module: nn.Module, inputs: tuple[Any, ...]) -> Any:
+            call, self._calls = self._calls, self._calls + 1
+            return (on_features(call, list(inputs[0])),)
+        handles = [model.register_forward_pre_hook(reset)] + [t.register_forward_pre_hook(pre)
+                                                              for t in self.transforms]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @torch.no_grad()
+    def calibrate_taps(self, model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
+        def record(call: int, features: list[torch.Tensor]) -> list[torch.Tensor]:
+            for level, f in enumerate(features):
+                low, high = float(f.min()), float(f.max())
+                old = self.tap_ranges.get((call, level))
+                self.tap_ranges[(call, level)] = [min(low, old[0]), max(high, old[1])] if old else [low, high]
+            return features
+        with self._tap_hooks(model, record):
+            for images in batches:
+                model(images)
+
+    @contextmanager
+    def quantized_taps(self, model: nn.Module) -> Iterator[None]:
+        """Inside: the head's input features are uint8-rounded over their calibrated ranges."""
+        def quantize(call: int, features: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [fake_quantize_activation(f, *self.tap_ranges[(call, level)]) for level, f in enumerate(features)]
+        with self._tap_hooks(model, quantize):
+            yield
 
     @torch.no_grad()
     def calibrate(self, model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
@@ -117,32 +161,82 @@ def _outputs(model: nn.Module, batches: Sequence[torch.Tensor]) -> tuple[np.ndar
 
 
 def network_of(name: str) -> str:
-    return next((part for part in ("teacher", "student") if name.startswith(part)), "other")
+    parts = name.split(".")  # the fused graph nests the model (inner.model.teacher...)
+    return next((part for part in ("teacher", "student") if part in parts), "other")
+
+
+class SensitivityProbe:
+    """Fake-quantise chosen layers of a (map, score) model and measure the damage on validation normals."""
+
+    def __init__(self, model: nn.Module, calib: Sequence[torch.Tensor], val: Sequence[torch.Tensor]) -> None:
+        self.model, self.val = model, val
+        self.quantizer = LayerQuantizer(model)
+        self.quantizer.calibrate(model, calib)
+        self.quantizer.calibrate_taps(model, calib)
+        self.ref_maps, self.ref_scores = _outputs(model, val)
+        self.norm = float(np.linalg.norm(self.ref_maps)) or 1.0
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.quantizer.convs)
+
+    def errors(self, names: Sequence[str], taps: bool = False) -> dict[str, float]:
+        """Relative map error ‖m_q − m‖/‖m‖ and score Spearman vs fp32 with ``names`` int8 (and, with ``taps``,
+        the head's input features)."""
+        with self.quantizer.quantized(names), (self.quantizer.quantized_taps(self.model) if taps
+                                               else contextlib.nullcontext()):
+            maps, scores = _outputs(self.model, self.val)
+        return {"map_error": float(np.linalg.norm(maps - self.ref_maps)) / self.norm,
+                "score_spearman": spearman(scores, self.ref_scores)}
+
+    def per_layer(self, progress: bool = True) -> list[dict[str, Any]]:
+        """Each layer alone int8 (the rest fp32), in graph order."""
+        layers = []
+        for name in tqdm(self.layer_names, desc="int8 sensitivity", unit="layer", disable=not progress,
+                         file=sys.stderr, leave=False):
+            conv = self.quantizer.convs[name]
+            layers.append({"layer": name, "network": network_of(name), "kind": layer_kind(conv),
+                           "input_range": self.quantizer.ranges[name], **self.errors([name])})
+        return layers
 
 
 def measure(model: nn.Module, calib: Sequence[torch.Tensor], val: Sequence[torch.Tensor],
             progress: bool = True) -> dict[str, Any]:
     """Per layer and for all layers: relative map error and score Spearman vs fp32 on ``val``."""
-    quantizer = LayerQuantizer(model)
-    quantizer.calibrate(model, calib)
-    ref_maps, ref_scores = _outputs(model, val)
-    norm = float(np.linalg.norm(ref_maps)) or 1.0
-
-    def errors(names: Sequence[str]) -> dict[str, float]:
-        with quantizer.quantized(names):
-            maps, scores = _outputs(model, val)
-        return {"map_error": float(np.linalg.norm(maps - ref_maps)) / norm,
-                "score_spearman": spearman(scores, ref_scores)}
-
-    layers = []
-    for name in tqdm(list(quantizer.convs), desc="layers", disable=not progress, file=sys.stderr):
-        conv = quantizer.convs[name]
-        low, high = quantizer.ranges[name]
-        layers.append({"layer": name, "network": network_of(name), "kind": layer_kind(conv),
-                       "input_range": [low, high], **errors([name])})
-    return {"layers": layers, "all_layers": errors(list(quantizer.convs)),
+    probe = SensitivityProbe(model, calib, val)
+    layers = probe.per_layer(progress)
+    taps = probe.errors([], taps=True) if probe.quantizer.transforms else None
+    return {"layers": layers, "all_layers": probe.errors(probe.layer_names), "head_inputs": taps,
             "by_kind": {kind: float(np.mean([r["map_error"] for r in layers if r["kind"] == kind]))
                         for kind in sorted({r["kind"] for r in layers})}}
+
+
+def choose_fp32_layers(model: nn.Module, calib: Sequence[torch.Tensor], val: Sequence[torch.Tensor],
+                       target_spearman: float, counts: Sequence[int], progress: bool = True) -> dict[str, Any]:
+    """The fewest most-sensitive convolutions to keep fp32 so the simulated int8 graph reaches
+    ``target_spearman`` (score correlation with fp32 on ``val``).
+
+    Layers are ranked by their own map error (one at a time int8); then the top k for each k of ``counts``
+    (ascending) are kept fp32 with everything else int8, until the target is met. If no k meets it, the k with
+    the highest simulated correlation is chosen. Returns {"layers": [{layer, network, kind, map_error,
+    score_spearman}] of the kept ones, "simulated": [{kept, map_error, score_spearman}], "target_spearman",
+    "target_met"}.
+    """
+    def rho(t: dict[str, Any]) -> float:  # constant scores (a wrecked map) correlate with nothing
+        return float(np.nan_to_num(t["score_spearman"], nan=-1.0))
+
+    probe = SensitivityProbe(model, calib, val)
+    ranked = sorted(probe.per_layer(progress), key=lambda r: r["map_error"], reverse=True)
+    names = [r["layer"] for r in ranked]
+    tried: list[dict[str, Any]] = []
+    for k in sorted({min(k, len(names)) for k in counts}):
+        tried.append({"kept": k, **probe.errors(names[k:])})
+        if rho(tried[-1]) >= target_spearman:
+            break
+    met = [t for t in tried if rho(t) >= target_spearman]
+    chosen = met[0] if met else max(tried, key=lambda t: (rho(t), -t["kept"]))
+    return {"layers": ranked[:chosen["kept"]], "simulated": tried, "target_spearman": target_spearman,
+            "target_met": bool(met)}
 
 
 def plot(report: dict[str, Any], path: Path, top: int = 40) -> None:
@@ -206,6 +300,10 @@ def _main(argv: Sequence[str] | None) -> int:
               f"ρ {r['score_spearman']:.3f}")
     everything = report["all_layers"]
     print(f"all layers: map error {everything['map_error']:.4f}, ρ {everything['score_spearman']:.3f}")
+    if report["head_inputs"] is not None:
+        taps = report["head_inputs"]
+        print(f"head inputs (tapped features) uint8 alone: map error {taps['map_error']:.4f}, "
+              f"ρ {taps['score_spearman']:.3f}")
     print("mean map error by kind: " + ", ".join(f"{k} {v:.4f}" for k, v in report["by_kind"].items()))
     return 0
 

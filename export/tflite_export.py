@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,15 @@ from torch import nn
 
 from .config import ExportError, require
 from .graph import FusedGraph
-from .head_scope import GraphNode, find_head, is_ones_vector_product, is_single_axis_reduction
+from .head_scope import (
+    GraphNode,
+    WeightKey,
+    find_head,
+    is_ones_vector_product,
+    is_single_axis_reduction,
+    kept_layer_nodes,
+    weight_fingerprint,
+)
 from .writers import WriteJob, try_export
 
 SIGNATURE = "serving_default"
@@ -96,28 +105,31 @@ def tflite_graph_nodes(model: Any) -> list[GraphNode]:
         kind = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
         inputs = tuple(f"t{j}" for j in op.inputs if j >= 0)
         outputs = tuple(f"t{j}" for j in op.outputs)
-        reduction = False
+        reduction, key = False, None
         if kind in REDUCE_OPS and len(op.inputs) > 1:
             axes = _constant_array(model, sg.tensors[op.inputs[1]])
             reduction = is_single_axis_reduction(axes, len(sg.tensors[op.inputs[0]].shape))
         elif kind in WEIGHTED_OPS:  # Σ_c written as a product by ones (head.channel_sum)
             reduction = is_ones_vector_product(_constant_array(model, sg.tensors[j]) for j in op.inputs[:2] if j >= 0)
+            if len(op.inputs) > 1 and op.inputs[1] >= 0:
+                key = weight_fingerprint(_constant_array(model, sg.tensors[op.inputs[1]]))
         out_name = sg.tensors[op.outputs[0]].name.decode() if len(op.outputs) else f"op{i}"
         nodes.append(GraphNode(f"op{i}:{out_name}", kind, inputs, outputs, weighted=kind in WEIGHTED_OPS,
-                               channel_reduction=reduction))
+                               channel_reduction=reduction, weight_key=key))
     return nodes
 
 
 def quantize_tflite(fp32_path: Path, out_path: Path, calibration_images: np.ndarray,
-                    recipe: str = "static") -> dict[str, Any]:
-    """int8 .tflite from the fp32 one: backbone convs only (static or dynamic-range), head fp32."""
+                    recipe: str = "static", keep_fp32: Mapping[str, WeightKey] | None = None) -> dict[str, Any]:
+    """int8 .tflite from the fp32 one: backbone convs only (static or dynamic-range); the head and the
+    ``keep_fp32`` layers (torch name → weight fingerprint, export.int8_scope) stay fp32."""
     _quiet_converters()
     aeq = require("ai_edge_quantizer", "TFLite int8 quantisation")
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model(str(fp32_path))
     nodes = tflite_graph_nodes(model)
-    head = find_head(nodes)
+    head = find_head(nodes) | kept_layer_nodes(nodes, keep_fp32 or {}, str(fp32_path))
     # ai-edge-quantizer matches a regex against an op's scope: its output tensor names, each followed by ";".
     targets: dict[str, list[str]] = {op: [] for op in QUANTISED_OPS}
     for n in nodes:
@@ -154,7 +166,8 @@ def quantize_tflite(fp32_path: Path, out_path: Path, calibration_images: np.ndar
             "calibration_images": int(len(calibration_images)) if recipe == "static" else 0,
             "fp32_nodes_kept": {"count": len(head), "op_types": kept,
                                 "rule": "distance head (export.head_scope); only backbone CONV_2D/DEPTHWISE_CONV_2D "
-                                        "are quantised"}}
+                                        "are quantised"},
+            "fp32_layers_kept": {"count": len(keep_fp32 or {}), "layers": sorted(keep_fp32 or {})}}
 
 
 @try_export("tflite", "fp32")
@@ -165,4 +178,4 @@ def write_fp32(job: WriteJob) -> None:
 @try_export("tflite", "int8")
 def write_int8(job: WriteJob) -> dict[str, Any]:
     assert job.source is not None and job.calibration is not None
-    return quantize_tflite(job.source, job.path, job.calibration, job.options["tflite_int8"])
+    return quantize_tflite(job.source, job.path, job.calibration, job.options["tflite_int8"], job.keep_fp32)

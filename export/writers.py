@@ -6,7 +6,8 @@ defines two functions, both decorated with ``try_export`` (ultralytics' ``@try_e
 * ``write_fp32(job)`` writes ``job.path`` from ``job.graph`` (or from another format's fp32 file,
   ``job.fp32_of(name)``: OpenVINO converts the ONNX graph);
 * ``write_int8(job)`` writes ``job.path`` from ``job.source`` (the fp32 file of the same format) and
-  ``job.calibration``, and returns the manifest's "quantization" section.
+  ``job.calibration``, keeps the distance head and the ``job.keep_fp32`` layers fp32, and returns the
+  manifest's "quantization" section.
 
 Each reads only its own dcam-export options (``job.options``, the fields ``ModelFormat.options`` names),
 and may define ``RUNTIME_NOTE`` (a line for the manifest's ``runtime.note``).  The wrapper times the call,
@@ -27,6 +28,7 @@ import numpy as np
 from edge.formats import get_format
 
 from .config import ExportError
+from .head_scope import WeightKey
 
 if TYPE_CHECKING:  # pragma: no cover
     from .graph import FusedGraph
@@ -42,6 +44,7 @@ class WriteJob:
     source: Path | None = None  # int8: the fp32 file of the same format
     calibration: np.ndarray | None = None  # int8: preprocessed calibration images (N×3×S×S)
     fp32_of: Callable[[str], Path] | None = None  # the fp32 file of another format, produced on demand
+    keep_fp32: Mapping[str, WeightKey] = field(default_factory=dict)  # int8: layers kept fp32 (export.int8_scope)
 
 
 @dataclass(frozen=True)
