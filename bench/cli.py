@@ -306,6 +306,8 @@ def bench(cfg: BenchConfig, command: str = "bench-latency") -> tuple[list[dict[s
     meta["eager"] = ("; ".join(f"{r['label']}: {r.get('notes')}" for r in eager_rows.values())
                      or ("not run: torch is not installed" if cfg.eager else "not run (--no-eager)"))
     meta["gemm"] = [g for k, r in results.items() if k[0] == "gemm" and r.get("status") == "ok" for g in r["gemm"]]
+    meta["bandwidth"] = {key[1]: r["bandwidth"] for key, r in results.items()
+                         if key[0] == "gemm" and r.get("status") == "ok" and r.get("bandwidth")}
     meta["gemm_notes"] = {f"{k} ({key[1]} thr)": v for key, r in results.items() if key[0] == "gemm"
                           for k, v in (r.get("notes") or {}).items()}
     return rows, report.render(rows, meta)

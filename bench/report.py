@@ -15,7 +15,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("Size MB", "size_mb"), ("GMACs", "gmacs"), ("Median ms", "median_ms"), ("p90 ms", "p90_ms"),
     ("p99 ms", "p99_ms"), ("FPS", "fps"), ("E2E ms", "e2e_median_ms"), ("Frame ms 1024", "frame_1024_ms"),
     ("Frame ms 640×480", "frame_640x480_ms"), ("Frame / engine", "frame_overhead"), ("GMAC/s", "gmac_per_s"),
-    ("% peak", "peak_fraction"), ("RSS MB", "peak_rss_mb"), ("× eager", "speedup_vs_eager"),
+    ("% peak", "peak_fraction"), ("Roofline ms", "roofline_ms"), ("% roofline", "roofline_fraction"),
+    ("RSS MB", "peak_rss_mb"), ("× eager", "speedup_vs_eager"),
     ("Image AUROC (Δ)", "image_auroc"), ("Pixel AUROC (Δ)", "pixel_auroc"), ("ρ vs fp32", "score_spearman_vs_fp32"),
     ("Other CPU", "other_cpu_cores"),
 )
@@ -51,6 +52,7 @@ _CELL_FORMATS: dict[str, Callable[[dict[str, Any], Any], str]] = {
     "image_auroc": lambda row, v: _auroc(row, "image_auroc"),
     "pixel_auroc": lambda row, v: _auroc(row, "pixel_auroc"),
     "peak_fraction": lambda row, v: _num(None if v is None else 100 * v, 0) + ("%" if v is not None else ""),
+    "roofline_fraction": lambda row, v: _num(None if v is None else 100 * v, 0) + ("%" if v is not None else ""),
     "other_cpu_cores": lambda row, v: "—" if v is None else f"{v:.2f}" + (" †" if row.get("contended") else ""),
     "score_spearman_vs_fp32": lambda row, v: "—" if v is None or row.get("precision") == "fp32" else f"{v:.3f}",
     "speedup_vs_eager": lambda row, v: "—" if v is None else f"{v:.1f}×",
@@ -73,7 +75,7 @@ def _number_cell(key: str, v: Any) -> str:
     if key == "gmacs":
         return _num(v, 2)
     if key in ("median_ms", "p90_ms", "p99_ms", "e2e_median_ms", "frame_1024_ms", "frame_640x480_ms",
-               "frame_overhead"):
+               "frame_overhead", "roofline_ms"):
         return _num(v, 2 if v is not None and v < 10 else 1)
     return _num(v, 0 if key in ("gmac_per_s", "peak_rss_mb") else 1)
 
@@ -187,6 +189,9 @@ def render(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
                   "precision, which % peak refers to)**", "", gemm_table(m["gemm"]), ""]
         for k, v in (m.get("gemm_notes") or {}).items():
             parts.append(f"- {k}: {v}")
+        for threads, bw in sorted((m.get("bandwidth") or {}).items()):
+            parts.append(f"- copy bandwidth, {threads} thr: {bw['gb_per_s']:.1f} GB/s "
+                         f"({bw['working_set_mib']} MiB working set; the roofline's memory limit)")
         parts.append("")
     parts += ["**Columns**", "",
               "- Device: where the engine ran (`--device`; cpu, cuda, tensorrt, gpu, npu); JSON rows also list the "
@@ -199,6 +204,10 @@ def render(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
               "(teacher + student; the fp32 distance head is not counted). GMAC/s = GMACs / median.",
               "- % peak: GMAC/s over the machine peak of the row's precision — the best GEMM any engine reached "
               "here at the same thread count (int8 rows vs the int8 peak, fp32 rows incl. eager torch vs fp32).",
+              "- Roofline ms: Σ over the file's convolutions/matrix products of max(MACs / that peak, bytes moved / "
+              "the measured copy bandwidth), bytes at the file's precision (bench.roofline); % roofline = roofline "
+              "ms / median: how close the engine runs to this CPU's limit for this graph (depthwise layers are "
+              "memory-bound, so the GEMM peak alone would be the wrong ceiling).",
               "- RSS MB: peak resident memory of a fresh process that loaded this one model and ran it "
               "(interpreter, numpy/OpenCV and engine libraries included).",
               "- × eager: eager-torch median / this median, both from this run at the same thread count.",

@@ -14,6 +14,8 @@ from typing import Any
 from bench import cpuload, stats
 from bench.files import ModelFile
 from bench.gemm import GemmResult, reference_peak
+from bench.macs import MacsUnavailable
+from bench.roofline import BYTES_PER_ELEMENT, LayerCost, model_layer_costs, roofline_ms
 from edge.accuracy import category_means, defined, recorded_guard
 from edge.formats import FORMATS, with_precision
 
@@ -55,6 +57,8 @@ class Row:
     peak_gmac_per_s: float | None = None
     peak_source: str | None = None
     peak_fraction: float | None = None
+    roofline_ms: float | None = None  # Σ per-layer max(compute at peak, memory at bandwidth) (bench.roofline)
+    roofline_fraction: float | None = None  # roofline_ms / median_ms
     peak_rss_mb: float | None = None
     speedup_vs_eager: float | None = None
     eager_median_ms: float | None = None
@@ -200,13 +204,25 @@ def _compare_with_eager(row: Row, eager_ms: Mapping[tuple[Architecture | None, i
         row.speedup_vs_eager = stats.speedup(row.eager_median_ms, row.median_ms)
 
 
-def _compare_with_peak(row: Row, gemm: list[GemmResult]) -> None:
+def _compare_with_peak(row: Row, gemm: list[GemmResult], bandwidth: Mapping[int, float],
+                       costs: list[LayerCost] | None) -> None:
     if not row.ok:
         return
     row.gmac_per_s = stats.gmac_per_s(row.gmacs, row.median_ms)
     if row.device == "cpu":  # the peak is a CPU GEMM: meaningless for an accelerator's row
         row.peak_gmac_per_s, row.peak_source = reference_peak(gemm, row.precision, row.threads)
         row.peak_fraction = stats.fraction(row.gmac_per_s, row.peak_gmac_per_s)
+        gb_per_s = bandwidth.get(row.threads)
+        if costs and row.peak_gmac_per_s and gb_per_s and row.precision in BYTES_PER_ELEMENT:
+            row.roofline_ms = roofline_ms(costs, row.precision, row.peak_gmac_per_s, gb_per_s)
+            row.roofline_fraction = stats.fraction(row.roofline_ms, row.median_ms)
+
+
+def _layer_costs(model: str) -> list[LayerCost] | None:
+    try:
+        return model_layer_costs(model)
+    except MacsUnavailable:
+        return None
 
 
 def _compare_with_fp32(row: Row, reference: Row) -> None:
@@ -217,15 +233,17 @@ def _compare_with_fp32(row: Row, reference: Row) -> None:
         row.score_spearman_vs_fp32 = stats.spearman(row.scores, reference.scores)
 
 
-def _compare(rows: Sequence[Row], files: Sequence[ModelFile], gemm: list[GemmResult]) -> None:
+def _compare(rows: Sequence[Row], files: Sequence[ModelFile], gemm: list[GemmResult],
+             bandwidth: Mapping[int, float]) -> None:
     eager_ms = {(r.architecture, r.threads): r.median_ms for r in rows if r.is_eager and r.ok}
+    costs = {r.model: _layer_costs(r.model) for r in rows if not r.is_eager and r.ok and r.device == "cpu"}
     # Accuracy does not depend on the thread count: any row of the fp32 file on that device will do.
     by_file_and_device: dict[tuple[str, str | None], Row] = {}
     for r in rows:
         by_file_and_device.setdefault((r.model, r.requested_device), r)
     for row in rows:
         _compare_with_eager(row, eager_ms)
-        _compare_with_peak(row, gemm)
+        _compare_with_peak(row, gemm, bandwidth, costs.get(row.model))
         fp32 = None if row.is_eager else fp32_counterpart(Path(row.model), files)
         reference = None if fp32 is None else by_file_and_device.get((str(fp32.path), row.requested_device))
         if reference is not None:
@@ -258,8 +276,10 @@ def build_rows(files: Sequence[ModelFile], results: Results, eager_targets: Mapp
     """
     gemm = [GemmResult(**g) for k, r in results.items() if k[0] == "gemm" and r.get("status") == "ok"
             for g in r["gemm"]]
+    bandwidth = {int(k[1]): float(r["bandwidth"]["gb_per_s"]) for k, r in results.items()
+                 if k[0] == "gemm" and r.get("status") == "ok" and r.get("bandwidth")}
     rows = [_measured_row(key, result, files, results, eager_targets, settings, cores)
             for key, result in results.items() if key[0] in ("eager", "file")]
-    _compare(rows, files, gemm)
+    _compare(rows, files, gemm, bandwidth)
     _sort(rows, files, results)
     return [row.to_json() for row in rows]

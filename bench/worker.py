@@ -187,7 +187,9 @@ def run_gemm(job: dict[str, Any]) -> dict[str, Any]:
             except Exception as e:  # noqa: BLE001 - one backend failing must not hide the others
                 notes[f"{backend}/{precision}"] = f"failed at {size}³: {_first_line(e)}"
             progress(int(job["runs"]) + 2)
-    return {"gemm": results, "notes": notes}
+    from bench.roofline import STREAM_MIB, measure_bandwidth
+    bandwidth = {"gb_per_s": measure_bandwidth(int(job["threads"])), "working_set_mib": STREAM_MIB}
+    return {"gemm": results, "notes": notes, "bandwidth": bandwidth}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -124,6 +124,29 @@ def test_macs_counted_from_onnx_graph(tmp_path):
     assert gmacs == pytest.approx(count_gmacs(toy)) and source == "counted from toy.onnx"
 
 
+def test_roofline_hand_computed(tmp_path):
+    from bench.roofline import LayerCost, measure_bandwidth, model_layer_costs, roofline_ms
+    dw = numpy_helper.from_array(np.ones((8, 1, 3, 3), np.float32), "dw")
+    b = numpy_helper.from_array(np.ones((5, 3), np.float32), "b")
+    path = _save([helper.make_node("Conv", ["x", "dw"], ["y"], pads=[1, 1, 1, 1], group=8, name="dw"),
+                  helper.make_node("Relu", ["y"], ["r"]),
+                  helper.make_node("MatMul", ["a", "b"], ["c"], name="mm")],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 10, 10]),
+                  helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 5])],
+                 [helper.make_tensor_value_info("r", TensorProto.FLOAT, None),
+                  helper.make_tensor_value_info("c", TensorProto.FLOAT, None)], [dw, b], tmp_path / "dw.onnx")
+    costs = model_layer_costs(path)
+    # depthwise: 8·10·10·9 MACs, in + out 800 + 800 elements, 72 weights; MatMul: 2·3·5, 10 + 6, 15 weights
+    assert costs == [LayerCost("dw", "Conv", 7200, 1600, 72), LayerCost("mm", "MatMul", 30, 16, 15)]
+    # 1 GMAC/s, 1 GB/s: fp32 depthwise max(7.2 µs, 6.688 µs), MatMul max(30 ns, 124 ns)
+    assert roofline_ms(costs, "fp32", 1.0, 1.0) == pytest.approx((7.2e-6 + 124e-9) * 1e3)
+    assert roofline_ms(costs, "int8", 1.0, 1.0) == pytest.approx((7.2e-6 + 31e-9) * 1e3)
+    assert roofline_ms(costs, "fp32", 1.0, 0.1) == pytest.approx((66.88e-6 + 1.24e-6) * 1e3)  # memory-bound
+    (tmp_path / "dw.int8.xml").write_text("<net/>")  # another format of the same model reads the ONNX graph
+    assert model_layer_costs(tmp_path / "dw.int8.xml") == costs
+    assert measure_bandwidth(2, mib=1, runs=3) > 0.1  # GB/s: any machine copies faster than this
+
+
 def test_int8_gemm_graph_is_an_exact_integer_matmul():
     from bench import gemm
     run = gemm.BUILDERS[("onnxruntime", "int8")](16, 1)
@@ -217,6 +240,7 @@ def test_bench_end_to_end_json_failed_row_and_accuracy(tmp_path, synthetic_root,
     assert ok["gmac_per_s"] == pytest.approx(ok["gmacs"] / (ok["median_ms"] / 1000))
     assert re.fullmatch(r"(numpy|onnxruntime|torch)/fp32 @ (16|32)³", ok["peak_source"])
     assert ok["peak_fraction"] == pytest.approx(ok["gmac_per_s"] / ok["peak_gmac_per_s"])
+    assert ok["roofline_ms"] > 0 and ok["roofline_fraction"] == pytest.approx(ok["roofline_ms"] / ok["median_ms"])
     assert "| onnxruntime | int8 | 1 |" in out_md.read_text()  # the GEMM table lists the int8 kernel measured
 
     img_fp32, px_fp32, scores_fp32 = _independent_accuracy(fp32, synthetic_root, category)
@@ -232,6 +256,7 @@ def test_bench_end_to_end_json_failed_row_and_accuracy(tmp_path, synthetic_root,
 
     md = out_md.read_text()
     assert "| Model | Engine | Device | Prec." in md and "toy.int8.onnx" in md and "Measured peak" in md
+    assert "copy bandwidth, 1 thr:" in md and "% roofline" in md
     assert all(r["device"] == "cpu" for r in rows) and ok["providers"] == ["CPUExecutionProvider"]
     assert ok["export_guard"] == {"passed": True, "violations": []} and broken["export_guard"] is None
     assert q["export_guard"] == {"passed": False, "violations": ["score Spearman 0.19 < 0.95 vs fp32"]}
