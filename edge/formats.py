@@ -74,6 +74,7 @@ class ModelFormat:
 ONNX_INT8_SCOPES = ("backbone", "conv")  # every backbone op / only Conv, MatMul, Gemm (head fp32 either way)
 ONNX_CALIBRATIONS = ("minmax", "percentile", "entropy")  # ONNX Runtime activation-range methods
 OPENVINO_BIAS_CORRECTIONS = ("full", "fast")  # NNCF BiasCorrection / FastBiasCorrection
+OPENVINO_PRESETS = ("performance", "mixed")  # NNCF: symmetric activations / asymmetric activations
 TFLITE_INT8_RECIPES = ("static", "dynamic")  # ai-edge-quantizer: int8 activations too / dynamic range
 
 FORMATS: dict[str, ModelFormat] = {f.name: f for f in (
@@ -86,7 +87,8 @@ FORMATS: dict[str, ModelFormat] = {f.name: f for f in (
     # The fp32 IR is converted from the fp32 ONNX graph, hence onnx/onnxscript.
     ModelFormat("openvino", ".xml", "openvino", "OpenVINO", "openvino",
                 {"fp32": ("onnx", "onnxscript", "openvino"), "int8": ("nncf",)},
-                "export.openvino_export", (FormatOption("openvino_bias_correction", OPENVINO_BIAS_CORRECTIONS),),
+                "export.openvino_export", (FormatOption("openvino_bias_correction", OPENVINO_BIAS_CORRECTIONS),
+                                           FormatOption("openvino_preset", OPENVINO_PRESETS)),
                 weights_suffix=".bin", gemm_backend="openvino"),
     ModelFormat("tflite", ".tflite", "litert", "LiteRT", "ai-edge-litert",
                 {"fp32": ("litert_torch", "ai_edge_litert"), "int8": ("ai_edge_quantizer",)},

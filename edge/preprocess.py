@@ -27,7 +27,8 @@ RESIZE_METHODS = ("area", "linear")
 # (keep the aspect ratio, pad with the normalisation mean, which the model sees as 0) or "center-crop" (keep the
 # aspect ratio, drop the sides of the longer axis). Grey images are replicated to three channels in every case.
 FITS = ("stretch", "letterbox", "center-crop")
-MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # files a LOCO mask directory's regions are read from
+# Files read as images (OpenCV decodes them all): data sets, calibration folders, --source folders, LOCO masks.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class ImageReadError(ValueError):
@@ -242,7 +243,7 @@ def load_mask(path: str | Path, expected_hw: tuple[int, int], image_size: int, f
 def mask_files(mask_path: Path) -> list[Path]:
     """The mask images of a ground-truth path: itself, or every image in a LOCO mask directory (one per region)."""
     if mask_path.is_dir():
-        return sorted(p for p in mask_path.iterdir() if p.is_file() and p.suffix.lower() in MASK_SUFFIXES)
+        return sorted(p for p in mask_path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     return [mask_path]
 
 

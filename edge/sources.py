@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from edge.counters import RuntimeCounters
+from edge.preprocess import IMAGE_SUFFIXES
 from edge.redact import redact_credentials
 
 log = logging.getLogger("edge.sources")
@@ -46,7 +47,6 @@ log = logging.getLogger("edge.sources")
 STREAM_OPEN_TIMEOUT_S = 10.0
 # An open attempt counts as "waiting for the camera" (not a hang) for this long.
 OPEN_GRACE_S = 60.0
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://", "rtmp://")
 
 
@@ -279,7 +279,7 @@ def list_images(spec: str) -> list[Path]:
     """Sorted image files of a directory, or the sorted matches of a glob pattern."""
     p = Path(spec)
     if p.is_dir():
-        files = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+        files = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
     else:
         files = [Path(f) for f in globmod.glob(spec, recursive=True) if Path(f).is_file()]
     return sorted(files)
@@ -314,7 +314,7 @@ def _source_for(source: str, stall_timeout: float | None) -> RawSource:
     if p.is_dir():
         files = list_images(source)
         if not files:
-            raise SourceError(f"--source {source}: directory holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise SourceError(f"--source {source}: directory holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return ImageFilesSource(files, source)
     if any(c in source for c in "*?["):
         files = list_images(source)
@@ -323,7 +323,7 @@ def _source_for(source: str, stall_timeout: float | None) -> RawSource:
         return ImageFilesSource(files, source)
     if not p.is_file():
         raise SourceError(f"--source {source}: no such file, directory, glob match or stream URL")
-    if p.suffix.lower() in IMAGE_EXTENSIONS:
+    if p.suffix.lower() in IMAGE_SUFFIXES:
         return ImageFilesSource([p], source)
     return OpenCvSource(source, live=False)
 

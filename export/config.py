@@ -20,6 +20,7 @@ from edge.formats import (
     ONNX_CALIBRATIONS,
     ONNX_INT8_SCOPES,
     OPENVINO_BIAS_CORRECTIONS,
+    OPENVINO_PRESETS,
     PRECISIONS,
     TFLITE_INT8_RECIPES,
     get_format,
@@ -106,6 +107,9 @@ class ExportConfig:
     # drop 0.95 → 0.48 points); fast: FastBiasCorrection, quicker export
     openvino_bias_correction: str = option("full", "NNCF bias correction after int8 quantisation: full (more "
                                                    "accurate) or fast", choices=OPENVINO_BIAS_CORRECTIONS)
+    openvino_preset: str = option("performance", "NNCF quantisation preset: performance (symmetric int8 "
+                                  "activations) or mixed (asymmetric activations, weights symmetric)",
+                                  choices=OPENVINO_PRESETS)
     seed: int = option(0, "seed of the calibration-image subset")
     progress: bool = option(True, "show progress bars (--no-progress hides them)")
 

@@ -21,11 +21,18 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edge.preprocess import ImageReadError, PreprocessSpec, decode_image, fit_image, load_mask, preprocess_rgb
+from edge.preprocess import (
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    PreprocessSpec,
+    decode_image,
+    fit_image,
+    load_mask,
+    preprocess_rgb,
+)
 
 from .config import RECOMMENDED_CALIB_SAMPLES, ExportError
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
 HELD_OUT_FRACTION = 0.2  # validation share of --calib-data when the run's dataset is unavailable
 
 
@@ -92,7 +99,7 @@ def list_images(directory: str | Path) -> list[Path]:
         raise ExportError(f"--calib-data {directory}: directory not found")
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ExportError(f"--calib-data {directory}: no images found (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise ExportError(f"--calib-data {directory}: no images found (expected {', '.join(IMAGE_SUFFIXES)})")
     return files
 
 

@@ -91,13 +91,13 @@ def openvino_graph_nodes(model: Any) -> list[GraphNode]:
 
 
 def quantize_openvino(fp32_xml: Path, out_xml: Path, calibration_images: np.ndarray,
-                      bias_correction: str = "full",
-                      keep_fp32: Mapping[str, WeightKey] | None = None) -> dict[str, Any]:
+                      bias_correction: str = "full", keep_fp32: Mapping[str, WeightKey] | None = None,
+                      preset: str = "performance") -> dict[str, Any]:
     """int8 IR with NNCF post-training quantisation; the distance head and the ``keep_fp32`` layers (torch
     name → weight fingerprint, export.int8_scope) stay fp32.
 
     ``bias_correction`` "full" runs NNCF's BiasCorrection (statistics per layer on the calibration set),
-    "fast" its FastBiasCorrection.
+    "fast" its FastBiasCorrection; ``preset`` is nncf.QuantizationPreset's PERFORMANCE or MIXED.
     """
     ov = require("openvino", "OpenVINO int8 quantisation")
     nncf = require("nncf", "OpenVINO int8 quantisation")
@@ -114,11 +114,13 @@ def quantize_openvino(fp32_xml: Path, out_xml: Path, calibration_images: np.ndar
     with contextlib.redirect_stdout(io.StringIO()):
         quantized = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data),
                                   fast_bias_correction=bias_correction == "fast",
+                                  preset=getattr(nncf.QuantizationPreset, preset.upper()),
                                   ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
     ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     head_types = sorted({n.op_type for n in nodes if n.name in ignored})
     return {"tool": f"nncf.quantize {getattr(nncf, '__version__', '')}".strip(), "mode": "post-training static, "
-            "int8 weights and activations", "bias_correction": bias_correction, "calibration_images": len(data),
+            "int8 weights and activations", "bias_correction": bias_correction, "preset": preset,
+            "calibration_images": len(data),
             "fp32_nodes_kept": {"count": len(ignored), "op_types": head_types,
                                 "rule": "distance head (export.head_scope) as nncf.IgnoredScope"},
             "fp32_layers_kept": {"count": len(layers), "layers": sorted(keep_fp32 or {})}}
@@ -134,4 +136,4 @@ def write_fp32(job: WriteJob) -> None:
 def write_int8(job: WriteJob) -> dict[str, Any]:
     assert job.source is not None and job.calibration is not None
     return quantize_openvino(job.source, job.path, job.calibration, job.options["openvino_bias_correction"],
-                             job.keep_fp32)
+                             job.keep_fp32, job.options["openvino_preset"])

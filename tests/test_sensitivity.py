@@ -34,6 +34,7 @@ def test_sensitivity_reports_every_conv_of_both_networks(tiny_run: Path, tmp_pat
     assert all(r["map_error"] >= 0 and r["input_range"][0] <= r["input_range"][1] for r in layers)
     assert max(r["map_error"] for r in layers) > 0  # rounding one layer moves the map
     assert report["all_layers"]["map_error"] >= np.median([r["map_error"] for r in layers])
+    assert report["head_inputs"]["map_error"] > 0  # uint8 features entering the fp32 head move the map too
     assert (tmp_path / "sensitivity.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="--run"):
         from export.sensitivity import SensitivityConfig

@@ -5,7 +5,7 @@ from typing import Any
 
 from train.data.mvtec import (
     GOOD,
-    IMAGE_EXTENSIONS,
+    IMAGE_SUFFIXES,
     MVTecLayoutError,
     Sample,
     discover_categories,
@@ -21,7 +21,7 @@ from train.data.mvtec import (
 )
 
 __all__ = [
-    "GOOD", "IMAGE_EXTENSIONS", "ImageDataset", "MVTecLayoutError", "Sample", "discover_categories", "image_hw",
+    "GOOD", "IMAGE_SUFFIXES", "ImageDataset", "MVTecLayoutError", "Sample", "discover_categories", "image_hw",
     "list_test_samples", "list_train_samples", "list_validation_samples", "parse_categories", "split_train_val",
     "ground_truth_path", "mask_files", "training_split",
 ]

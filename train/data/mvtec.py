@@ -22,14 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.preprocess import ImageReadError, decode_image, mask_files
+from edge.preprocess import IMAGE_SUFFIXES, ImageReadError, decode_image, mask_files
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
 GOOD = "good"
 MASK_SUFFIX = "_mask.png"
 
 __all__ = [
-    "GOOD", "IMAGE_EXTENSIONS", "MVTecLayoutError", "Sample", "discover_categories", "parse_categories",
+    "GOOD", "IMAGE_SUFFIXES", "MVTecLayoutError", "Sample", "discover_categories", "parse_categories",
     "list_train_samples", "list_test_samples", "list_validation_samples", "split_train_val", "image_hw",
     "ground_truth_path", "mask_files", "training_split",
 ]
@@ -138,7 +137,7 @@ def _require_dir(path: Path, what: str) -> Path:
 def _list_images(directory: Path) -> list[Path]:
     """Image files in a directory, sorted by name; each must at least have a readable header."""
     files = sorted(p for p in directory.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
     for p in files:
         image_hw(p)  # fail now (naming the file) rather than inside a DataLoader worker mid-epoch
     return files
@@ -159,7 +158,7 @@ def list_train_samples(root: str | Path, categories: str | Sequence[str]) -> lis
         good = _require_dir(root / cat / "train" / GOOD, "training images (train/good)")
         files = _list_images(good)
         if not files:
-            raise MVTecLayoutError(f"{good}: no images found (expected {', '.join(sorted(IMAGE_EXTENSIONS))} files)")
+            raise MVTecLayoutError(f"{good}: no images found (expected {', '.join(IMAGE_SUFFIXES)} files)")
         samples.extend(Sample(path=p, category=cat, label=0, defect=GOOD) for p in files)
     return samples
 
