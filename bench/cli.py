@@ -88,11 +88,14 @@ class BenchConfig:
     frame_size: int = option(1024, "side of the generated JPEG frame for end-to-end timing without --data")
     json: str | None = option(None, "write the rows as a JSON list", metavar="OUT")
     markdown: str | None = option(None, "write the Markdown report", metavar="OUT")
+    plot: str | None = option(None, "write a PNG of latency vs image AUROC per file (needs matplotlib)", metavar="OUT")
 
     def __post_init__(self) -> None:
         self.threads = tuple(dict.fromkeys(self.threads))  # duplicates dropped, order kept
         if self.gemm_sizes == (0,):  # "--gemm-sizes 0": no peak micro-benchmark
             self.gemm_sizes = ()
+        if self.plot and importlib.util.find_spec("matplotlib") is None:  # fail before minutes of timing
+            raise BenchError("--plot: needs matplotlib (pip install matplotlib)")
         if bool(self.model) == bool(self.models):
             raise BenchError("give either --model FILE [FILE ...] or --models DIR")
         if not self.devices or any(d not in DEVICE_CHOICES for d in self.devices):
@@ -321,6 +324,9 @@ def _bench(args: list[str]) -> int:
         Path(cfg.json).write_text(json.dumps(rows, indent=2) + "\n")
     if cfg.markdown:
         Path(cfg.markdown).write_text(markdown + "\n")
+    if cfg.plot:
+        from bench.tradeoff_plot import plot_tradeoff
+        plot_tradeoff(rows, cfg.plot)
     failed = [r for r in rows if r["status"] != "ok"]
     for r in failed:
         print(f"warning: {report.where(r)} failed: {r['error']}", file=sys.stderr)

@@ -199,8 +199,9 @@ def test_bench_end_to_end_json_failed_row_and_accuracy(tmp_path, synthetic_root,
     out_json, out_md = tmp_path / "rows.json", tmp_path / "report.md"
     rc = main(["--models", str(models), "--threads", "1", "--runs", "5", "--warmup", "1", "--e2e-runs", "2",
                "--gemm-sizes", "16,32", "--gemm-runs", "2", "--data", str(synthetic_root), "--categories", category,
-               "--json", str(out_json), "--markdown", str(out_md)])
+               "--json", str(out_json), "--markdown", str(out_md), "--plot", str(tmp_path / "tradeoff.png")])
     captured = capsys.readouterr()
+    assert (tmp_path / "tradeoff.png").stat().st_size > 5000  # latency vs AUROC, one point per file
     assert rc == 1  # one failed row → non-zero, but the run completed and wrote everything
     rows = json.loads(out_json.read_text())
     assert isinstance(rows, list)
