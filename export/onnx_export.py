@@ -24,17 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from . import head_scope
 from .config import ExportError, require
 from .graph import FusedGraph
-from .head_scope import (
-    GraphNode,
-    WeightKey,
-    find_head,
-    is_ones_vector_product,
-    is_single_axis_reduction,
-    kept_layer_nodes,
-    weight_fingerprint,
-)
 from .writers import WriteJob, try_export
 
 INPUT_NAME, MAP_NAME, SCORE_NAME = "image", "anomaly_map", "score"
@@ -82,7 +74,7 @@ def _constant_array(model: Any, name: str) -> np.ndarray | None:
     return None
 
 
-def onnx_graph_nodes(model: Any) -> list[GraphNode]:
+def onnx_graph_nodes(model: Any) -> list[head_scope.GraphNode]:
     """Format-neutral view of an ONNX ModelProto for export.head_scope."""
     from onnx import helper
     ranks = {vi.name: len(vi.type.tensor_type.shape.dim)
@@ -96,11 +88,11 @@ def onnx_graph_nodes(model: Any) -> list[GraphNode]:
             axes = attrs.get("axes")
             if axes is None and len(n.input) > 1 and n.input[1]:
                 axes = _constant_array(model, n.input[1])
-            reduction = is_single_axis_reduction(axes, ranks.get(n.input[0]))
+            reduction = head_scope.is_single_axis_reduction(axes, ranks.get(n.input[0]))
         elif n.op_type in WEIGHTED_OPS:  # Σ_c written as a product by ones (head.channel_sum)
-            reduction = is_ones_vector_product(_constant_array(model, t) for t in n.input[:2])
-            key = weight_fingerprint(_constant_array(model, n.input[1])) if len(n.input) > 1 else None
-        nodes.append(GraphNode(n.name or f"#{i}", n.op_type, tuple(n.input), tuple(n.output),
+            reduction = head_scope.is_ones_vector_product(_constant_array(model, t) for t in n.input[:2])
+            key = head_scope.weight_fingerprint(_constant_array(model, n.input[1])) if len(n.input) > 1 else None
+        nodes.append(head_scope.GraphNode(n.name or f"#{i}", n.op_type, tuple(n.input), tuple(n.output),
                                weighted=n.op_type in WEIGHTED_OPS, channel_reduction=reduction, weight_key=key))
     return nodes
 
@@ -124,7 +116,8 @@ class ArrayCalibrationReader:
 
 
 def quantize_onnx(fp32_path: Path, out_path: Path, calibration_images: np.ndarray, scope: str = "backbone",
-                  calibration: str = "minmax", keep_fp32: Mapping[str, WeightKey] | None = None) -> dict[str, Any]:
+                  calibration: str = "minmax",
+                  keep_fp32: Mapping[str, head_scope.WeightKey] | None = None) -> dict[str, Any]:
     """int8 QDQ copy of ``fp32_path`` with the distance head and the ``keep_fp32`` layers (torch name →
     weight fingerprint, export.int8_scope) in fp32; returns what was done (for the manifest)."""
     onnx = require("onnx", "ONNX int8 quantisation")
@@ -136,8 +129,8 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration_images: np.ndarra
         shape_inference.quant_pre_process(str(fp32_path), str(pre))
         model = onnx.load(str(pre))
         nodes = onnx_graph_nodes(model)
-        head = find_head(nodes)
-        layers = kept_layer_nodes(nodes, keep_fp32 or {}, str(fp32_path))
+        head = head_scope.find_head(nodes)
+        layers = head_scope.kept_layer_nodes(nodes, keep_fp32 or {}, str(fp32_path))
         op_types = sorted(WEIGHTED_OPS) if scope == "conv" else None
         extra = {"CalibPercentile": 99.999} if calibration == "percentile" else {}
         q.quantize_static(str(pre), str(out_path), ArrayCalibrationReader(calibration_images),

@@ -21,16 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from . import head_scope
 from .config import ExportError, require
-from .head_scope import (
-    GraphNode,
-    WeightKey,
-    find_head,
-    is_ones_vector_product,
-    is_single_axis_reduction,
-    kept_layer_nodes,
-    weight_fingerprint,
-)
 from .writers import WriteJob, try_export
 
 INFERENCE_PRECISION_HINT = "f32"
@@ -69,7 +61,7 @@ def _weight_array(op: Any) -> np.ndarray | None:
     return _constant_array(node)
 
 
-def openvino_graph_nodes(model: Any) -> list[GraphNode]:
+def openvino_graph_nodes(model: Any) -> list[head_scope.GraphNode]:
     """Format-neutral view of an ``openvino.Model`` for export.head_scope (tensors named node:port)."""
     nodes = []
     for op in model.get_ordered_ops():
@@ -81,17 +73,17 @@ def openvino_graph_nodes(model: Any) -> list[GraphNode]:
             axes = _constant_array(op.input_value(1).get_node())
             shape = op.input_value(0).get_partial_shape()
             rank = shape.rank.get_length() if shape.rank.is_static else None
-            reduction = is_single_axis_reduction(axes, rank)
+            reduction = head_scope.is_single_axis_reduction(axes, rank)
         elif kind in WEIGHTED_OPS:  # Σ_c written as a product by ones (head.channel_sum)
-            reduction = is_ones_vector_product(_constant_array(v.get_node()) for v in op.input_values())
-            key = weight_fingerprint(_weight_array(op))
-        nodes.append(GraphNode(name, kind, inputs, outputs, weighted=kind in WEIGHTED_OPS,
+            reduction = head_scope.is_ones_vector_product(_constant_array(v.get_node()) for v in op.input_values())
+            key = head_scope.weight_fingerprint(_weight_array(op))
+        nodes.append(head_scope.GraphNode(name, kind, inputs, outputs, weighted=kind in WEIGHTED_OPS,
                                channel_reduction=reduction, weight_key=key))
     return nodes
 
 
 def quantize_openvino(fp32_xml: Path, out_xml: Path, calibration_images: np.ndarray,
-                      bias_correction: str = "full", keep_fp32: Mapping[str, WeightKey] | None = None,
+                      bias_correction: str = "full", keep_fp32: Mapping[str, head_scope.WeightKey] | None = None,
                       preset: str = "performance") -> dict[str, Any]:
     """int8 IR with NNCF post-training quantisation; the distance head and the ``keep_fp32`` layers (torch
     name → weight fingerprint, export.int8_scope) stay fp32.
@@ -104,9 +96,9 @@ def quantize_openvino(fp32_xml: Path, out_xml: Path, calibration_images: np.ndar
     core = ov.Core()
     model = core.read_model(str(fp32_xml))
     nodes = openvino_graph_nodes(model)
-    head = find_head(nodes)
+    head = head_scope.find_head(nodes)
     # Parameters/Results/Constants are not quantisable ops; naming them only adds noise.
-    layers = kept_layer_nodes(nodes, keep_fp32 or {}, str(fp32_xml))
+    layers = head_scope.kept_layer_nodes(nodes, keep_fp32 or {}, str(fp32_xml))
     ignored = sorted(n.name for n in nodes if n.name in head | layers
                      and n.op_type not in ("Constant", "Parameter", "Result"))
     data = [np.ascontiguousarray(x[None], dtype=np.float32) for x in calibration_images]

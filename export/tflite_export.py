@@ -25,17 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import head_scope
 from .config import ExportError, require
 from .graph import FusedGraph
-from .head_scope import (
-    GraphNode,
-    WeightKey,
-    find_head,
-    is_ones_vector_product,
-    is_single_axis_reduction,
-    kept_layer_nodes,
-    weight_fingerprint,
-)
 from .writers import WriteJob, try_export
 
 SIGNATURE = "serving_default"
@@ -95,7 +87,7 @@ def _constant_array(model: Any, tensor: Any) -> np.ndarray | None:
     return None if dtype is None else np.frombuffer(bytes(data), dtype=dtype)
 
 
-def tflite_graph_nodes(model: Any) -> list[GraphNode]:
+def tflite_graph_nodes(model: Any) -> list[head_scope.GraphNode]:
     """Format-neutral view of the main subgraph of a flatbuffer ModelT (tensors named by index)."""
     names = _opcode_names()
     sg = model.subgraphs[0]
@@ -108,19 +100,21 @@ def tflite_graph_nodes(model: Any) -> list[GraphNode]:
         reduction, key = False, None
         if kind in REDUCE_OPS and len(op.inputs) > 1:
             axes = _constant_array(model, sg.tensors[op.inputs[1]])
-            reduction = is_single_axis_reduction(axes, len(sg.tensors[op.inputs[0]].shape))
+            reduction = head_scope.is_single_axis_reduction(axes, len(sg.tensors[op.inputs[0]].shape))
         elif kind in WEIGHTED_OPS:  # Σ_c written as a product by ones (head.channel_sum)
-            reduction = is_ones_vector_product(_constant_array(model, sg.tensors[j]) for j in op.inputs[:2] if j >= 0)
+            reduction = head_scope.is_ones_vector_product(_constant_array(model, sg.tensors[j])
+                                                          for j in op.inputs[:2] if j >= 0)
             if len(op.inputs) > 1 and op.inputs[1] >= 0:
-                key = weight_fingerprint(_constant_array(model, sg.tensors[op.inputs[1]]))
+                key = head_scope.weight_fingerprint(_constant_array(model, sg.tensors[op.inputs[1]]))
         out_name = sg.tensors[op.outputs[0]].name.decode() if len(op.outputs) else f"op{i}"
-        nodes.append(GraphNode(f"op{i}:{out_name}", kind, inputs, outputs, weighted=kind in WEIGHTED_OPS,
+        nodes.append(head_scope.GraphNode(f"op{i}:{out_name}", kind, inputs, outputs, weighted=kind in WEIGHTED_OPS,
                                channel_reduction=reduction, weight_key=key))
     return nodes
 
 
 def quantize_tflite(fp32_path: Path, out_path: Path, calibration_images: np.ndarray,
-                    recipe: str = "static", keep_fp32: Mapping[str, WeightKey] | None = None) -> dict[str, Any]:
+                    recipe: str = "static",
+                    keep_fp32: Mapping[str, head_scope.WeightKey] | None = None) -> dict[str, Any]:
     """int8 .tflite from the fp32 one: backbone convs only (static or dynamic-range); the head and the
     ``keep_fp32`` layers (torch name → weight fingerprint, export.int8_scope) stay fp32."""
     _quiet_converters()
@@ -129,7 +123,7 @@ def quantize_tflite(fp32_path: Path, out_path: Path, calibration_images: np.ndar
 
     model = flatbuffer_utils.read_model(str(fp32_path))
     nodes = tflite_graph_nodes(model)
-    head = find_head(nodes) | kept_layer_nodes(nodes, keep_fp32 or {}, str(fp32_path))
+    head = head_scope.find_head(nodes) | head_scope.kept_layer_nodes(nodes, keep_fp32 or {}, str(fp32_path))
     # ai-edge-quantizer matches a regex against an op's scope: its output tensor names, each followed by ";".
     targets: dict[str, list[str]] = {op: [] for op in QUANTISED_OPS}
     for n in nodes:
