@@ -240,6 +240,10 @@ def test_config_names_and_errors():
         ExportConfig(run="r", out="o", target_fpr=0.0)
     with pytest.raises(ExportError, match="--openvino-bias-correction: expected one of full, fast"):
         ExportConfig(run="r", out="o", openvino_bias_correction="none")
+    with pytest.raises(ExportError, match="--int8-fp32-layers: expected auto or a count >= 0, got 'some'"):
+        ExportConfig(run="r", out="o", int8_fp32_layers="some")
+    with pytest.raises(ExportError, match="--int8-sensitivity-target"):
+        ExportConfig(run="r", out="o", int8_sensitivity_target=1.5)
 
 
 def test_each_format_checks_only_its_own_options():
@@ -247,7 +251,7 @@ def test_each_format_checks_only_its_own_options():
         ExportConfig(run="r", out="o", formats="tflite", tflite_int8="none")
     cfg = ExportConfig(run="r", out="o", formats="onnx", tflite_int8="none")  # not exported: not read
     assert cfg.format_options("onnx") == {"onnx_int8_scope": "backbone", "onnx_calibration": "minmax"}
-    assert cfg.format_options("openvino") == {"openvino_bias_correction": "full"}
+    assert cfg.format_options("openvino") == {"openvino_bias_correction": "full", "openvino_preset": "performance"}
 
 
 def test_every_format_has_a_writer_module_and_its_options_are_config_fields():

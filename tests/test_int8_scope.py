@@ -102,7 +102,7 @@ def test_each_quantiser_keeps_the_chosen_layer_fp32(tiny_run: Path, tiny_export:
     floats = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer if i.data_type == onnx.TensorProto.FLOAT}
     conv_nodes = [n for n in g.node if n.op_type == "Conv"]
     float_weight = [n for n in conv_nodes if n.input[1] in floats and weight_fingerprint(floats[n.input[1]]) == key]
-    assert len(float_weight) == 1 and producer.get(float_weight[0].input[0]) != "DequantizeLinear"
+    assert len(float_weight) == 1  # its input may still arrive through Q/DQ: the producer (Clip) is quantised
     assert sum(producer.get(n.input[1]) == "DequantizeLinear" for n in conv_nodes) >= len(convs) - 1
 
     quantize_openvino(tiny_export / "dcam.xml", tmp_path / "k.int8.xml", calib, "fast", keep_fp32=keep)
@@ -139,7 +139,7 @@ def test_each_quantiser_keeps_the_chosen_layer_fp32(tiny_run: Path, tiny_export:
 def test_export_records_the_sensitivity_choice(tiny_export: Path) -> None:
     from edge.manifest import manifest_path_for
     for name in ("dcam.int8.onnx", "dcam.int8.xml", "dcam.int8.tflite"):
-        manifest = json.loads(manifest_path_for(tiny_export / name).read_text())
+        manifest = json.loads(manifest_path_for(tiny_export / name).read_text())["files"][name]
         kept = manifest["quantization"]["fp32_layers_kept"]
         sens = kept["sensitivity"]
         assert sens["setting"] == "auto" and sens["simulated"][0]["kept"] == 0
