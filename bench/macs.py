@@ -58,8 +58,9 @@ def _all_static(model: Any) -> bool:
                for vi in model.graph.value_info if vi.type.HasField("tensor_type"))
 
 
-def onnx_macs(path: str | Path) -> int:
-    """MACs of an ONNX graph from its (inferred) static shapes."""
+def onnx_static_shapes(path: str | Path, purpose: str) -> tuple[Any, Callable[[str], list[int]]]:
+    """(graph, tensor name → static shape) of an ONNX file; the lookup raises MacsUnavailable naming
+    ``purpose`` ("cannot count MACs") for a tensor whose shape is not static."""
     g = _onnx_with_shapes(path).graph
     shapes: dict[str, list[int] | None] = {t.name: list(t.dims) for t in g.initializer}
     for vi in list(g.input) + list(g.value_info) + list(g.output):
@@ -69,9 +70,15 @@ def onnx_macs(path: str | Path) -> int:
     def shape(name: str) -> list[int]:
         s = shapes.get(name)
         if s is None:
-            raise MacsUnavailable(f"{path}: shape of tensor {name!r} is not static; cannot count MACs")
+            raise MacsUnavailable(f"{path}: shape of tensor {name!r} is not static; {purpose}")
         return s
 
+    return g, shape
+
+
+def onnx_macs(path: str | Path) -> int:
+    """MACs of an ONNX graph from its (inferred) static shapes."""
+    g, shape = onnx_static_shapes(path, "cannot count MACs")
     return sum(_onnx_node_macs(node, shape) for node in g.node)
 
 

@@ -44,6 +44,10 @@ def where(row: dict[str, Any]) -> str:
     return f"{row.get('label')} @ {row.get('threads')} thr" + ("" if device in (None, "cpu") else f" on {device}")
 
 
+def _percent(fraction: float | None) -> str:
+    return _num(None if fraction is None else 100 * fraction, 0) + ("%" if fraction is not None else "")
+
+
 _TEXT_KEYS = ("label", "engine", "device", "precision")
 _SHOWN_WHEN_FAILED = (*_TEXT_KEYS, "threads", "size_mb", "gmacs")  # what a failed row still knows
 # Cells written their own way (row, value) → text; every other key is a plain number.
@@ -51,8 +55,8 @@ _CELL_FORMATS: dict[str, Callable[[dict[str, Any], Any], str]] = {
     "threads": lambda row, v: str(v),
     "image_auroc": lambda row, v: _auroc(row, "image_auroc"),
     "pixel_auroc": lambda row, v: _auroc(row, "pixel_auroc"),
-    "peak_fraction": lambda row, v: _num(None if v is None else 100 * v, 0) + ("%" if v is not None else ""),
-    "roofline_fraction": lambda row, v: _num(None if v is None else 100 * v, 0) + ("%" if v is not None else ""),
+    "peak_fraction": lambda row, v: _percent(v),
+    "roofline_fraction": lambda row, v: _percent(v),
     "other_cpu_cores": lambda row, v: "—" if v is None else f"{v:.2f}" + (" †" if row.get("contended") else ""),
     "score_spearman_vs_fp32": lambda row, v: "—" if v is None or row.get("precision") == "fp32" else f"{v:.3f}",
     "speedup_vs_eager": lambda row, v: "—" if v is None else f"{v:.1f}×",

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.macs import MacsUnavailable, _onnx_node_macs, _onnx_with_shapes, _siblings
+from bench.macs import MacsUnavailable, _onnx_node_macs, _siblings, onnx_static_shapes
 from edge.formats import format_for_path
 
 STREAM_MIB = 8  # copy working set: larger than L2, inside L3 on the CPUs this targets
@@ -47,19 +47,8 @@ class LayerCost:
 
 def onnx_layer_costs(path: str | Path) -> list[LayerCost]:
     """The convolutions and matrix products of an ONNX graph with their MACs and element counts."""
-    g = _onnx_with_shapes(path).graph
+    g, shape = onnx_static_shapes(path, "no roofline")
     weights = {t.name: math.prod(t.dims) for t in g.initializer}
-    shapes: dict[str, list[int] | None] = {t.name: list(t.dims) for t in g.initializer}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        dims = vi.type.tensor_type.shape.dim
-        shapes[vi.name] = [d.dim_value for d in dims] if all(d.HasField("dim_value") for d in dims) else None
-
-    def shape(name: str) -> list[int]:
-        s = shapes.get(name)
-        if s is None:
-            raise MacsUnavailable(f"{path}: shape of tensor {name!r} is not static; no roofline")
-        return s
-
     costs = []
     for i, node in enumerate(g.node):
         macs = _onnx_node_macs(node, shape)
@@ -72,15 +61,20 @@ def onnx_layer_costs(path: str | Path) -> list[LayerCost]:
     return costs
 
 
-def model_layer_costs(path: str | Path) -> list[LayerCost]:
-    """Layer costs of a model file of any format, from its own ONNX graph or its ONNX sibling."""
+def layer_shape_source(path: str | Path) -> Path:
+    """The ONNX file a model file's layer shapes are read from: itself, or its ONNX sibling (same graph)."""
     path = Path(path)
     if format_for_path(path, MacsUnavailable).name == "onnx":
-        return onnx_layer_costs(path)
+        return path
     for sibling in _siblings(path):
         if format_for_path(sibling, MacsUnavailable).name == "onnx":
-            return onnx_layer_costs(sibling)
+            return sibling
     raise MacsUnavailable(f"{path}: no .onnx file of the same model beside it to read layer shapes from")
+
+
+def model_layer_costs(path: str | Path) -> list[LayerCost]:
+    """Layer costs of a model file of any format, from its own ONNX graph or its ONNX sibling."""
+    return onnx_layer_costs(layer_shape_source(path))
 
 
 def roofline_ms(costs: Sequence[LayerCost], precision: str, peak_gmac_per_s: float,
@@ -119,5 +113,5 @@ def measure_bandwidth(threads: int, mib: int = STREAM_MIB, runs: int = 30) -> fl
     return 2 * src.nbytes / best / 1e9
 
 
-__all__ = ["BYTES_PER_ELEMENT", "STREAM_MIB", "LayerCost", "measure_bandwidth", "model_layer_costs",
-           "onnx_layer_costs", "roofline_ms"]
+__all__ = ["BYTES_PER_ELEMENT", "STREAM_MIB", "LayerCost", "layer_shape_source", "measure_bandwidth",
+           "model_layer_costs", "onnx_layer_costs", "roofline_ms"]

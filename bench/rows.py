@@ -6,7 +6,7 @@ throughput against the machine's GEMM peak, accuracy change against the fp32 fil
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from bench import cpuload, stats
 from bench.files import ModelFile
 from bench.gemm import GemmResult, reference_peak
 from bench.macs import MacsUnavailable
-from bench.roofline import BYTES_PER_ELEMENT, LayerCost, model_layer_costs, roofline_ms
+from bench.roofline import BYTES_PER_ELEMENT, LayerCost, layer_shape_source, onnx_layer_costs, roofline_ms
 from edge.accuracy import category_means, defined, recorded_guard
 from edge.formats import FORMATS, with_precision
 
@@ -218,11 +218,23 @@ def _compare_with_peak(row: Row, gemm: list[GemmResult], bandwidth: Mapping[int,
             row.roofline_fraction = stats.fraction(row.roofline_ms, row.median_ms)
 
 
-def _layer_costs(model: str) -> list[LayerCost] | None:
-    try:
-        return model_layer_costs(model)
-    except MacsUnavailable:
-        return None
+def _layer_costs(models: Iterable[str]) -> dict[str, list[LayerCost] | None]:
+    """Layer costs per model file, each ONNX graph read once (a model's formats and thread counts share it)."""
+    by_source: dict[Path, list[LayerCost] | None] = {}
+    costs: dict[str, list[LayerCost] | None] = {}
+    for model in dict.fromkeys(models):
+        try:
+            source = layer_shape_source(model)
+        except MacsUnavailable:
+            costs[model] = None
+            continue
+        if source not in by_source:
+            try:
+                by_source[source] = onnx_layer_costs(source)
+            except MacsUnavailable:
+                by_source[source] = None
+        costs[model] = by_source[source]
+    return costs
 
 
 def _compare_with_fp32(row: Row, reference: Row) -> None:
@@ -236,7 +248,7 @@ def _compare_with_fp32(row: Row, reference: Row) -> None:
 def _compare(rows: Sequence[Row], files: Sequence[ModelFile], gemm: list[GemmResult],
              bandwidth: Mapping[int, float]) -> None:
     eager_ms = {(r.architecture, r.threads): r.median_ms for r in rows if r.is_eager and r.ok}
-    costs = {r.model: _layer_costs(r.model) for r in rows if not r.is_eager and r.ok and r.device == "cpu"}
+    costs = _layer_costs(r.model for r in rows if not r.is_eager and r.ok and r.device == "cpu")
     # Accuracy does not depend on the thread count: any row of the fp32 file on that device will do.
     by_file_and_device: dict[tuple[str, str | None], Row] = {}
     for r in rows:

@@ -53,14 +53,17 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def batches(self, spec: PreprocessSpec, batch_size: int = 16) -> Iterator[np.ndarray]:
-        """Normalised float32 B×3×S×S batches (edge.preprocess.preprocess_rgb per image)."""
-        for i in range(0, len(self), batch_size):
-            yield np.stack([preprocess_rgb(rgb, spec) for rgb in self.rgb[i:i + batch_size]])
+    def batches(self, spec: PreprocessSpec, batch_size: int = 16, limit: int | None = None) -> Iterator[np.ndarray]:
+        """Normalised float32 B×3×S×S batches (edge.preprocess.preprocess_rgb per image) of the first ``limit``
+        images (all by default)."""
+        n = len(self) if limit is None else min(limit, len(self))
+        for i in range(0, n, batch_size):
+            yield np.stack([preprocess_rgb(rgb, spec) for rgb in self.rgb[i:min(i + batch_size, n)]])
 
-    def arrays(self, spec: PreprocessSpec) -> np.ndarray:
-        return np.concatenate(list(self.batches(spec))) if len(self) else np.zeros((0, 3, spec.image_size,
-                                                                                   spec.image_size), np.float32)
+    def arrays(self, spec: PreprocessSpec, limit: int | None = None) -> np.ndarray:
+        """The first ``limit`` images (all by default) as one normalised float32 N×3×S×S array."""
+        batches = list(self.batches(spec, limit=limit))
+        return np.concatenate(batches) if batches else np.zeros((0, 3, spec.image_size, spec.image_size), np.float32)
 
 
 @dataclass

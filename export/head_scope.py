@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -43,12 +44,26 @@ def weight_fingerprint(weight: np.ndarray | None) -> WeightKey | None:
 def kept_layer_nodes(nodes: Iterable[GraphNode], keep: Mapping[str, WeightKey], where: str) -> set[str]:
     """Names of the graph nodes carrying the weights of the torch layers in ``keep`` (layer → fingerprint);
     ExportError naming ``where`` when a layer is not found (its fp32 choice would be silently lost)."""
-    nodes = list(nodes)
-    found = {n.name for n in nodes if n.weight_key is not None and n.weight_key in set(keep.values())}
-    missing = [layer for layer, key in keep.items() if not any(n.weight_key == key for n in nodes)]
+    wanted = set(keep.values())
+    found_keys: set[WeightKey] = set()
+    found: set[str] = set()
+    for n in nodes:
+        if n.weight_key in wanted:
+            found.add(n.name)
+            found_keys.add(n.weight_key)
+    missing = [layer for layer, key in keep.items() if key not in found_keys]
     if missing:
         raise ExportError(f"{where}: cannot find the layer(s) chosen to stay fp32 in the graph: {', '.join(missing)}")
     return found
+
+
+def fp32_scope(nodes: Sequence[GraphNode], keep: Mapping[str, WeightKey] | None,
+               where: str) -> tuple[set[str], set[str], dict[str, Any]]:
+    """What an int8 quantiser must leave fp32: (head nodes, nodes of the ``keep`` layers, the manifest's
+    ``fp32_layers_kept`` section)."""
+    keep = keep or {}
+    layers = kept_layer_nodes(nodes, keep, where)
+    return find_head(nodes), layers, {"count": len(layers), "layers": sorted(keep)}
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .datasets import ImageSet
 from .graph import FusedGraph
 from .head_scope import WeightKey, weight_fingerprint
 
@@ -26,16 +27,17 @@ def _batches(images: np.ndarray, size: int = 8) -> list[torch.Tensor]:
     return list(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).split(size))
 
 
-def choose_layers(graph: FusedGraph, calibration: np.ndarray, validation: np.ndarray, setting: str,
+def choose_layers(graph: FusedGraph, calibration: np.ndarray, validation: ImageSet, setting: str,
                   target_spearman: float, progress: bool = True) -> tuple[dict[str, WeightKey], dict[str, Any]]:
-    """(layer name → weight fingerprint, report for the manifests) for ``--int8-fp32-layers setting``."""
+    """(layer name → weight fingerprint, report for the manifests) for ``--int8-fp32-layers setting``;
+    ``calibration``: the preprocessed calibration images, ``validation``: the validation normals."""
     from .sensitivity import choose_fp32_layers
 
     if setting == "0":
         return {}, {"setting": setting, "layers": []}
     counts, target = (AUTO_COUNTS, target_spearman) if setting == "auto" else ((int(setting),), -2.0)
     calib = _batches(calibration[:SENSITIVITY_CALIB_IMAGES])
-    val = _batches(validation[:SENSITIVITY_VAL_IMAGES])
+    val = _batches(validation.arrays(graph.spec, SENSITIVITY_VAL_IMAGES))
     with torch.no_grad():
         report = choose_fp32_layers(graph.module, calib, val, target, counts, progress)
     keep: dict[str, WeightKey] = {}

@@ -93,7 +93,8 @@ def onnx_graph_nodes(model: Any) -> list[head_scope.GraphNode]:
             reduction = head_scope.is_ones_vector_product(_constant_array(model, t) for t in n.input[:2])
             key = head_scope.weight_fingerprint(_constant_array(model, n.input[1])) if len(n.input) > 1 else None
         nodes.append(head_scope.GraphNode(n.name or f"#{i}", n.op_type, tuple(n.input), tuple(n.output),
-                               weighted=n.op_type in WEIGHTED_OPS, channel_reduction=reduction, weight_key=key))
+                                          weighted=n.op_type in WEIGHTED_OPS, channel_reduction=reduction,
+                                          weight_key=key))
     return nodes
 
 
@@ -129,8 +130,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration_images: np.ndarra
         shape_inference.quant_pre_process(str(fp32_path), str(pre))
         model = onnx.load(str(pre))
         nodes = onnx_graph_nodes(model)
-        head = head_scope.find_head(nodes)
-        layers = head_scope.kept_layer_nodes(nodes, keep_fp32 or {}, str(fp32_path))
+        head, layers, layers_section = head_scope.fp32_scope(nodes, keep_fp32, str(fp32_path))
         op_types = sorted(WEIGHTED_OPS) if scope == "conv" else None
         extra = {"CalibPercentile": 99.999} if calibration == "percentile" else {}
         q.quantize_static(str(pre), str(out_path), ArrayCalibrationReader(calibration_images),
@@ -146,7 +146,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration_images: np.ndarra
             "fp32_nodes_kept": {"count": len(head), "op_types": head_types,
                                 "rule": "distance head (export.head_scope)" +
                                         (" + every non-Conv/MatMul/Gemm node" if scope == "conv" else "")},
-            "fp32_layers_kept": {"count": len(layers), "layers": sorted(keep_fp32 or {})}}
+            "fp32_layers_kept": layers_section}
 
 
 @try_export("onnx", "fp32")

@@ -78,7 +78,7 @@ def openvino_graph_nodes(model: Any) -> list[head_scope.GraphNode]:
             reduction = head_scope.is_ones_vector_product(_constant_array(v.get_node()) for v in op.input_values())
             key = head_scope.weight_fingerprint(_weight_array(op))
         nodes.append(head_scope.GraphNode(name, kind, inputs, outputs, weighted=kind in WEIGHTED_OPS,
-                               channel_reduction=reduction, weight_key=key))
+                                          channel_reduction=reduction, weight_key=key))
     return nodes
 
 
@@ -96,9 +96,8 @@ def quantize_openvino(fp32_xml: Path, out_xml: Path, calibration_images: np.ndar
     core = ov.Core()
     model = core.read_model(str(fp32_xml))
     nodes = openvino_graph_nodes(model)
-    head = head_scope.find_head(nodes)
+    head, layers, layers_section = head_scope.fp32_scope(nodes, keep_fp32, str(fp32_xml))
     # Parameters/Results/Constants are not quantisable ops; naming them only adds noise.
-    layers = head_scope.kept_layer_nodes(nodes, keep_fp32 or {}, str(fp32_xml))
     ignored = sorted(n.name for n in nodes if n.name in head | layers
                      and n.op_type not in ("Constant", "Parameter", "Result"))
     data = [np.ascontiguousarray(x[None], dtype=np.float32) for x in calibration_images]
@@ -115,7 +114,7 @@ def quantize_openvino(fp32_xml: Path, out_xml: Path, calibration_images: np.ndar
             "calibration_images": len(data),
             "fp32_nodes_kept": {"count": len(ignored), "op_types": head_types,
                                 "rule": "distance head (export.head_scope) as nncf.IgnoredScope"},
-            "fp32_layers_kept": {"count": len(layers), "layers": sorted(keep_fp32 or {})}}
+            "fp32_layers_kept": layers_section}
 
 
 @try_export("openvino", "fp32")

@@ -112,7 +112,7 @@ class _Exporter:
     def keep_fp32(self) -> tuple[dict[str, WeightKey], dict[str, Any]]:
         """The layers every int8 file keeps fp32 (chosen once, export.int8_scope) and the report on them."""
         if self._keep_fp32 is None:
-            self._keep_fp32 = choose_layers(self.graph, self.calibration, self.data.validation.arrays(self.graph.spec),
+            self._keep_fp32 = choose_layers(self.graph, self.calibration, self.data.validation,
                                             self.cfg.int8_fp32_layers, self.cfg.int8_sensitivity_target,
                                             self.cfg.progress)
         return self._keep_fp32

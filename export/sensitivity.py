@@ -172,7 +172,7 @@ class SensitivityProbe:
         self.model, self.val = model, val
         self.quantizer = LayerQuantizer(model)
         self.quantizer.calibrate(model, calib)
-        self.quantizer.calibrate_taps(model, calib)
+        self.calib = calib  # tap ranges are calibrated on first use (errors(taps=True))
         self.ref_maps, self.ref_scores = _outputs(model, val)
         self.norm = float(np.linalg.norm(self.ref_maps)) or 1.0
 
@@ -183,6 +183,8 @@ class SensitivityProbe:
     def errors(self, names: Sequence[str], taps: bool = False) -> dict[str, float]:
         """Relative map error ‖m_q − m‖/‖m‖ and score Spearman vs fp32 with ``names`` int8 (and, with ``taps``,
         the head's input features)."""
+        if taps and not self.quantizer.tap_ranges:
+            self.quantizer.calibrate_taps(self.model, self.calib)
         with self.quantizer.quantized(names), (self.quantizer.quantized_taps(self.model) if taps
                                                else contextlib.nullcontext()):
             maps, scores = _outputs(self.model, self.val)

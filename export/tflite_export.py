@@ -107,8 +107,8 @@ def tflite_graph_nodes(model: Any) -> list[head_scope.GraphNode]:
             if len(op.inputs) > 1 and op.inputs[1] >= 0:
                 key = head_scope.weight_fingerprint(_constant_array(model, sg.tensors[op.inputs[1]]))
         out_name = sg.tensors[op.outputs[0]].name.decode() if len(op.outputs) else f"op{i}"
-        nodes.append(head_scope.GraphNode(f"op{i}:{out_name}", kind, inputs, outputs, weighted=kind in WEIGHTED_OPS,
-                               channel_reduction=reduction, weight_key=key))
+        nodes.append(head_scope.GraphNode(f"op{i}:{out_name}", kind, inputs, outputs,
+                                          weighted=kind in WEIGHTED_OPS, channel_reduction=reduction, weight_key=key))
     return nodes
 
 
@@ -123,7 +123,8 @@ def quantize_tflite(fp32_path: Path, out_path: Path, calibration_images: np.ndar
 
     model = flatbuffer_utils.read_model(str(fp32_path))
     nodes = tflite_graph_nodes(model)
-    head = head_scope.find_head(nodes) | head_scope.kept_layer_nodes(nodes, keep_fp32 or {}, str(fp32_path))
+    head, layers, layers_section = head_scope.fp32_scope(nodes, keep_fp32, str(fp32_path))
+    head |= layers  # only backbone convolutions outside both are named in the recipe
     # ai-edge-quantizer matches a regex against an op's scope: its output tensor names, each followed by ";".
     targets: dict[str, list[str]] = {op: [] for op in QUANTISED_OPS}
     for n in nodes:
@@ -161,7 +162,7 @@ def quantize_tflite(fp32_path: Path, out_path: Path, calibration_images: np.ndar
             "fp32_nodes_kept": {"count": len(head), "op_types": kept,
                                 "rule": "distance head (export.head_scope); only backbone CONV_2D/DEPTHWISE_CONV_2D "
                                         "are quantised"},
-            "fp32_layers_kept": {"count": len(keep_fp32 or {}), "layers": sorted(keep_fp32 or {})}}
+            "fp32_layers_kept": layers_section}
 
 
 @try_export("tflite", "fp32")
