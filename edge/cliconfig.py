@@ -67,6 +67,12 @@ def group(cls: type, *, prefix: str = "", title: str | None = None, **defaults: 
     return field(default_factory=(lambda: cls(**defaults)) if defaults else cls, metadata=meta)
 
 
+def group_types(cls: type) -> dict[str, type]:
+    """The group fields of dataclass ``cls`` (declared with :func:`group`) and the dataclass each holds."""
+    return {f.name: type(f.default_factory()) for f in dataclasses.fields(cls)
+            if "prefix" in f.metadata and callable(f.default_factory)}
+
+
 # ---- the model of one config class ------------------------------------------------------------------
 _TEXT_PARSERS: dict[type, Callable[[str], Any]] = {int: int, float: float, str: str}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")

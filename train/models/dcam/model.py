@@ -79,6 +79,16 @@ class FeaturePyramidInference(nn.Module):
         return self.head(self.level_distances(images), images.shape[-2:])
 
 
+def build_student(name: str, teacher: FeatureExtractor) -> FeatureExtractor:
+    """A random-init student of architecture ``name`` that can reproduce ``teacher``'s maps one to one."""
+    student = build_backbone(name, pretrained=False)
+    if (student.channels, student.normalization) != (teacher.channels, teacher.normalization):
+        raise ValueError(f"--student-backbone {name}: its maps have {student.channels} channels on "
+                         f"{student.normalization!r} inputs; the teacher {teacher.name} has {teacher.channels} on "
+                         f"{teacher.normalization!r} (expected the same)")
+    return student
+
+
 class STFPMModel(DistillationModel):
     """Student-teacher feature pyramid matching, with DCAM attention when cfg.attention != "none"."""
 
@@ -88,7 +98,7 @@ class STFPMModel(DistillationModel):
         super().__init__()
         self.cfg = cfg
         self.teacher = build_backbone(cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.teacher_weights)
-        self.student = build_backbone(cfg.backbone, pretrained=False)
+        self.student = build_student(cfg.student_backbone or cfg.backbone, self.teacher)
         if cfg.student_bn_momentum is not None:
             for module in self.student.modules():
                 if isinstance(module, nn.BatchNorm2d):
