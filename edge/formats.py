@@ -7,9 +7,9 @@ the export module that writes it and the dcam-export options only it reads.  Whi
 runs on is ``edge.devices`` (keyed by these names); the file-name rule ``<stem>[.int8]<suffix>`` is
 ``model_filename`` / ``parse_model_filename`` here and nowhere else.
 
-Adding a format (fp16 OpenVINO, TensorRT, NCNN): a record in ``FORMATS`` and its writer module in
-``export/`` (``write_fp32`` / ``write_int8``, see ``export.writers``); a new engine also needs its class in
-``edge.engines`` and its devices in ``edge.devices``.  Pure data and stdlib: imports no engine, no torch.
+Adding a format (TensorRT, NCNN): a record in ``FORMATS`` and its writer module in ``export/``
+(``write_<precision>`` for each of its ``precisions``, see ``export.writers``); a new engine also needs its
+class in ``edge.engines`` and its devices in ``edge.devices``.  Pure data and stdlib: imports no engine, no torch.
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")
+# What dcam-export writes unless --precisions says otherwise (fp16 files are for GPUs: asked for explicitly).
+DEFAULT_PRECISIONS = ("fp32", "int8")
 
 
 class FormatError(ValueError):
@@ -47,11 +49,11 @@ class ModelFormat:
     engine_label: str  # how messages name that engine
     runtime_package: str  # pip package the engine imports (the edge install needs only this one)
     converters: Mapping[str, tuple[str, ...]]  # precision → modules dcam-export imports (checked before any work)
-    writer: str  # export module with write_fp32 / write_int8
+    writer: str  # export module with write_<precision> for each of ``precisions``
     options: tuple[FormatOption, ...] = ()
     weights_suffix: str | None = None  # side file the engine loads with the model (OpenVINO .bin)
     gemm_backend: str | None = None  # bench.gemm backend that runs this engine's GEMM kernels (None: none)
-    precisions: tuple[str, ...] = PRECISIONS
+    precisions: tuple[str, ...] = PRECISIONS  # what dcam-export can write in this format
 
     @property
     def install(self) -> str:
@@ -79,20 +81,22 @@ TFLITE_INT8_RECIPES = ("static", "dynamic")  # ai-edge-quantizer: int8 activatio
 
 FORMATS: dict[str, ModelFormat] = {f.name: f for f in (
     ModelFormat("onnx", ".onnx", "onnxruntime", "ONNX Runtime", "onnxruntime",
-                {"fp32": ("onnx", "onnxscript", "onnxruntime"), "int8": ("onnxruntime.quantization",)},
+                {"fp32": ("onnx", "onnxscript", "onnxruntime"), "fp16": ("onnxruntime.transformers.float16",),
+                 "int8": ("onnxruntime.quantization",)},
                 "export.onnx_export",
                 (FormatOption("onnx_int8_scope", ONNX_INT8_SCOPES),
                  FormatOption("onnx_calibration", ONNX_CALIBRATIONS)),
                 gemm_backend="onnxruntime"),
     # The fp32 IR is converted from the fp32 ONNX graph, hence onnx/onnxscript.
     ModelFormat("openvino", ".xml", "openvino", "OpenVINO", "openvino",
-                {"fp32": ("onnx", "onnxscript", "openvino"), "int8": ("nncf",)},
+                {"fp32": ("onnx", "onnxscript", "openvino"), "fp16": ("openvino",), "int8": ("nncf",)},
                 "export.openvino_export", (FormatOption("openvino_bias_correction", OPENVINO_BIAS_CORRECTIONS),
                                            FormatOption("openvino_preset", OPENVINO_PRESETS)),
                 weights_suffix=".bin", gemm_backend="openvino"),
     ModelFormat("tflite", ".tflite", "litert", "LiteRT", "ai-edge-litert",
                 {"fp32": ("litert_torch", "ai_edge_litert"), "int8": ("ai_edge_quantizer",)},
-                "export.tflite_export", (FormatOption("tflite_int8", TFLITE_INT8_RECIPES),)),
+                "export.tflite_export", (FormatOption("tflite_int8", TFLITE_INT8_RECIPES),),
+                precisions=("fp32", "int8")),  # fp16: LiteRT's GPU delegate runs the fp32 file in fp16 itself
 )}
 FORMAT_NAMES = tuple(FORMATS)  # the canonical order: onnx, openvino, tflite
 SUFFIXES = tuple(f.suffix for f in FORMATS.values())

@@ -19,7 +19,7 @@ silently.  Strict JSON (never NaN).  Layout::
           "model_file", "model_sha256",
           "weights_file", "weights_sha256",    the side file of formats that have one (OpenVINO .bin)
           "format":    "onnx" | "openvino" | "tflite"                 (edge.formats)
-          "precision": "fp32" | "int8",
+          "precision": "fp32" | "fp16" | "int8",
           "runtime":   {"engine": edge.engines name, "inference_precision_hint": "f32" | "bf16" | "f16", "note",
                         "checked_with": {runtime package: version dcam-export measured the file with}},
           "graph_io":  {"input", "anomaly_map", "score"}   tensor names as the engine sees them IN THIS FILE,

@@ -16,6 +16,7 @@ from typing import Any
 from edge.accuracy import GuardLimits
 from edge.cliconfig import option
 from edge.formats import (
+    DEFAULT_PRECISIONS,
     FORMAT_NAMES,
     ONNX_CALIBRATIONS,
     ONNX_INT8_SCOPES,
@@ -71,7 +72,8 @@ class ExportConfig:
     out: str = option("", "output directory for the model files and manifests")
     # A comma-separated string is accepted too ("onnx,openvino"): the flag's form.
     formats: tuple[str, ...] = option(FORMATS, f"comma-separated subset of {','.join(FORMATS)}", split=",")
-    precisions: tuple[str, ...] = option(PRECISIONS, f"comma-separated subset of {','.join(PRECISIONS)}", split=",")
+    precisions: tuple[str, ...] = option(DEFAULT_PRECISIONS, f"comma-separated subset of {','.join(PRECISIONS)} "
+                                         "(fp16: for GPUs/NPUs; ONNX and OpenVINO)", split=",")
     calib_data: str | None = option(None, "folder of normal images for int8 calibration (default: the run's "
                                           "training normals)")
     calib_samples: int = option(RECOMMENDED_CALIB_SAMPLES, "at most this many calibration images (warning under "

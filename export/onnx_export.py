@@ -10,7 +10,11 @@ int8: ``quant_pre_process`` (ORT optimisation + symbolic shapes), then ``quantiz
 per-channel int8 weights, uint8 activations (int8 activations measured slower here), calibrated on
 training normals, with the distance head excluded by structure (export.head_scope) so it stays fp32.
 
-``write_fp32`` / ``write_int8``: this format's writer interface (export.writers).
+fp16: ``onnxruntime.transformers.float16`` converts weights and compute to float16 (what the CUDA/TensorRT
+providers run fast), the image input and both outputs stay float32 and the distance head stays fp32 (its
+1 − cos of nearly equal features is where fp16 rounding would show).
+
+``write_fp32`` / ``write_fp16`` / ``write_int8``: this format's writer interface (export.writers).
 """
 from __future__ import annotations
 
@@ -149,9 +153,59 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration_images: np.ndarra
             "fp32_layers_kept": layers_section}
 
 
+def _sort_topologically(graph: Any) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs (the ONNX rule)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise ExportError(f"ONNX graph {graph.name!r} has a cycle or an undefined input")
+        for n in ready:
+            ordered.append(n)
+            available.update(n.output)
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    copies = [type(n)() for n in ordered]
+    for copy, n in zip(copies, ordered):
+        copy.CopyFrom(n)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def convert_onnx_fp16(fp32_path: Path, out_path: Path) -> dict[str, Any]:
+    """float16 copy of ``fp32_path`` with float32 input/outputs and the distance head in fp32."""
+    onnx = require("onnx", "ONNX fp16 conversion")
+    float16 = require("onnxruntime.transformers.float16", "ONNX fp16 conversion")
+    model = onnx.load(str(fp32_path))
+    for i, node in enumerate(model.graph.node):  # the block list matches node names: give every node one
+        node.name = node.name or f"#{i}"
+    # Ranks for the head search from a shape-inferred copy; the converter infers its own (stale fp32 value_info
+    # left in the file would contradict its float16 types).
+    nodes = onnx_graph_nodes(onnx.shape_inference.infer_shapes(model))
+    head = head_scope.find_head(nodes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "the model is being truncated" notes per out-of-range constant
+        half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=sorted(head))
+    del half.graph.value_info[:]  # the converter's value_info keeps some fp32 types it changed; shapes re-infer
+    _sort_topologically(half.graph)  # it appends the input/output Casts at the end of the node list
+    onnx.checker.check_model(half, full_check=True)
+    onnx.save(half, str(out_path))
+    head_types = sorted({n.op_type for n in nodes if n.name in head})
+    return {"tool": "onnxruntime.transformers.float16.convert_float_to_float16", "weights": "float16",
+            "compute": "float16 (backbone); input and outputs float32",
+            "fp32_nodes_kept": {"count": len(head), "op_types": head_types,
+                                "rule": "distance head (export.head_scope)"}}
+
+
 @try_export("onnx", "fp32")
 def write_fp32(job: WriteJob) -> None:
     export_onnx(job.graph, job.path)
+
+
+@try_export("onnx", "fp16")
+def write_fp16(job: WriteJob) -> dict[str, Any]:
+    assert job.source is not None
+    return convert_onnx_fp16(job.source, job.path)
 
 
 @try_export("onnx", "int8")

@@ -8,7 +8,11 @@ measured traps are designed around (toolchain facts):
 int8: ``nncf.quantize`` (post-training static, min-max on training normals) with an IgnoredScope naming
 the head nodes found by structure (export.head_scope), ``validate=False``.
 
-``write_fp32`` / ``write_int8``: this format's writer interface (export.writers).
+fp16: the fp32 IR saved with fp16 weights (``compress_to_fp16=True``): an OpenVINO GPU/NPU computes in fp16; on
+the CPU the weights are widened back to fp32 (INFERENCE_PRECISION_HINT f32), so the guard measures the
+weight rounding only.
+
+``write_fp32`` / ``write_fp16`` / ``write_int8``: this format's writer interface (export.writers).
 """
 from __future__ import annotations
 
@@ -121,6 +125,15 @@ def quantize_openvino(fp32_xml: Path, out_xml: Path, calibration_images: np.ndar
 def write_fp32(job: WriteJob) -> None:
     assert job.fp32_of is not None
     export_openvino(job.fp32_of("onnx"), job.path)  # one graph behind every format: convert the fp32 ONNX file
+
+
+@try_export("openvino", "fp16")
+def write_fp16(job: WriteJob) -> dict[str, Any]:
+    assert job.source is not None
+    ov = require("openvino", "OpenVINO fp16 conversion")
+    ov.save_model(ov.Core().read_model(str(job.source)), str(job.path), compress_to_fp16=True)
+    return {"tool": "openvino.save_model(compress_to_fp16=True)", "weights": "float16",
+            "compute": "the device's: fp16 on GPU/NPU, fp32 on CPU (INFERENCE_PRECISION_HINT f32)"}
 
 
 @try_export("openvino", "int8")

@@ -75,19 +75,25 @@ class ExportResult:
 
 
 def plan_files(cfg: ExportConfig) -> list[tuple[str, str, str]]:
-    """(format, precision, file name) of every requested file in export order: formats as edge.formats
-    orders them, fp32 before int8."""
+    """(format, precision, file name) of every requested file the format offers, in export order: formats as
+    edge.formats orders them, then precisions (fp32, fp16, int8)."""
     return [(fmt, p, model_filename(MODEL_STEM, fmt, p)) for fmt in FORMAT_NAMES if fmt in cfg.formats
-            for p in PRECISIONS if p in cfg.precisions]
+            for p in PRECISIONS if p in cfg.precisions and p in get_format(fmt).precisions]
+
+
+def not_offered(cfg: ExportConfig) -> list[str]:
+    """"<format> <precision>" for each requested pair the format does not offer (skipped with a warning)."""
+    return [f"{fmt} {p}" for fmt in FORMAT_NAMES if fmt in cfg.formats for p in cfg.precisions
+            if p not in get_format(fmt).precisions]
 
 
 def check_converters(cfg: ExportConfig) -> None:
     """ExportError naming the extra to install when a requested format's converter is missing (checked before
     any slow work, so a missing extra fails in a second)."""
-    for fmt in cfg.formats:
-        for precision in ("fp32", *cfg.precisions):  # int8 is quantised from the fp32 file
-            for module in get_format(fmt).converters[precision]:
-                require(module, f"{fmt} {precision} export")
+    for fmt, precision, _ in plan_files(cfg):
+        for p in dict.fromkeys(("fp32", precision)):  # fp16 and int8 are made from the fp32 file
+            for module in get_format(fmt).converters[p]:
+                require(module, f"{fmt} {p} export")
 
 
 class _Exporter:
@@ -131,6 +137,15 @@ class _Exporter:
             self._fp32[fmt] = _writer(fmt).write_fp32(job)
         return self._fp32[fmt]
 
+    def fp16(self, fmt: str) -> Written:
+        job = WriteJob(self.graph, self.out / model_filename(MODEL_STEM, fmt, "fp16"), self.cfg.format_options(fmt),
+                       source=self.fp32(fmt).path)
+        return _writer(fmt).write_fp16(job)
+
+    def write(self, fmt: str, precision: str) -> Written:
+        """The file of ``fmt`` at ``precision`` (fp32 once; fp16 and int8 from it)."""
+        return {"fp32": self.fp32, "fp16": self.fp16, "int8": self.int8}[precision](fmt)
+
     def int8(self, fmt: str) -> Written:
         keep, report = self.keep_fp32
         job = WriteJob(self.graph, self.out / model_filename(MODEL_STEM, fmt, "int8"), self.cfg.format_options(fmt),
@@ -152,6 +167,8 @@ class _Exporter:
         violations = guard_violations(precision, accuracy, cfg.max_image_auroc_drop, cfg.max_pixel_auroc_drop,
                                       cfg.min_score_spearman)
         accuracy["guard"] = {"passed": not violations, "violations": violations,
+                             # an fp16 file that holds the guard may run in fp16 (TensorRT, GPUs): edge.devices
+                             "covers": ["fp16"] if precision == "fp16" and not violations else [],
                              "allowed_by_flag": bool(violations and cfg.allow_accuracy_drop),
                              "limits": {"max_image_auroc_drop_points": cfg.max_image_auroc_drop,
                                         "max_pixel_auroc_drop_points": cfg.max_pixel_auroc_drop,
@@ -180,6 +197,12 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     out = Path(cfg.out)
     result = ExportResult(out)
     plan = [(fmt, p) for fmt, p, _ in plan_files(cfg)]
+    for pair in not_offered(cfg):
+        result.warnings.append(f"{pair}: not offered by this format, skipped")
+        tqdm.write(f"warning: {pair}: not offered by this format, skipped", file=sys.stderr)
+    if not plan:
+        raise ExportError(f"--formats {','.join(cfg.formats)} --precisions {','.join(cfg.precisions)}: "
+                          f"no file to write ({', '.join(not_offered(cfg))} not offered)")
     with tqdm(total=3 + len(plan), desc="dcam-export", unit="step", file=sys.stderr, disable=not cfg.progress) as bar:
         bar.set_postfix_str("fusing the inference graph")
         graph, train_cfg = load_fused_graph(cfg.run, seed=cfg.seed)
@@ -212,7 +235,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
             exporter = _Exporter(cfg, graph, data, ref, ref_test, Path(tmp), result)
             for fmt, precision in plan:
                 bar.set_postfix_str(model_filename(MODEL_STEM, fmt, precision))
-                written = exporter.fp32(fmt) if precision == "fp32" else exporter.int8(fmt)
+                written = exporter.write(fmt, precision)
                 result.files.append(exporter.finish(written))
                 bar.update()
     if not result.guard_passed and not cfg.allow_accuracy_drop:

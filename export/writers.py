@@ -1,13 +1,16 @@
 """The writer interface every format module of ``edge.formats`` implements, and the one wrapper around it.
 
 A writer module (``ModelFormat.writer``: export.onnx_export, export.openvino_export, export.tflite_export)
-defines two functions, both decorated with ``try_export`` (ultralytics' ``@try_export`` idea):
+defines one function per precision of its ``ModelFormat.precisions``, each decorated with ``try_export``
+(ultralytics' ``@try_export`` idea):
 
 * ``write_fp32(job)`` writes ``job.path`` from ``job.graph`` (or from another format's fp32 file,
   ``job.fp32_of(name)``: OpenVINO converts the ONNX graph);
 * ``write_int8(job)`` writes ``job.path`` from ``job.source`` (the fp32 file of the same format) and
   ``job.calibration``, keeps the distance head and the ``job.keep_fp32`` layers fp32, and returns the
-  manifest's "quantization" section.
+  manifest's "quantization" section;
+* ``write_fp16(job)`` (ONNX, OpenVINO) writes ``job.path`` from ``job.source`` (the fp32 file) and returns the
+  manifest's "quantization" section (what is fp16, what stays fp32).
 
 Each reads only its own dcam-export options (``job.options``, the fields ``ModelFormat.options`` names),
 and may define ``RUNTIME_NOTE`` (a line for the manifest's ``runtime.note``).  The wrapper times the call,
@@ -41,7 +44,7 @@ class WriteJob:
     graph: FusedGraph
     path: Path
     options: Mapping[str, Any] = field(default_factory=dict)
-    source: Path | None = None  # int8: the fp32 file of the same format
+    source: Path | None = None  # fp16 / int8: the fp32 file of the same format
     calibration: np.ndarray | None = None  # int8: preprocessed calibration images (N×3×S×S)
     fp32_of: Callable[[str], Path] | None = None  # the fp32 file of another format, produced on demand
     keep_fp32: Mapping[str, WeightKey] = field(default_factory=dict)  # int8: layers kept fp32 (export.int8_scope)

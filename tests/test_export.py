@@ -233,3 +233,46 @@ def test_cli_errors_are_one_line(tiny_run, tmp_path, capsys, monkeypatch):
     msg = _error(capsys, ["--run", str(tiny_run), "--out", str(tmp_path / "o"), "--formats", "onnx",
                           "--calib-data", str(tmp_path / "missing")])
     assert "--calib-data" in msg and "missing" in msg
+
+
+@pytest.fixture(scope="module")
+def fp16_export(tiny_run, tmp_path_factory) -> Path:
+    from export.cli import main
+    out = tmp_path_factory.mktemp("export_fp16")
+    assert main(["--run", str(tiny_run), "--out", str(out), "--precisions", "fp16", "--formats", "onnx,openvino,tflite",
+                 "--allow-accuracy-drop", "--no-progress"]) == 0
+    return out
+
+
+def test_fp16_files_are_half_precision_with_the_head_fp32_and_close_to_fp32(fp16_export, tiny_export, run_model):
+    import onnx
+    import openvino as ov
+    from onnx import TensorProto
+
+    from edge.devices import guard_covers
+
+    assert sorted(p.name for p in fp16_export.glob("dcam*.*") if p.suffix in {".onnx", ".xml", ".tflite"}) == \
+        ["dcam.fp16.onnx", "dcam.fp16.xml"]  # LiteRT offers no fp16 file: skipped with a warning
+    g = onnx.load(str(fp16_export / "dcam.fp16.onnx")).graph
+    assert g.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # the contract's float32 input and outputs
+    assert all(o.type.tensor_type.elem_type == TensorProto.FLOAT for o in g.output)
+    assert TensorProto.FLOAT16 in {i.data_type for i in g.initializer if len(i.dims) == 4}  # conv weights
+    inferred = onnx.shape_inference.infer_shapes(onnx.load(str(fp16_export / "dcam.fp16.onnx")), strict_mode=True)
+    elem = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    assert sum(elem.get(n.output[0]) == TensorProto.FLOAT16 for n in convs) > 10  # the backbone computes in fp16
+    head = [n for n in g.node if n.op_type in {"Sqrt", "Div", "ReduceMax"}]
+    assert head and all(elem.get(n.output[0], TensorProto.FLOAT) == TensorProto.FLOAT for n in head)  # head fp32
+    ops = ov.Core().read_model(str(fp16_export / "dcam.fp16.xml")).get_ordered_ops()
+    assert any(op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "f16" for op in ops)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 64, 64)).astype(np.float32)
+    ref = load_engine(tiny_export / "dcam.onnx").run(x)
+    for name in ("dcam.fp16.onnx", "dcam.fp16.xml"):
+        path = fp16_export / name
+        manifest = load_manifest(path).data
+        assert manifest["precision"] == "fp16" and manifest["quantization"]["weights"] == "float16"
+        guard = manifest["accuracy"]["guard"]
+        assert guard_covers(manifest) == (frozenset({"fp16"}) if guard["passed"] else frozenset())
+        amap, score = load_engine(path).run(x)
+        np.testing.assert_allclose(amap, ref[0], rtol=0, atol=2e-2 * float(np.abs(ref[0]).max()))
+        assert not np.array_equal(amap, ref[0])  # it is not the fp32 file under another name

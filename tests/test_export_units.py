@@ -227,15 +227,21 @@ def test_guard_violations(precision, acc, expected):
 
 
 def test_config_names_and_errors():
-    from export.pipeline import plan_files
+    from export.pipeline import not_offered, plan_files
     cfg = ExportConfig(run="r", out="o")
     assert [name for _, _, name in plan_files(cfg)] == ["dcam.onnx", "dcam.int8.onnx", "dcam.xml", "dcam.int8.xml",
                                                         "dcam.tflite", "dcam.int8.tflite"]
     assert model_filename("dcam", "openvino", "int8") == "dcam.int8.xml"
+    assert model_filename("dcam", "onnx", "fp16") == "dcam.fp16.onnx"
+    # fp16 is asked for explicitly and written where the format offers it (LiteRT: not)
+    half = ExportConfig(run="r", out="o", precisions="fp32,fp16")
+    assert [name for _, _, name in plan_files(half)] == ["dcam.onnx", "dcam.fp16.onnx", "dcam.xml", "dcam.fp16.xml",
+                                                         "dcam.tflite"]
+    assert not_offered(half) == ["tflite fp16"]
     with pytest.raises(ExportError, match="--formats: unknown value.*expected one or more of onnx, openvino, tflite"):
         ExportConfig(run="r", out="o", formats="onnx,coreml")
     with pytest.raises(ExportError, match="--precisions"):
-        ExportConfig(run="r", out="o", precisions="fp16")
+        ExportConfig(run="r", out="o", precisions="bf16")
     with pytest.raises(ExportError, match="--target-fpr"):
         ExportConfig(run="r", out="o", target_fpr=0.0)
     with pytest.raises(ExportError, match="--openvino-bias-correction: expected one of full, fast"):
@@ -321,3 +327,9 @@ def test_gmacs_count_transposed_convolutions():
     # conv: 8·8 outputs × 4 channels × 3·3·3 weights; transposed: 8·8·4 inputs × 2 channels × 2·2 weights
     expected = 8 * 8 * 4 * 27 + 8 * 8 * 4 * 2 * 4
     assert count_gmacs(module, torch.zeros(1, 3, 8, 8)) * 1e9 == pytest.approx(expected)
+
+
+def test_a_precision_no_requested_format_offers_is_a_one_line_error(tmp_path):
+    from export.pipeline import run_export
+    with pytest.raises(ExportError, match=r"--formats tflite --precisions fp16: no file to write \(tflite fp16 not"):
+        run_export(ExportConfig(run=str(tmp_path), out=str(tmp_path / "o"), formats="tflite", precisions="fp16"))

@@ -29,8 +29,10 @@ def test_file_name_rule_round_trips(fmt: str, precision: str) -> None:
 
 
 def test_file_names_of_the_export_contract() -> None:
-    assert [model_filename("dcam", f, p) for f in FORMAT_NAMES for p in PRECISIONS] == [
-        "dcam.onnx", "dcam.int8.onnx", "dcam.xml", "dcam.int8.xml", "dcam.tflite", "dcam.int8.tflite"]
+    assert [model_filename("dcam", f, p) for f in FORMAT_NAMES for p in FORMATS[f].precisions] == [
+        "dcam.onnx", "dcam.fp16.onnx", "dcam.int8.onnx", "dcam.xml", "dcam.fp16.xml", "dcam.int8.xml",
+        "dcam.tflite", "dcam.int8.tflite"]
+    assert with_precision("m/dcam.fp16.onnx", "fp32") == Path("m/dcam.onnx")
     assert parse_model_filename("run.v2.int8.TFLITE") == ModelName("run.v2", "tflite", "int8")
     assert parse_model_filename("tiny.onnx").precision == "fp32"
     assert with_precision("m/dcam.int8.xml", "fp32") == Path("m/dcam.xml")
