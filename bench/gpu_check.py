@@ -6,8 +6,9 @@
 Steps, each a console script run as a user runs it (so what is proven is the product, not a test harness):
 data (the real-photo set, ``bench.photoset``) → unified dcam training with AMP + channels-last, compile off and
 on → a 2-process NCCL DDP run when the machine has two GPUs → resume after a kill (the run is killed once its
-first epoch's checkpoint exists, then the same command finishes it) → ``dcam-eval`` → ``dcam-export`` of all six
-files → ``bench-latency --device cuda,tensorrt``. Prints and writes (``OUT/gpu_check.json``, ``.md``) images/s,
+first epoch's checkpoint exists, then the same command finishes it) → ``dcam-eval`` → ``dcam-export`` of every
+file (fp32, fp16 for the GPU, int8) → ``bench-latency --device cuda,tensorrt``. Prints and writes
+(``OUT/gpu_check.json``, ``.md``) images/s,
 seconds per epoch, peak GPU memory, the metrics and each step's status; a step that fails or runs out of time is
 reported with its log and the rest still run. The time limit is shared: each step gets what is left.
 """
@@ -153,7 +154,7 @@ def run_check(cfg: GpuCheckConfig) -> dict[str, Any]:
     export_dir = check.out / "export"
     if "export" in steps:
         check.run("export", [sys.executable, "-m", "export.cli", "--run", str(run_dir), "--out", str(export_dir),
-                             "--allow-accuracy-drop"])
+                             "--precisions", "fp32,fp16,int8", "--allow-accuracy-drop"])
     if "latency" in steps:
         devices = "cuda,tensorrt" if cfg.device.startswith("cuda") else "cpu"
         check.run("latency", [sys.executable, "-m", "bench.cli", "--models", str(export_dir), "--device", devices,
