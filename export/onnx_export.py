@@ -158,13 +158,14 @@ def _sort_topologically(graph: Any) -> None:
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
     pending, ordered = list(graph.node), []
     while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:
+        ready = [all(i in available for i in n.input) for n in pending]
+        if not any(ready):
             raise ExportError(f"ONNX graph {graph.name!r} has a cycle or an undefined input")
-        for n in ready:
-            ordered.append(n)
-            available.update(n.output)
-        pending = [n for n in pending if all(n is not r for r in ready)]
+        for n, is_ready in zip(pending, ready):
+            if is_ready:
+                ordered.append(n)
+                available.update(n.output)
+        pending = [n for n, is_ready in zip(pending, ready) if not is_ready]
     copies = [type(n)() for n in ordered]
     for copy, n in zip(copies, ordered):
         copy.CopyFrom(n)

@@ -197,12 +197,13 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     out = Path(cfg.out)
     result = ExportResult(out)
     plan = [(fmt, p) for fmt, p, _ in plan_files(cfg)]
-    for pair in not_offered(cfg):
-        result.warnings.append(f"{pair}: not offered by this format, skipped")
-        tqdm.write(f"warning: {pair}: not offered by this format, skipped", file=sys.stderr)
+    skipped = not_offered(cfg)
     if not plan:
         raise ExportError(f"--formats {','.join(cfg.formats)} --precisions {','.join(cfg.precisions)}: "
-                          f"no file to write ({', '.join(not_offered(cfg))} not offered)")
+                          f"no file to write ({', '.join(skipped)} not offered)")
+    for pair in skipped:
+        result.warnings.append(f"{pair}: not offered by this format, skipped")
+        tqdm.write(f"warning: {pair}: not offered by this format, skipped", file=sys.stderr)
     with tqdm(total=3 + len(plan), desc="dcam-export", unit="step", file=sys.stderr, disable=not cfg.progress) as bar:
         bar.set_postfix_str("fusing the inference graph")
         graph, train_cfg = load_fused_graph(cfg.run, seed=cfg.seed)
