@@ -117,23 +117,31 @@ def _train_cmd(data: Path, out: Path, epochs: int, nproc: int, steps: int) -> li
             "--max-steps-per-epoch", str(steps), "--num-workers", "0", "--seed", "0"]
 
 
-def _run(cmd: list[str]) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+def _run(cmd: list[str], threads: int = 1) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_equal_single_process_with_same_global_batch(synthetic_root, tmp_path):
-    """One optimisation step on global batch 8: 1 process × 8 images vs 2 processes × 4 images (gloo)."""
-    _run(_train_cmd(synthetic_root, tmp_path / "single", 1, 1, steps=1))
-    _run(_train_cmd(synthetic_root, tmp_path / "ddp", 1, 2, steps=1))
+    """One optimisation step on global batch 8: 1 process × 8 images vs 2 processes × 4 images (gloo).
+
+    With the smooth mean: at the default hard quantile float32 reduction noise moves positions across the
+    threshold (a discontinuous selection), so the global hard quantile has its own exact test below."""
+    smooth = ["--loss-hard-quantile", "0"]
+    _run(_train_cmd(synthetic_root, tmp_path / "single", 1, 1, steps=1) + smooth)
+    _run(_train_cmd(synthetic_root, tmp_path / "ddp", 1, 2, steps=1) + smooth)
+    # The noise floor: the same single-process step on 2 threads (another reduction order). On some CPUs
+    # (oneDNN kernels picked per shape) it moves a weight by ~2 % of its step, on others by 1e-6.
+    _run(_train_cmd(synthetic_root, tmp_path / "threads", 1, 1, steps=1) + smooth, threads=2)
     from train.config import ModelConfig
     from train.models import build_model
     from train.trainer import seed_everything
     seed_everything(0)
     init = build_model(ModelConfig(method="dcam", backbone="efficientnet_lite0")).state_dict()
     a, b = _student_state(tmp_path / "single" / "last.pt"), _student_state(tmp_path / "ddp" / "last.pt")
+    noise = _student_state(tmp_path / "threads" / "last.pt")
     assert a.keys() == b.keys()
     # Equal up to float32 reduction-order noise, which is tiny next to the step itself; without
     # synchronised BatchNorm (or with different batches) the difference is as large as the step.
@@ -141,7 +149,9 @@ def test_ddp_two_processes_equal_single_process_with_same_global_batch(synthetic
     for key in a:
         if a[key].is_floating_point() and not key.endswith(("running_mean", "running_var")):
             moved = (a[key] - init[key]).abs().max().item()
-            assert (a[key] - b[key]).abs().max().item() <= 0.01 * moved + 1e-7, key
+            floor = (a[key] - noise[key]).abs().max().item()
+            assert floor <= 0.1 * moved + 1e-7, f"{key}: float32 noise alone is 10 % of the step"
+            assert (a[key] - b[key]).abs().max().item() <= max(3 * floor, 0.01 * moved) + 1e-7, key
     single_hist = json.loads((tmp_path / "single" / "history.json").read_text())
     ddp_hist = json.loads((tmp_path / "ddp" / "history.json").read_text())
     assert ddp_hist[0]["train_loss"] == pytest.approx(single_hist[0]["train_loss"], rel=1e-5)
@@ -180,3 +190,44 @@ def test_gradient_clipping_caps_the_step_of_summed_kl_terms_and_adam_takes_weigh
     parameter.grad = torch.zeros(3)
     adam.step()
     assert float(parameter.detach().max()) < 1.0  # the L2 term alone moved the weights toward 0
+
+
+def _distributed_hard_mean_gradient(rank: int, world: int, port: int, values: torch.Tensor,
+                                    split: list[int], out: str) -> None:
+    import torch.distributed as dist
+
+    from train.models.dcam.loss import hard_mean
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        local = values.split(split)[rank].clone().requires_grad_(True)
+        loss = hard_mean(local, 0.9, world)
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grad": local.grad}, f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_hard_mean_equals_the_single_process_loss_and_gradient(tmp_path):
+    """The global batch's hard quantile over 2 gloo processes with an uneven split (the last batch of an
+    epoch): the processes' mean loss and their concatenated, DDP-averaged gradients equal one process's."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from train.models.dcam.loss import hard_mean
+    values = torch.randn(50, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    single = values.clone().requires_grad_(True)
+    expected = hard_mean(single, 0.9)
+    expected.backward()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    split = [31, 19]
+    mp.start_processes(_distributed_hard_mean_gradient, args=(2, port, values, split, str(tmp_path)),
+                       nprocs=2, start_method="spawn")
+    parts = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    # DDP all-reduces gradients as a mean over processes; each process's loss is its share times world.
+    assert float(sum(p["loss"] for p in parts)) / 2 == pytest.approx(float(expected), rel=1e-12)
+    grad = torch.cat([p["grad"] for p in parts]) / 2
+    assert torch.allclose(grad, single.grad, rtol=0, atol=1e-15)
+    assert int((single.grad != 0).sum()) == 5  # the top 10 % of 50 positions carry the gradient
