@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -231,3 +232,40 @@ def test_distributed_hard_mean_equals_the_single_process_loss_and_gradient(tmp_p
     grad = torch.cat([p["grad"] for p in parts]) / 2
     assert torch.allclose(grad, single.grad, rtol=0, atol=1e-15)
     assert int((single.grad != 0).sum()) == 5  # the top 10 % of 50 positions carry the gradient
+
+
+_ALLOCATION_PROBE = """
+import ctypes, json
+from train.device import keep_freed_cpu_memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+def mapped_bytes_of_a_24mb_block():
+    block = libc.malloc(24 << 20)
+    mapped = libc.mallinfo2().hblkhd
+    libc.free(block)
+    return mapped
+
+before = mapped_bytes_of_a_24mb_block()
+tuned = keep_freed_cpu_memory()
+print(json.dumps({"tuned": tuned, "before": before, "after": mapped_bytes_of_a_24mb_block()}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's allocator only")
+def test_cpu_training_keeps_activation_sized_blocks_in_the_heap():
+    """A 24 MB block (a batch-16 activation) is mmapped by glibc's default and served from the heap after
+    keep_freed_cpu_memory (no map + page faults + unmap per training step). Fresh process: the setting is global."""
+    out = subprocess.run([sys.executable, "-c", _ALLOCATION_PROBE], capture_output=True, text=True, check=True)
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    assert probe["tuned"] is True
+    assert probe["before"] >= 24 << 20
+    assert probe["after"] < 24 << 20

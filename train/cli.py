@@ -46,6 +46,7 @@ HELP = {
     "amp": "mixed precision on GPU: auto (bf16 if supported else fp16), bf16, fp16, off",
     "max_steps_per_epoch": "cap the optimisation steps per epoch (0 = whole epoch)",
     "time_budget_s": "stop after the epoch that exceeds this many seconds (0 = no limit)",
+    "channels_last": "NHWC activations (faster convolutions on CPU oneDNN and CUDA; --no-channels-last = NCHW)",
     "cache_images": "keep decoded, preprocessed images in memory",
     "optimizer": "sgd or adam (default: method's paper setting)",
     "lr": "learning rate (default: method's paper setting)",

@@ -1,5 +1,8 @@
-"""--device resolution shared by training and evaluation."""
+"""--device resolution shared by training and evaluation, and the CPU allocator setting for training."""
 from __future__ import annotations
+
+import ctypes
+import platform
 
 import torch
 
@@ -22,3 +25,25 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     if name != "cpu":
         raise ValueError(f"--device: expected auto, cpu or cuda[:N], got {name!r}")
     return torch.device("cpu")
+
+
+# glibc mallopt parameters (malloc.h); the values keep a training step's ~10-30 MB activations in the heap.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_ALLOCATOR_SETTINGS = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 1 << 30))
+
+
+def keep_freed_cpu_memory() -> bool:
+    """Make glibc keep freed activation buffers for reuse instead of returning them to the kernel.
+
+    PyTorch's CPU tensors come straight from malloc; with glibc's defaults every step's activations above the
+    dynamic mmap threshold are mapped, zero-filled by page faults and unmapped again, which cost a third of
+    CPU training time (Lite0, 256 px, batch 16: 3.4 → 2.1 s per step with channels-last; README "Train").
+    Returns False where the C library is not glibc (musl, macOS, Windows): nothing to do there.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return all(libc.mallopt(param, value) == 1 for param, value in _ALLOCATOR_SETTINGS)

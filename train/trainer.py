@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .augment import augment_batch, augment_generator
 from .config import TrainConfig
 from .data import ImageDataset, parse_categories, training_split
-from .device import resolve_device
+from .device import keep_freed_cpu_memory, resolve_device
 from .distributed import GlobalBatchSampler, barrier, convert_batchnorm, init_distributed, shutdown
 from .models import DistillationModel, build_model
 from .runs import (
@@ -119,6 +119,8 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.ctx.local_rank if self.ctx.enabled else None)
         self.out = Path(cfg.out)
         self.amp = amp_dtype(cfg.amp, self.device)
+        if self.device.type == "cpu":
+            keep_freed_cpu_memory()
 
     # ---- setup -------------------------------------------------------------------------------
     def _check_resume_compatible(self) -> None:
