@@ -48,6 +48,7 @@ from bench.gemm import ENGINE_GEMM
 from bench.rows import build_rows
 from bench.runner import E2E_COMMANDS, Job, run_group, run_once
 from edge.cliconfig import ConfigCli, option, run_cli
+from edge.cpu import cpu_flags, cpu_info
 from edge.devices import DEVICE_CHOICES, parse_devices
 from edge.formats import FORMATS
 
@@ -241,17 +242,11 @@ def execute(cfg: BenchConfig, plan: Plan, workdir: Path) -> dict[tuple[Any, ...]
 # ------------------------------------------------------------------------------------------- meta
 def machine_meta() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip().lower(), value.strip())  # first CPU's entry
-    except OSError:
-        pass
+    info = cpu_info()
     # x86: "model name"; Raspberry Pi: "Model" (board) / "Hardware"; else what platform knows.
     cpu = info.get("model name") or (info.get("model") if not info.get("model", "").isdigit() else "") \
         or info.get("hardware") or platform.processor() or platform.machine()
-    flags = set((info.get("flags") or info.get("features") or "").split())
+    flags = cpu_flags(info)
     interesting = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
                    "asimd", "asimddp", "i8mm", "bf16", "sve")
     versions = []

@@ -132,7 +132,8 @@ def serve_latency(job: dict[str, Any], commands: Any) -> dict[str, Any]:
         return lambda: run(preprocess_frame(bgr, spec)[None])
 
     commands_by_name: dict[str, Callable[[], Any]] = {
-        "infer": lambda: run(x), "e2e": frame, **{name: camera(bgr) for name, bgr in cameras.items()}}
+        "infer": lambda: run(x), "e2e": frame, "decode": lambda: decode_bgr(frames[next(counter) % len(frames)]),
+        **{name: camera(bgr) for name, bgr in cameras.items()}}
     for line in commands:
         cmd = json.loads(line)
         if cmd["cmd"] == "finish":

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.cpu import int16_pair_sums_saturate
 from edge.devices import (
     ENGINE_BY_FORMAT,
     ENGINES,
@@ -35,7 +36,7 @@ from edge.devices import (
     default_trt_cache_dir,
     guard_covers,
 )
-from edge.formats import FORMATS, format_for_path, parse_model_filename
+from edge.formats import FORMATS, INT8_WEIGHT_BITS, ModelFormat, format_for_path, parse_model_filename
 from edge.manifest import GraphIO, Manifest, ManifestError, load_manifest, manifest_path_for, sha256_file
 from edge.signalstack import drop_small_alternate_signal_stack
 
@@ -555,6 +556,7 @@ def load_engine(model_path: str | Path, threads: int | None = None, manifest: Ma
             continue
         _note_guard_coverage(engine, target, covers, model_path, precision)
         _note_runtime_version(manifest, fmt.runtime_package, model_path)
+        _note_int8_overflow(manifest, fmt, precision, model_path)
         return engine
     raise EngineError(f"--device {device}: no device to run {model_path} on")  # pragma: no cover - cpu is last
 
@@ -622,6 +624,22 @@ def _note_runtime_version(manifest: Manifest | None, package: str, model_path: P
         log.warning("%s was checked at export with %s %s; this machine has %s %s, which is older: scores are "
                     "not guaranteed to match (pip install '%s>=%s')", model_path.name, package, checked, package,
                     installed, package, checked)
+
+
+def _note_int8_overflow(manifest: Manifest | None, fmt: ModelFormat, precision: str, model_path: Path,
+                        saturates: bool | None = None) -> None:
+    """Warn when an int8 file with 8-bit weights (files written before --int8-weight-bits, or with 8) runs where
+    this engine's int8 kernels add u8×s8 product pairs in int16 (x86 without VNNI, edge.cpu): they overflow."""
+    if precision != "int8" or INT8_WEIGHT_BITS not in fmt.options:
+        return
+    quantization = (manifest.entry.extra.get("quantization") if manifest else None) or {}
+    if int(quantization.get("weight_bits", 8)) < 8:
+        return
+    if saturates if saturates is not None else int16_pair_sums_saturate():
+        log.warning("%s has 8-bit int8 weights and this CPU has no VNNI: %s's int8 kernels add product pairs in "
+                    "int16 here, which such weights overflow, so scores can be wrong (measured: score Spearman 0.83 "
+                    "vs fp32). Re-export with dcam-export --int8-weight-bits 7 (the default) or run the fp32 file",
+                    model_path.name, fmt.engine_label)
 
 
 def _model_cache_dir(base: Path, model_path: Path, manifest: Manifest | None) -> Path:

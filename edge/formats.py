@@ -31,7 +31,7 @@ class FormatOption:
     """A dcam-export option that only this format reads: its ExportConfig field and allowed values."""
 
     field: str
-    choices: tuple[str, ...]
+    choices: tuple[str | int, ...]
 
     @property
     def flag(self) -> str:
@@ -78,6 +78,9 @@ ONNX_CALIBRATIONS = ("minmax", "percentile", "entropy")  # ONNX Runtime activati
 OPENVINO_BIAS_CORRECTIONS = ("full", "fast")  # NNCF BiasCorrection / FastBiasCorrection
 OPENVINO_PRESETS = ("performance", "mixed")  # NNCF: symmetric activations / asymmetric activations
 TFLITE_INT8_RECIPES = ("static", "dynamic")  # ai-edge-quantizer: int8 activations too / dynamic range
+# int8 weight range: 7 (|q| ≤ 64) keeps the u8×s8 pair sums of x86 CPUs without VNNI inside int16 (edge.cpu),
+# 8 is one more bit, exact only on CPUs with VNNI/AMX or ARM. For the engines whose x86 kernels sum in int16.
+INT8_WEIGHT_BITS = FormatOption("int8_weight_bits", (7, 8))
 
 FORMATS: dict[str, ModelFormat] = {f.name: f for f in (
     ModelFormat("onnx", ".onnx", "onnxruntime", "ONNX Runtime", "onnxruntime",
@@ -85,13 +88,13 @@ FORMATS: dict[str, ModelFormat] = {f.name: f for f in (
                  "int8": ("onnxruntime.quantization",)},
                 "export.onnx_export",
                 (FormatOption("onnx_int8_scope", ONNX_INT8_SCOPES),
-                 FormatOption("onnx_calibration", ONNX_CALIBRATIONS)),
+                 FormatOption("onnx_calibration", ONNX_CALIBRATIONS), INT8_WEIGHT_BITS),
                 gemm_backend="onnxruntime"),
     # The fp32 IR is converted from the fp32 ONNX graph, hence onnx/onnxscript.
     ModelFormat("openvino", ".xml", "openvino", "OpenVINO", "openvino",
                 {"fp32": ("onnx", "onnxscript", "openvino"), "fp16": ("openvino",), "int8": ("nncf",)},
                 "export.openvino_export", (FormatOption("openvino_bias_correction", OPENVINO_BIAS_CORRECTIONS),
-                                           FormatOption("openvino_preset", OPENVINO_PRESETS)),
+                                           FormatOption("openvino_preset", OPENVINO_PRESETS), INT8_WEIGHT_BITS),
                 weights_suffix=".bin", gemm_backend="openvino"),
     ModelFormat("tflite", ".tflite", "litert", "LiteRT", "ai-edge-litert",
                 {"fp32": ("litert_torch", "ai_edge_litert"), "int8": ("ai_edge_quantizer",)},

@@ -21,8 +21,10 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
 
 
 # "area": cv2.INTER_AREA along an axis that shrinks (antialiased: a thin scratch survives a 4× reduction),
-# bilinear along one that grows; "linear": bilinear both ways (runs made before the resize policy existed).
-RESIZE_METHODS = ("area", "linear")
+# bilinear along one that grows; "pyramid": halve every axis still ≥ 2× its target with a 2-pixel box, then
+# bilinear (antialiased like "area", ~1 grey level from it on average, 2–9× faster on camera frames: OpenCV's
+# INTER_AREA is only vectorised for 2× steps); "linear": bilinear both ways (runs made before the resize policy).
+RESIZE_METHODS = ("area", "pyramid", "linear")
 # How a non-square image becomes the square model input: "stretch" (squash, every pixel kept), "letterbox"
 # (keep the aspect ratio, pad with the normalisation mean, which the model sees as 0) or "center-crop" (keep the
 # aspect ratio, drop the sides of the longer axis). Grey images are replicated to three channels in every case.
@@ -42,7 +44,8 @@ class PreprocessSpec:
     image_size: int = 256
     mean: tuple[float, float, float] = NORMALIZATIONS["imagenet"][0]
     std: tuple[float, float, float] = NORMALIZATIONS["imagenet"][1]
-    resize: str = "area"
+    # The default of new runs: antialiased and fast on large frames; manifests keep whatever their run used.
+    resize: str = "pyramid"
     fit: str = "stretch"
 
     def __post_init__(self) -> None:
@@ -52,7 +55,7 @@ class PreprocessSpec:
             raise ValueError(f"fit: expected one of {', '.join(FITS)}, got {self.fit!r}")
 
     @classmethod
-    def for_normalization(cls, name: str, image_size: int = 256, resize: str = "area",
+    def for_normalization(cls, name: str, image_size: int = 256, resize: str = "pyramid",
                           fit: str = "stretch") -> PreprocessSpec:
         if name not in NORMALIZATIONS:
             raise ValueError(f"unknown normalisation {name!r}; expected one of {sorted(NORMALIZATIONS)}")
@@ -151,11 +154,26 @@ def bgr_to_rgb(frame_bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
 
 
+def box_pyramid(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Halve each axis that is still at least twice its target (bilinear at exactly 2× averages each pixel pair:
+    a 2-pixel box, the mip-map step), then bilinear to height × width. Every source pixel contributes at every
+    step (no stride beyond 2), so a 1-pixel scratch survives; the geometry is the plain resize's (no cropping)."""
+    h, w = image.shape[:2]
+    while h >= 2 * height or w >= 2 * width:
+        h, w = (h // 2 if h >= 2 * height else h), (w // 2 if w >= 2 * width else w)
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+    if (h, w) == (height, width):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def _resize_to(image: np.ndarray, height: int, width: int, method: str) -> np.ndarray:
-    """Resize to height × width; "area" antialiases an axis that shrinks (RESIZE_METHODS)."""
+    """Resize to height × width; "area" and "pyramid" antialias an axis that shrinks (RESIZE_METHODS)."""
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return image
+    if method == "pyramid":
+        return box_pyramid(image, height, width)
     if method == "linear" or (h <= height and w <= width):
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
     if h >= height and w >= width:
@@ -168,7 +186,7 @@ def _resize_to(image: np.ndarray, height: int, width: int, method: str) -> np.nd
                       interpolation=cv2.INTER_LINEAR)
 
 
-def resize_rgb(rgb: np.ndarray, image_size: int, method: str = "area", fit: str = "stretch",
+def resize_rgb(rgb: np.ndarray, image_size: int, method: str = "pyramid", fit: str = "stretch",
                pad_rgb: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
     """The image_size × image_size model view of an RGB image: FITS' geometry, then RESIZE_METHODS' resize."""
     g = fit_geometry(rgb.shape[0], rgb.shape[1], image_size, fit)

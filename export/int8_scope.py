@@ -28,7 +28,8 @@ def _batches(images: np.ndarray, size: int = 8) -> list[torch.Tensor]:
 
 
 def choose_layers(graph: FusedGraph, calibration: np.ndarray, validation: ImageSet, setting: str,
-                  target_spearman: float, progress: bool = True) -> tuple[dict[str, WeightKey], dict[str, Any]]:
+                  target_spearman: float, progress: bool = True,
+                  weight_bits: int = 7) -> tuple[dict[str, WeightKey], dict[str, Any]]:
     """(layer name → weight fingerprint, report for the manifests) for ``--int8-fp32-layers setting``;
     ``calibration``: the preprocessed calibration images, ``validation``: the validation normals."""
     from .sensitivity import choose_fp32_layers
@@ -39,7 +40,7 @@ def choose_layers(graph: FusedGraph, calibration: np.ndarray, validation: ImageS
     calib = _batches(calibration[:SENSITIVITY_CALIB_IMAGES])
     val = _batches(validation.arrays(graph.spec, SENSITIVITY_VAL_IMAGES))
     with torch.no_grad():
-        report = choose_fp32_layers(graph.module, calib, val, target, counts, progress)
+        report = choose_fp32_layers(graph.module, calib, val, target, counts, progress, weight_bits)
     keep: dict[str, WeightKey] = {}
     for row in report["layers"]:
         conv = graph.module.get_submodule(row["layer"])
@@ -47,4 +48,4 @@ def choose_layers(graph: FusedGraph, calibration: np.ndarray, validation: ImageS
         key = weight_fingerprint(conv.weight.detach().numpy())
         assert key is not None
         keep[row["layer"]] = key
-    return keep, {"setting": setting, **report}
+    return keep, {"setting": setting, "weight_bits": weight_bits, **report}

@@ -122,9 +122,12 @@ class ArrayCalibrationReader:
 
 def quantize_onnx(fp32_path: Path, out_path: Path, calibration_images: np.ndarray, scope: str = "backbone",
                   calibration: str = "minmax",
-                  keep_fp32: Mapping[str, head_scope.WeightKey] | None = None) -> dict[str, Any]:
+                  keep_fp32: Mapping[str, head_scope.WeightKey] | None = None, weight_bits: int = 7) -> dict[str, Any]:
     """int8 QDQ copy of ``fp32_path`` with the distance head and the ``keep_fp32`` layers (torch name →
-    weight fingerprint, export.int8_scope) in fp32; returns what was done (for the manifest)."""
+    weight fingerprint, export.int8_scope) in fp32; returns what was done (for the manifest).
+
+    ``weight_bits`` 7 is ONNX Runtime's ``reduce_range`` (weights in [-64, 64], activations keep 8 bits): MLAS'
+    u8×s8 kernels on x86 CPUs without VNNI add product pairs in int16, which 8-bit weights overflow (edge.cpu)."""
     onnx = require("onnx", "ONNX int8 quantisation")
     q = require("onnxruntime.quantization", "ONNX int8 quantisation")
     shape_inference = require("onnxruntime.quantization.shape_inference", "ONNX int8 quantisation")
@@ -142,9 +145,10 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration_images: np.ndarra
                           activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
                           op_types_to_quantize=op_types, nodes_to_exclude=sorted(head | layers),
                           calibrate_method=getattr(q.CalibrationMethod, CALIBRATION_METHODS[calibration]),
-                          use_external_data_format=False, extra_options=extra)
+                          reduce_range=weight_bits == 7, use_external_data_format=False, extra_options=extra)
     head_types = sorted({n.op_type for n in nodes if n.name in head})
-    return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weights": "int8 per-channel",
+    return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+            "weights": f"int8 per-channel, {weight_bits}-bit range", "weight_bits": weight_bits,
             "activations": "uint8", "calibration": calibration, "scope": scope,
             "calibration_images": int(len(calibration_images)),
             "fp32_nodes_kept": {"count": len(head), "op_types": head_types,
@@ -213,4 +217,4 @@ def write_fp16(job: WriteJob) -> dict[str, Any]:
 def write_int8(job: WriteJob) -> dict[str, Any]:
     assert job.source is not None and job.calibration is not None
     return quantize_onnx(job.source, job.path, job.calibration, job.options["onnx_int8_scope"],
-                         job.options["onnx_calibration"], job.keep_fp32)
+                         job.options["onnx_calibration"], job.keep_fp32, job.options["int8_weight_bits"])

@@ -88,15 +88,18 @@ def openvino_graph_nodes(model: Any) -> list[head_scope.GraphNode]:
 
 def quantize_openvino(fp32_xml: Path, out_xml: Path, calibration_images: np.ndarray,
                       bias_correction: str = "full", keep_fp32: Mapping[str, head_scope.WeightKey] | None = None,
-                      preset: str = "performance") -> dict[str, Any]:
+                      preset: str = "performance", weight_bits: int = 7) -> dict[str, Any]:
     """int8 IR with NNCF post-training quantisation; the distance head and the ``keep_fp32`` layers (torch
     name → weight fingerprint, export.int8_scope) stay fp32.
 
     ``bias_correction`` "full" runs NNCF's BiasCorrection (statistics per layer on the calibration set),
     "fast" its FastBiasCorrection; ``preset`` is nncf.QuantizationPreset's PERFORMANCE or MIXED.
+    ``weight_bits`` 7 is NNCF's OverflowFix.ENABLE on every layer (8: DISABLE): oneDNN's u8×s8 kernels on x86
+    CPUs without VNNI add product pairs in int16, which 8-bit weights overflow (edge.cpu).
     """
     ov = require("openvino", "OpenVINO int8 quantisation")
     nncf = require("nncf", "OpenVINO int8 quantisation")
+    advanced = require("nncf.quantization.advanced_parameters", "OpenVINO int8 quantisation")
     core = ov.Core()
     model = core.read_model(str(fp32_xml))
     nodes = openvino_graph_nodes(model)
@@ -110,11 +113,15 @@ def quantize_openvino(fp32_xml: Path, out_xml: Path, calibration_images: np.ndar
         quantized = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data),
                                   fast_bias_correction=bias_correction == "fast",
                                   preset=getattr(nncf.QuantizationPreset, preset.upper()),
-                                  ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
+                                  ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+                                  advanced_parameters=advanced.AdvancedQuantizationParameters(
+                                      overflow_fix=advanced.OverflowFix.ENABLE if weight_bits == 7
+                                      else advanced.OverflowFix.DISABLE))
     ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     head_types = sorted({n.op_type for n in nodes if n.name in ignored})
     return {"tool": f"nncf.quantize {getattr(nncf, '__version__', '')}".strip(), "mode": "post-training static, "
-            "int8 weights and activations", "bias_correction": bias_correction, "preset": preset,
+            "int8 weights and activations", "weight_bits": weight_bits, "bias_correction": bias_correction,
+            "preset": preset,
             "calibration_images": len(data),
             "fp32_nodes_kept": {"count": len(ignored), "op_types": head_types,
                                 "rule": "distance head (export.head_scope) as nncf.IgnoredScope"},
@@ -140,4 +147,4 @@ def write_fp16(job: WriteJob) -> dict[str, Any]:
 def write_int8(job: WriteJob) -> dict[str, Any]:
     assert job.source is not None and job.calibration is not None
     return quantize_openvino(job.source, job.path, job.calibration, job.options["openvino_bias_correction"],
-                             job.keep_fp32, job.options["openvino_preset"])
+                             job.keep_fp32, job.options["openvino_preset"], job.options["int8_weight_bits"])

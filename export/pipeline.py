@@ -120,7 +120,7 @@ class _Exporter:
         if self._keep_fp32 is None:
             self._keep_fp32 = choose_layers(self.graph, self.calibration, self.data.validation,
                                             self.cfg.int8_fp32_layers, self.cfg.int8_sensitivity_target,
-                                            self.cfg.progress)
+                                            self.cfg.progress, self.cfg.int8_weight_bits)
         return self._keep_fp32
 
     def fp32_path(self, fmt: str) -> Path:

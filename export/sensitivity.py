@@ -3,7 +3,8 @@
     python -m export.sensitivity --run runs/dcam --out sens/            # sens/sensitivity.json, .png
 
 Engine-independent simulation of the int8 recipe every quantiser here applies to the backbones: weights
-per output channel, symmetric (scale max|w|/127), activations per tensor, asymmetric uint8 over the min/max the
+per output channel, symmetric (scale max|w|/127, or /63 for dcam-export's default 7-bit weight range),
+activations per tensor, asymmetric uint8 over the min/max the
 calibration normals reach. One layer at a time is fake-quantised (weights and its input) while the rest stays
 fp32, and on the validation normals the anomaly map's relative error ‖m_q − m‖/‖m‖ and the Spearman correlation
 of image scores with fp32 are measured; then all layers at once, and the head's inputs alone (the tapped
@@ -40,6 +41,7 @@ class SensitivityConfig:
     calib_images: int = option(64, "training normals that set the activation ranges")
     val_images: int = option(48, "validation normals the errors are measured on")
     batch_size: int = option(8, "images per forward pass")
+    weight_bits: int = option(7, "weight range simulated: 7 (dcam-export's default) or 8", choices=(7, 8))
 
     def __post_init__(self) -> None:
         if not self.run:
@@ -54,10 +56,11 @@ def layer_kind(conv: nn.Conv2d) -> str:
     return "1x1" if conv.kernel_size == (1, 1) else f"{conv.kernel_size[0]}x{conv.kernel_size[1]}"
 
 
-def fake_quantize_weight(weight: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel symmetric int8: round(w / s) · s with s = max|w| / 127 per channel."""
-    scale = weight.abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True).clamp_min(1e-12) / 127.0
-    return torch.clamp(torch.round(weight / scale), -127, 127) * scale
+def fake_quantize_weight(weight: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Per-output-channel symmetric: round(w / s) · s with s = max|w| / q, q = 2^(bits−1) − 1 (127; 63 for 7 bits)."""
+    q = 2 ** (bits - 1) - 1
+    scale = weight.abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True).clamp_min(1e-12) / q
+    return torch.clamp(torch.round(weight / scale), -q, q) * scale
 
 
 def fake_quantize_activation(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -71,8 +74,9 @@ def fake_quantize_activation(x: torch.Tensor, low: float, high: float) -> torch.
 class LayerQuantizer:
     """Activation ranges of every Conv2d's input (from calibration) and a switch to fake-quantise chosen layers."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, weight_bits: int = 8) -> None:
         from train.models.feature_transform import MatchedFeatureTransform
+        self.weight_bits = weight_bits
         self.convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
         self.ranges: dict[str, list[float]] = {}
         # The head's inputs: the tapped features entering the teacher/student feature transform (called once
@@ -141,7 +145,7 @@ class LayerQuantizer:
         for name in names:
             conv = self.convs[name]
             saved[name] = conv.weight.data.clone()
-            conv.weight.data = fake_quantize_weight(conv.weight.data)
+            conv.weight.data = fake_quantize_weight(conv.weight.data, self.weight_bits)
             low, high = self.ranges[name]
             handles.append(conv.register_forward_pre_hook(
                 lambda _m, inputs, low=low, high=high: (fake_quantize_activation(inputs[0], low, high),)))
@@ -168,9 +172,10 @@ def network_of(name: str) -> str:
 class SensitivityProbe:
     """Fake-quantise chosen layers of a (map, score) model and measure the damage on validation normals."""
 
-    def __init__(self, model: nn.Module, calib: Sequence[torch.Tensor], val: Sequence[torch.Tensor]) -> None:
+    def __init__(self, model: nn.Module, calib: Sequence[torch.Tensor], val: Sequence[torch.Tensor],
+                 weight_bits: int = 8) -> None:
         self.model, self.val = model, val
-        self.quantizer = LayerQuantizer(model)
+        self.quantizer = LayerQuantizer(model, weight_bits)
         self.quantizer.calibrate(model, calib)
         self.calib = calib  # tap ranges are calibrated on first use (errors(taps=True))
         self.ref_maps, self.ref_scores = _outputs(model, val)
@@ -203,9 +208,9 @@ class SensitivityProbe:
 
 
 def measure(model: nn.Module, calib: Sequence[torch.Tensor], val: Sequence[torch.Tensor],
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, weight_bits: int = 8) -> dict[str, Any]:
     """Per layer and for all layers: relative map error and score Spearman vs fp32 on ``val``."""
-    probe = SensitivityProbe(model, calib, val)
+    probe = SensitivityProbe(model, calib, val, weight_bits)
     layers = probe.per_layer(progress)
     taps = probe.errors([], taps=True) if probe.quantizer.transforms else None
     return {"layers": layers, "all_layers": probe.errors(probe.layer_names), "head_inputs": taps,
@@ -214,7 +219,8 @@ def measure(model: nn.Module, calib: Sequence[torch.Tensor], val: Sequence[torch
 
 
 def choose_fp32_layers(model: nn.Module, calib: Sequence[torch.Tensor], val: Sequence[torch.Tensor],
-                       target_spearman: float, counts: Sequence[int], progress: bool = True) -> dict[str, Any]:
+                       target_spearman: float, counts: Sequence[int], progress: bool = True,
+                       weight_bits: int = 8) -> dict[str, Any]:
     """The fewest most-sensitive convolutions to keep fp32 so the simulated int8 graph reaches
     ``target_spearman`` (score correlation with fp32 on ``val``).
 
@@ -227,7 +233,7 @@ def choose_fp32_layers(model: nn.Module, calib: Sequence[torch.Tensor], val: Seq
     def rho(t: dict[str, Any]) -> float:  # constant scores (a wrecked map) correlate with nothing
         return float(np.nan_to_num(t["score_spearman"], nan=-1.0))
 
-    probe = SensitivityProbe(model, calib, val)
+    probe = SensitivityProbe(model, calib, val, weight_bits)
     ranked = sorted(probe.per_layer(progress), key=lambda r: r["map_error"], reverse=True)
     names = [r["layer"] for r in ranked]
     tried: list[dict[str, Any]] = []
@@ -282,7 +288,8 @@ def run_sensitivity(cfg: SensitivityConfig) -> dict[str, Any]:
         images = torch.stack([data[i]["image"] for i in range(len(data))])
         return list(images.split(cfg.batch_size))
 
-    report = measure(inference, batches(train_samples, cfg.calib_images), batches(val_samples, cfg.val_images))
+    report = measure(inference, batches(train_samples, cfg.calib_images), batches(val_samples, cfg.val_images),
+                     weight_bits=cfg.weight_bits)
     report["run"] = cfg.run
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -155,7 +155,7 @@ def quantize_tflite(fp32_path: Path, out_path: Path, calibration_images: np.ndar
     result.export_model(str(out_path), overwrite=True)
     kept = sorted({n.op_type for n in nodes if n.name in head})
     return {"tool": "ai_edge_quantizer", "recipe": recipe,
-            "weights": "int8 per-channel", "activations": "int8 (static)" if recipe == "static" else
+            "weights": "int8 per-channel", "weight_bits": 8, "activations": "int8 (static)" if recipe == "static" else
             "float32, quantised at run time (dynamic range)",
             "quantised_ops": {op: len(v) for op, v in targets.items()},
             "calibration_images": int(len(calibration_images)) if recipe == "static" else 0,

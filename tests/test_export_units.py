@@ -256,8 +256,13 @@ def test_each_format_checks_only_its_own_options():
     with pytest.raises(ExportError, match="--tflite-int8: expected one of static, dynamic, got 'none'"):
         ExportConfig(run="r", out="o", formats="tflite", tflite_int8="none")
     cfg = ExportConfig(run="r", out="o", formats="onnx", tflite_int8="none")  # not exported: not read
-    assert cfg.format_options("onnx") == {"onnx_int8_scope": "backbone", "onnx_calibration": "minmax"}
-    assert cfg.format_options("openvino") == {"openvino_bias_correction": "full", "openvino_preset": "performance"}
+    assert cfg.format_options("onnx") == {"onnx_int8_scope": "backbone", "onnx_calibration": "minmax",
+                                          "int8_weight_bits": 7}
+    assert cfg.format_options("openvino") == {"openvino_bias_correction": "full", "openvino_preset": "performance",
+                                              "int8_weight_bits": 7}
+    assert cfg.format_options("tflite") == {"tflite_int8": "none"}  # LiteRT's kernels do not sum pairs in int16
+    with pytest.raises(ExportError, match="--int8-weight-bits: expected one of 7, 8, got 6"):
+        ExportConfig(run="r", out="o", formats="onnx", int8_weight_bits=6)
 
 
 def test_every_format_has_a_writer_module_and_its_options_are_config_fields():

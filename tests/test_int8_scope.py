@@ -145,6 +145,9 @@ def test_export_records_the_sensitivity_choice(tiny_export: Path) -> None:
         assert sens["setting"] == "auto" and sens["simulated"][0]["kept"] == 0
         assert kept["layers"] == sorted(r["layer"] for r in sens["layers"])
         assert len(kept["layers"]) == sens["simulated"][-1]["kept"] or not sens["target_met"]
+        # ONNX Runtime and OpenVINO files default to 7-bit weights (exact without VNNI); LiteRT's are 8-bit.
+        assert manifest["quantization"]["weight_bits"] == (8 if name.endswith(".tflite") else 7)
+        assert sens["weight_bits"] == 7
 
 
 def test_runtime_version_check(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
@@ -163,4 +166,68 @@ def test_runtime_version_check(caplog: pytest.LogCaptureFixture, tmp_path: Path)
         caplog.clear()
         manifest.entry.runtime["checked_with"]["numpy"] = installed
         _note_runtime_version(manifest, "numpy", tmp_path / "m.onnx")  # type: ignore[arg-type]
+        assert not caplog.text
+
+
+@pytest.mark.parametrize("bits", [7, 8])
+def test_int8_weights_stay_in_the_range_that_int16_pair_sums_hold(tiny_export: Path, tmp_path: Path, bits: int) -> None:
+    """7 bits: every int8 weight |q| ≤ 64 in the ONNX file and every dense-convolution one in the OpenVINO file
+    (255·64·2 < 2^15: the u8×s8 pair sums of x86 CPUs without VNNI cannot overflow); 8 bits uses the full ±127
+    (each channel's largest weight maps there)."""
+    import onnx
+    import openvino as ov
+
+    from export.onnx_export import quantize_onnx
+    from export.openvino_export import quantize_openvino
+    size = onnx.load(str(tiny_export / "dcam.onnx")).graph.input[0].type.tensor_type.shape.dim[-1].dim_value
+    calib = np.random.default_rng(0).normal(size=(4, 3, size, size)).astype(np.float32)
+    info = quantize_onnx(tiny_export / "dcam.onnx", tmp_path / "q.int8.onnx", calib, weight_bits=bits)
+    assert info["weight_bits"] == bits
+    g = onnx.load(str(tmp_path / "q.int8.onnx")).graph
+    int8_weights = [onnx.numpy_helper.to_array(i) for i in g.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert int8_weights
+    onnx_max = max(int(np.abs(w.astype(np.int32)).max()) for w in int8_weights)
+    info = quantize_openvino(tiny_export / "dcam.xml", tmp_path / "q.int8.xml", calib, "fast", weight_bits=bits)
+    assert info["weight_bits"] == bits
+    ops = ov.Core().read_model(str(tmp_path / "q.int8.xml")).get_ordered_ops()
+    # Dense convolutions' weights (O×I×kh×kw); NNCF leaves depthwise ones (5-D, grouped) at ±127: oneDNN's depthwise
+    # int8 kernels accumulate each product in int32, no pair sums.
+    i8 = [op.get_data() for op in ops if op.get_type_name() == "Constant"
+          and op.get_element_type().get_type_name() == "i8" and len(op.get_output_shape(0)) == 4]
+    assert i8
+    openvino_max = max(int(np.abs(w.astype(np.int32)).max()) for w in i8)
+    if bits == 7:
+        assert onnx_max <= 64 and openvino_max <= 64
+    else:
+        assert onnx_max == 127 and openvino_max >= 127
+
+
+def test_an_8_bit_weight_file_warns_on_a_cpu_whose_int8_sums_saturate(caplog: pytest.LogCaptureFixture,
+                                                                      tmp_path: Path) -> None:
+    import logging
+    from types import SimpleNamespace
+
+    from edge.cpu import cpu_flags, cpu_info, int16_pair_sums_saturate
+    from edge.engines import _note_int8_overflow
+    from edge.formats import get_format
+    assert int16_pair_sums_saturate("x86_64", frozenset({"avx2", "fma"}))
+    assert not int16_pair_sums_saturate("x86_64", frozenset({"avx2", "avx512_vnni"}))
+    assert not int16_pair_sums_saturate("x86_64", frozenset({"avx_vnni"}))
+    assert not int16_pair_sums_saturate("aarch64", frozenset())  # ARM's int8 kernels accumulate in int32
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n\nprocessor\t: 1\nflags : x\n")
+    assert cpu_flags(cpu_info.__wrapped__(str(tmp_path / "cpuinfo"))) == {"fpu", "avx2", "fma"}
+
+    def manifest(quantization: dict | None) -> SimpleNamespace:
+        return SimpleNamespace(entry=SimpleNamespace(extra={"quantization": quantization}))
+    with caplog.at_level(logging.WARNING, logger="edge.engines"):
+        for fmt in ("onnx", "openvino"):
+            for q in ({"weight_bits": 8}, {}, None):  # a file written before the option is 8-bit
+                caplog.clear()
+                _note_int8_overflow(manifest(q), get_format(fmt), "int8", tmp_path / "m.int8", saturates=True)
+                assert "8-bit int8 weights and this CPU has no VNNI" in caplog.text
+        caplog.clear()
+        _note_int8_overflow(manifest({"weight_bits": 7}), get_format("onnx"), "int8", tmp_path / "m", saturates=True)
+        _note_int8_overflow(manifest({"weight_bits": 8}), get_format("onnx"), "int8", tmp_path / "m", saturates=False)
+        _note_int8_overflow(manifest({"weight_bits": 8}), get_format("tflite"), "int8", tmp_path / "m", saturates=True)
+        _note_int8_overflow(manifest(None), get_format("onnx"), "fp32", tmp_path / "m", saturates=True)
         assert not caplog.text

@@ -21,7 +21,7 @@ from edge.sources import ImageFilesSource
 from export.datasets import load_image_set
 from train.data import ImageDataset, list_train_samples
 
-SPEC = PreprocessSpec.for_normalization("half", 64)
+SPEC = PreprocessSpec.for_normalization("half", 64, resize="area")  # the policy _independent writes out
 
 
 def _independent(path: Path, spec: PreprocessSpec) -> np.ndarray:
@@ -88,7 +88,7 @@ def test_resize_antialiases_a_shrinking_axis_and_keeps_old_manifests_bilinear(sh
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (*shape, 3)).astype(np.uint8)
-    out = resize_rgb(rgb, 64)
+    out = resize_rgb(rgb, 64, "area")
     assert out.shape == (64, 64, 3) and out.dtype == np.uint8
     if shape[0] == 256 and shape[1] == 256:  # 4× reduction: each output pixel is the mean of its 4×4 block
         blocks = rgb.reshape(64, 4, 64, 4, 3).mean(axis=(1, 3))
@@ -98,14 +98,17 @@ def test_resize_antialiases_a_shrinking_axis_and_keeps_old_manifests_bilinear(sh
     old = PreprocessSpec.from_dict({"image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3,
                                     "resize": "cv2.INTER_LINEAR"})
     assert old.resize == "linear"
-    assert PreprocessSpec.from_dict(PreprocessSpec(64).to_dict()).resize == "area"
+    assert PreprocessSpec.from_dict(PreprocessSpec(64, resize="area").to_dict()).resize == "area"
+    assert PreprocessSpec(64).resize == "pyramid"  # new runs' default
 
 
-def test_every_consumer_agrees_for_a_bilinear_spec_too(synthetic_root, image_files) -> None:
-    spec = PreprocessSpec.for_normalization("half", 64, resize="linear")
+@pytest.mark.parametrize("resize", ["linear", "pyramid"])
+def test_every_consumer_agrees_for_other_resize_policies_too(synthetic_root, image_files, resize: str) -> None:
+    spec = PreprocessSpec.for_normalization("half", 64, resize=resize)
     for path in image_files:
         reference = load_image(path, spec)
-        np.testing.assert_allclose(reference, _independent(path, spec), atol=1e-6)
+        if resize == "linear":
+            np.testing.assert_allclose(reference, _independent(path, spec), atol=1e-6)
         image_set = load_image_set([path], ["c"], [0], spec, progress=False)
         np.testing.assert_array_equal(image_set.arrays(spec)[0], reference)
 
@@ -120,7 +123,7 @@ def test_fit_policies_map_image_and_mask_the_same_way_and_the_map_back(fit: str,
     mask = np.zeros((height, width), np.uint8)
     mask[20:40, 70:90] = 255
     cv2.imwrite(str(tmp_path / "m.png"), mask)
-    spec = PreprocessSpec.for_normalization("half", s, fit=fit)
+    spec = PreprocessSpec.for_normalization("half", s, fit=fit, resize="area")
     view = fit_image(rgb, spec)
     fitted_mask = load_mask(tmp_path / "m.png", (height, width), s, fit)
     assert view.shape == (s, s, 3) and fitted_mask.shape == (s, s)
@@ -162,13 +165,65 @@ def test_grey_images_become_three_equal_channels_and_old_manifests_stretch(tmp_p
 
 
 @pytest.mark.parametrize("fit", ["stretch", "letterbox", "center-crop"])
-@pytest.mark.parametrize("normalization", ["half", "imagenet"])
-def test_the_frame_path_gives_the_host_paths_numbers_exactly(fit: str, normalization: str) -> None:
+@pytest.mark.parametrize("normalization,resize", [("half", "area"), ("imagenet", "area"), ("half", "pyramid")])
+def test_the_frame_path_gives_the_host_paths_numbers_exactly(fit: str, normalization: str, resize: str) -> None:
     from edge.preprocess import preprocess_frame
     rng = np.random.default_rng(3)
-    spec = PreprocessSpec.for_normalization(normalization, 64, fit=fit)
+    spec = PreprocessSpec.for_normalization(normalization, 64, fit=fit, resize=resize)
     for shape in ((480, 640, 3), (300, 200, 3), (64, 64, 3)):
         bgr = rng.integers(0, 256, shape, dtype=np.uint8)
         np.testing.assert_array_equal(preprocess_frame(bgr, spec), preprocess_rgb(bgr_to_rgb(bgr), spec))
     grey = rng.integers(0, 256, (120, 90), dtype=np.uint8)
     np.testing.assert_array_equal(preprocess_frame(grey, spec), preprocess_rgb(bgr_to_rgb(grey), spec))
+
+
+def _box_average(image: np.ndarray, factor_y: int, factor_x: int) -> np.ndarray:
+    """Exact block means, written out in float (the reference a box pyramid must match to rounding)."""
+    h, w, c = image.shape
+    blocks = image.astype(np.float64).reshape(h // factor_y, factor_y, w // factor_x, factor_x, c)
+    return blocks.mean(axis=(1, 3))
+
+
+@pytest.mark.parametrize("shape,target", [((256, 256, 3), 64), ((256, 128, 3), 64), ((192, 512, 3), 64)])
+def test_the_box_pyramid_is_block_averaging_and_keeps_a_thin_scratch(shape, target) -> None:
+    """Power-of-two reductions are exact block means (±1 grey level of double rounding); a 1-pixel line survives
+    at every phase, where plain bilinear drops it at some (that is what antialiasing is for)."""
+    from edge.preprocess import box_pyramid, resize_rgb
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    h, w = shape[:2]
+    out = resize_rgb(image, target, "pyramid")
+    if h % target == 0 and w % target == 0 and (h // target) & (h // target - 1) == 0 \
+            and (w // target) & (w // target - 1) == 0:
+        expected = _box_average(image, h // target, w // target)
+        assert np.abs(out.astype(np.float64) - expected).max() <= 1.0
+    assert np.abs(box_pyramid(image, target, target).astype(int) - out.astype(int)).max() == 0
+    # Within a few grey levels of OpenCV's exact area average on a natural-ish (smooth) image too.
+    smooth = cv2.GaussianBlur(image, (0, 0), 3)
+    area = resize_rgb(smooth, target, "area")
+    assert np.abs(resize_rgb(smooth, target, "pyramid").astype(int) - area.astype(int)).mean() < 1.0
+    factor = w // target
+    linear_minimum = 255
+    for phase in range(factor):
+        lined = np.zeros((h, w, 3), np.uint8)
+        lined[:, phase::factor * 4] = 255  # a 1-pixel vertical line every 4 output columns
+        pyramid_peak = resize_rgb(lined, target, "pyramid").max()
+        assert pyramid_peak >= 255 / factor - 2, f"phase {phase}: the line faded to {pyramid_peak}"
+        linear_minimum = min(linear_minimum, int(resize_rgb(lined, target, "linear").max()))
+    if factor >= 3:  # at 2× bilinear is the 2-pixel box itself
+        assert linear_minimum == 0  # the test can fail: bilinear skips a line at some phase
+
+
+def test_the_box_pyramid_keeps_the_geometry_of_an_odd_sized_frame() -> None:
+    """No cropping: a bright square at a known place lands where the exact area resize puts it, odd sizes too."""
+    from edge.preprocess import resize_rgb
+    for h, w in ((481, 643), (1080, 1920), (300, 300)):
+        image = np.zeros((h, w, 3), np.uint8)
+        y, x = int(h * 0.7), int(w * 0.2)
+        image[y - h // 20:y + h // 20, x - w // 20:x + w // 20] = 255
+        centroids = []
+        for method in ("area", "pyramid"):
+            out = resize_rgb(image, 64, method)[..., 0].astype(np.float64)
+            yy, xx = np.mgrid[:64, :64]
+            centroids.append(((out * yy).sum() / out.sum(), (out * xx).sum() / out.sum()))
+        assert np.allclose(centroids[0], centroids[1], atol=0.15), (h, w, centroids)

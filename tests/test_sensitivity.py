@@ -16,6 +16,8 @@ def test_fake_quantisation_matches_hand_computed_int8() -> None:
     s0, s1 = 1.0 / 127, 0.02 / 127  # per output channel: max|w| / 127
     expected = torch.tensor([[[[round(0.3 / s0) * s0, -1.0]]], [[[round(0.013 / s1) * s1, 0.02]]]])
     torch.testing.assert_close(q, expected)
+    s7 = 1.0 / 63  # 7 bits (dcam-export's default): max|w| / 63
+    torch.testing.assert_close(fake_quantize_weight(w, 7)[0], torch.tensor([[[round(0.3 / s7) * s7, -1.0]]]))
     x = torch.tensor([-0.5, 0.0, 0.3, 2.0, 5.0])
     scale = 2.5 / 255  # range [-0.5, 2.0], zero point 51
     zp = round(0.5 / scale)

@@ -39,6 +39,8 @@ HELP = {
     "level_fusion": "combine the upsampled level maps by sum (DCAM) or product (STFPM's paper)",
     "level_normalize": "weight each level's map by 1 / its normal spread on the validation images (EfficientAD)",
     "augment": "training normals: none, flip (random flips), dihedral (flips and quarter turns)",
+    "resize": "downscaling: area (OpenCV INTER_AREA), pyramid (2-pixel box halvings, then bilinear: antialiased "
+              "like area, several times faster on large camera frames) or linear (plain bilinear)",
     "fit": "non-square images: stretch, letterbox (pad with the mean) or center-crop",
     "grad_clip_norm": "clip the global gradient L2 norm to this (0 = off)",
     "weight_decay": "L2 regularisation for SGD and Adam (default: method's paper setting: 1e-4 stfpm/dcam, 0 rd)",

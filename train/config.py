@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.cliconfig import group, group_types
-from edge.preprocess import FITS, RESIZE_METHODS
+from edge.preprocess import FITS, RESIZE_METHODS, PreprocessSpec
 
 from .augment import AUGMENTATIONS
 from .models import METHOD_REGISTRY, METHODS, method_spec  # noqa: F401  (METHODS re-exported)
@@ -235,8 +235,9 @@ class TrainConfig:
     weight_decay: float = FROM_PRESET
     adam_betas: tuple[float, float] = (0.5, 0.999)
     image_size: int = 256
-    # Downscaling: "area" antialiases (cv2.INTER_AREA), "linear" is plain bilinear (runs saved before this field).
-    resize: str = "area"
+    # Downscaling (edge.preprocess.RESIZE_METHODS): "area" and "pyramid" antialias, "linear" is plain bilinear
+    # (runs saved before this field).
+    resize: str = PreprocessSpec.resize
     # Non-square images: "stretch" (squash), "letterbox" (pad to square) or "center-crop" (edge.preprocess.FITS).
     fit: str = "stretch"
     # Training normals seen flipped ("flip") or flipped and turned by quarter turns ("dihedral"); train/augment.py.
