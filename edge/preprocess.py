@@ -44,8 +44,9 @@ class PreprocessSpec:
     image_size: int = 256
     mean: tuple[float, float, float] = NORMALIZATIONS["imagenet"][0]
     std: tuple[float, float, float] = NORMALIZATIONS["imagenet"][1]
-    # The default of new runs: antialiased and fast on large frames; manifests keep whatever their run used.
-    resize: str = "pyramid"
+    # The default of new runs (bench/results/quality-ablation6-photoset4-6ep.md: area 0.866 / 0.930 vs pyramid
+    # 0.837 / 0.920); manifests keep whatever their run used.
+    resize: str = "area"
     fit: str = "stretch"
 
     def __post_init__(self) -> None:
@@ -55,7 +56,7 @@ class PreprocessSpec:
             raise ValueError(f"fit: expected one of {', '.join(FITS)}, got {self.fit!r}")
 
     @classmethod
-    def for_normalization(cls, name: str, image_size: int = 256, resize: str = "pyramid",
+    def for_normalization(cls, name: str, image_size: int = 256, resize: str = "area",
                           fit: str = "stretch") -> PreprocessSpec:
         if name not in NORMALIZATIONS:
             raise ValueError(f"unknown normalisation {name!r}; expected one of {sorted(NORMALIZATIONS)}")
@@ -186,7 +187,7 @@ def _resize_to(image: np.ndarray, height: int, width: int, method: str) -> np.nd
                       interpolation=cv2.INTER_LINEAR)
 
 
-def resize_rgb(rgb: np.ndarray, image_size: int, method: str = "pyramid", fit: str = "stretch",
+def resize_rgb(rgb: np.ndarray, image_size: int, method: str = "area", fit: str = "stretch",
                pad_rgb: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
     """The image_size × image_size model view of an RGB image: FITS' geometry, then RESIZE_METHODS' resize."""
     g = fit_geometry(rgb.shape[0], rgb.shape[1], image_size, fit)

@@ -99,7 +99,7 @@ def test_resize_antialiases_a_shrinking_axis_and_keeps_old_manifests_bilinear(sh
                                     "resize": "cv2.INTER_LINEAR"})
     assert old.resize == "linear"
     assert PreprocessSpec.from_dict(PreprocessSpec(64, resize="area").to_dict()).resize == "area"
-    assert PreprocessSpec(64).resize == "pyramid"  # new runs' default
+    assert PreprocessSpec(64).resize == "area"  # new runs' default (the pyramid is opt-in)
 
 
 @pytest.mark.parametrize("resize", ["linear", "pyramid"])
