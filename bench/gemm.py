@@ -28,13 +28,13 @@ an engine's convolution kernels can beat its own MatMul, so its own GEMM is not 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from bench.stats import time_median_ms
 from edge.formats import FORMATS
 
 # (backend, precision) pairs this module can measure.
@@ -68,17 +68,6 @@ class GemmResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _median_ms(fn: Callable[[], Any], runs: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
 
 
 def _operands(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +180,7 @@ def measure_gemm(backend: str, precision: str, threads: int, size: int = 1024, r
     if size < 1 or runs < 1 or threads < 1:
         raise ValueError(f"GEMM size, runs and threads must be positive, got {size}, {runs}, {threads}")
     fn = BUILDERS[(backend, precision)](size, threads)
-    ms = _median_ms(fn, runs)
+    ms = time_median_ms(fn, runs)
     return GemmResult(backend, precision, threads, size, ms, size ** 3 / (ms * 1e-3) / 1e9)
 
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import functools
 import json
-import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from bench.stats import time_median_ms
 from edge.cliconfig import ConfigCli, option, run_cli
 from edge.preprocess import RESIZE_METHODS, decode_image, resize_rgb
 
@@ -60,17 +59,6 @@ def _photo(path: str) -> np.ndarray:
     return np.ascontiguousarray(data.astronaut())
 
 
-def median_ms(fn: Callable[[], Any], runs: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def measure(photo: np.ndarray, sizes: Sequence[tuple[int, int]], image_size: int, runs: int) -> list[dict[str, Any]]:
     """One row per (frame size, policy): median ms, max / mean |Δ| to the area average."""
     rows = []
@@ -81,7 +69,8 @@ def measure(photo: np.ndarray, sizes: Sequence[tuple[int, int]], image_size: int
             out = resize_rgb(frame, image_size, method)
             diff = np.abs(out.astype(np.int16) - area)
             resize = functools.partial(resize_rgb, frame, image_size, method)
-            rows.append({"frame": f"{width}x{height}", "resize": method, "median_ms": median_ms(resize, runs),
+            rows.append({"frame": f"{width}x{height}", "resize": method,
+                         "median_ms": time_median_ms(resize, runs, warmup=5),
                          "max_abs_diff_to_area": int(diff.max()), "mean_abs_diff_to_area": float(diff.mean())})
     return rows
 

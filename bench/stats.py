@@ -8,14 +8,29 @@ processes frames), not runs / total time, so one slow outlier does not move it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from edge import accuracy
 
 
 class StatsError(ValueError):
     """Statistics asked of an empty sample or with an impossible parameter."""
+
+
+def time_median_ms(fn: Callable[[], Any], runs: int, warmup: int = 2) -> float:
+    """Median wall time of ``runs`` calls of ``fn`` after ``warmup`` untimed ones, in milliseconds (micro-benchmarks:
+    the GEMM peak, the resize policies)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return percentile(times, 50.0)
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
