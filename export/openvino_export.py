@@ -94,8 +94,9 @@ def quantize_openvino(fp32_xml: Path, out_xml: Path, calibration_images: np.ndar
 
     ``bias_correction`` "full" runs NNCF's BiasCorrection (statistics per layer on the calibration set),
     "fast" its FastBiasCorrection; ``preset`` is nncf.QuantizationPreset's PERFORMANCE or MIXED.
-    ``weight_bits`` 7 is NNCF's OverflowFix.ENABLE on every layer (8: DISABLE): oneDNN's u8×s8 kernels on x86
-    CPUs without VNNI add product pairs in int16, which 8-bit weights overflow (edge.cpu).
+    ``weight_bits`` 7 is NNCF's OverflowFix.ENABLE (8: DISABLE): 7-bit weights in every dense convolution, as
+    oneDNN's u8×s8 kernels on x86 CPUs without VNNI add product pairs in int16, which 8-bit weights overflow
+    (edge.cpu); NNCF keeps depthwise weights at 8 bits (those kernels accumulate each product in int32).
     """
     ov = require("openvino", "OpenVINO int8 quantisation")
     nncf = require("nncf", "OpenVINO int8 quantisation")
