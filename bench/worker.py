@@ -125,14 +125,17 @@ def serve_latency(job: dict[str, Any], commands: Any) -> dict[str, Any]:
     send({"type": "reply", "status": "ready"})
     counter = iter(range(1 << 62))
 
+    def next_file() -> Any:  # cycle through the frame files
+        return decode_bgr(frames[next(counter) % len(frames)])
+
     def frame() -> Any:  # edge-run on image files: decode (BGR, as its sources read) → preprocess → inference
-        return run(preprocess_frame(decode_bgr(frames[next(counter) % len(frames)]), spec)[None])
+        return run(preprocess_frame(next_file(), spec)[None])
 
     def camera(bgr: Any) -> Callable[[], Any]:
         return lambda: run(preprocess_frame(bgr, spec)[None])
 
     commands_by_name: dict[str, Callable[[], Any]] = {
-        "infer": lambda: run(x), "e2e": frame, "decode": lambda: decode_bgr(frames[next(counter) % len(frames)]),
+        "infer": lambda: run(x), "e2e": frame, "decode": next_file,
         **{name: camera(bgr) for name, bgr in cameras.items()}}
     for line in commands:
         cmd = json.loads(line)

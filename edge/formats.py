@@ -81,6 +81,7 @@ TFLITE_INT8_RECIPES = ("static", "dynamic")  # ai-edge-quantizer: int8 activatio
 # int8 weight range: 7 (|q| ≤ 64) keeps the u8×s8 pair sums of x86 CPUs without VNNI inside int16 (edge.cpu),
 # 8 is one more bit, exact only on CPUs with VNNI/AMX or ARM. For the engines whose x86 kernels sum in int16.
 INT8_WEIGHT_BITS = FormatOption("int8_weight_bits", (7, 8))
+DEFAULT_INT8_WEIGHT_BITS = 7
 
 FORMATS: dict[str, ModelFormat] = {f.name: f for f in (
     ModelFormat("onnx", ".onnx", "onnxruntime", "ONNX Runtime", "onnxruntime",

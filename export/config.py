@@ -16,8 +16,10 @@ from typing import Any
 from edge.accuracy import GuardLimits
 from edge.cliconfig import option
 from edge.formats import (
+    DEFAULT_INT8_WEIGHT_BITS,
     DEFAULT_PRECISIONS,
     FORMAT_NAMES,
+    INT8_WEIGHT_BITS,
     ONNX_CALIBRATIONS,
     ONNX_INT8_SCOPES,
     OPENVINO_BIAS_CORRECTIONS,
@@ -114,9 +116,10 @@ class ExportConfig:
                                   choices=OPENVINO_PRESETS)
     # Measured on an AVX2-only EPYC (Zen 3), photoset7 Lite0 model, 8 layers fp32: 8-bit weights overflow the
     # int16 pair sums there (score Spearman ONNX 0.83, OpenVINO 0.92); 7-bit: 0.93 / 0.98 (edge.cpu).
-    int8_weight_bits: int = option(7, "int8 weight range of the ONNX and OpenVINO files: 7 (exact on every x86 "
-                                      "CPU) or 8 (one more bit; overflows on x86 CPUs without VNNI)",
-                                   choices=(7, 8))
+    int8_weight_bits: int = option(DEFAULT_INT8_WEIGHT_BITS,
+                                   "int8 weight range of the ONNX and OpenVINO files: 7 (exact on every x86 CPU) or 8 "
+                                   "(one more bit; overflows on x86 CPUs without VNNI)",
+                                   choices=INT8_WEIGHT_BITS.choices)
     seed: int = option(0, "seed of the calibration-image subset")
     progress: bool = option(True, "show progress bars (--no-progress hides them)")
 

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from edge.formats import DEFAULT_INT8_WEIGHT_BITS
+
 from .datasets import ImageSet
 from .graph import FusedGraph
 from .head_scope import WeightKey, weight_fingerprint
@@ -29,7 +31,7 @@ def _batches(images: np.ndarray, size: int = 8) -> list[torch.Tensor]:
 
 def choose_layers(graph: FusedGraph, calibration: np.ndarray, validation: ImageSet, setting: str,
                   target_spearman: float, progress: bool = True,
-                  weight_bits: int = 7) -> tuple[dict[str, WeightKey], dict[str, Any]]:
+                  weight_bits: int = DEFAULT_INT8_WEIGHT_BITS) -> tuple[dict[str, WeightKey], dict[str, Any]]:
     """(layer name → weight fingerprint, report for the manifests) for ``--int8-fp32-layers setting``;
     ``calibration``: the preprocessed calibration images, ``validation``: the validation normals."""
     from .sensitivity import choose_fp32_layers

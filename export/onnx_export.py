@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from edge.formats import DEFAULT_INT8_WEIGHT_BITS
+
 from . import head_scope
 from .config import ExportError, require
 from .graph import FusedGraph
@@ -122,7 +124,8 @@ class ArrayCalibrationReader:
 
 def quantize_onnx(fp32_path: Path, out_path: Path, calibration_images: np.ndarray, scope: str = "backbone",
                   calibration: str = "minmax",
-                  keep_fp32: Mapping[str, head_scope.WeightKey] | None = None, weight_bits: int = 7) -> dict[str, Any]:
+                  keep_fp32: Mapping[str, head_scope.WeightKey] | None = None,
+                  weight_bits: int = DEFAULT_INT8_WEIGHT_BITS) -> dict[str, Any]:
     """int8 QDQ copy of ``fp32_path`` with the distance head and the ``keep_fp32`` layers (torch name →
     weight fingerprint, export.int8_scope) in fp32; returns what was done (for the manifest).
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from edge.formats import DEFAULT_INT8_WEIGHT_BITS
+
 from . import head_scope
 from .config import ExportError, require
 from .writers import WriteJob, try_export
@@ -88,7 +90,7 @@ def openvino_graph_nodes(model: Any) -> list[head_scope.GraphNode]:
 
 def quantize_openvino(fp32_xml: Path, out_xml: Path, calibration_images: np.ndarray,
                       bias_correction: str = "full", keep_fp32: Mapping[str, head_scope.WeightKey] | None = None,
-                      preset: str = "performance", weight_bits: int = 7) -> dict[str, Any]:
+                      preset: str = "performance", weight_bits: int = DEFAULT_INT8_WEIGHT_BITS) -> dict[str, Any]:
     """int8 IR with NNCF post-training quantisation; the distance head and the ``keep_fp32`` layers (torch
     name → weight fingerprint, export.int8_scope) stay fp32.
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from edge.accuracy import spearman
 from edge.cliconfig import ConfigCli, option, run_cli
+from edge.formats import DEFAULT_INT8_WEIGHT_BITS, INT8_WEIGHT_BITS
 from edge.jsonsafe import write_json
 
 
@@ -41,7 +42,8 @@ class SensitivityConfig:
     calib_images: int = option(64, "training normals that set the activation ranges")
     val_images: int = option(48, "validation normals the errors are measured on")
     batch_size: int = option(8, "images per forward pass")
-    weight_bits: int = option(7, "weight range simulated: 7 (dcam-export's default) or 8", choices=(7, 8))
+    weight_bits: int = option(DEFAULT_INT8_WEIGHT_BITS, "weight range simulated: 7 (dcam-export's default) or 8",
+                              choices=INT8_WEIGHT_BITS.choices)
 
     def __post_init__(self) -> None:
         if not self.run:
