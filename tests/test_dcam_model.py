@@ -485,3 +485,30 @@ def test_new_heads_and_placements_export_to_onnx_with_parity(fields: dict, tmp_p
     got_map, got_score = ort.InferenceSession(str(path)).run(None, {"image": x[:1].numpy()})
     np.testing.assert_allclose(got_map, amap.numpy(), rtol=1e-4, atol=1e-4 * float(amap.abs().max()))
     np.testing.assert_allclose(got_score, score.numpy(), rtol=1e-4)
+
+
+def test_photometric_augmentation_re_lights_each_image_within_the_jitter_and_keeps_its_structure() -> None:
+    from train.augment import PHOTOMETRIC_JITTER, augment_batch, augment_generator
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    flat = torch.full((16, 3, 8, 8), 0.4)  # a uniform grey: contrast leaves it, brightness scales it
+    out = augment_batch((flat - m) / s, "photometric", augment_generator(0, 0, 2, 3), (mean, std)) * s + m
+    gains = out[:, :, 0, 0] / 0.4
+    assert torch.allclose(gains, gains[:, :1].expand_as(gains), atol=1e-5)  # one brightness per image, all channels
+    assert gains.min() >= 1 - PHOTOMETRIC_JITTER - 1e-5 and gains.max() <= 1 + PHOTOMETRIC_JITTER + 1e-5
+    assert gains[:, 0].std() > 0.05  # drawn per image
+    # A textured image stays an affine copy of itself where nothing clips (pixels in [0.3, 0.7] never do).
+    texture = 0.3 + 0.4 * torch.rand((4, 3, 8, 8), generator=torch.Generator().manual_seed(1))
+    lit = augment_batch((texture - m) / s, "photometric", augment_generator(0, 0, 0, 0), (mean, std)) * s + m
+    for before, after in zip(texture, lit):
+        slope, offset = torch.linalg.lstsq(torch.stack([before.flatten(), torch.ones(before.numel())], 1),
+                                           after.flatten().unsqueeze(1)).solution.flatten()
+        assert torch.allclose(after, slope * before + offset, atol=1e-5)
+        assert (1 - PHOTOMETRIC_JITTER) ** 2 - 1e-4 <= slope <= (1 + PHOTOMETRIC_JITTER) ** 2 + 1e-4
+    bright = augment_batch(torch.full((8, 3, 4, 4), 2.0), "photometric", augment_generator(0, 0, 0, 1),
+                           ((0.5,) * 3, (0.5,) * 3))
+    assert bright.max() <= 1.0 + 1e-6  # clamped to the brightest pixel value (1.0 normalised with 0.5 / 0.5)
+    assert torch.equal(augment_batch(texture, "photometric", augment_generator(0, 0, 0, 0), (mean, std)),
+                       augment_batch(texture, "photometric", augment_generator(0, 0, 0, 0), (mean, std)))
+    with pytest.raises(ValueError, match="photometric"):
+        augment_batch(texture, "photometric", augment_generator(0, 0, 0, 0))

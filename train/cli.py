@@ -27,6 +27,8 @@ HELP = {
                 "(default: the method's paper teacher: resnet18 stfpm/dcam/knn, wide_resnet50_2 rd family)",
     "student_backbone": "stfpm/dcam: the random-init student's architecture (default: the teacher's); its taps need "
                         "the teacher's channels and input normalisation",
+    "student_denoise": "stfpm/dcam: fraction of training images the student sees with a synthetic anomaly pasted in, "
+                       "held to the teacher's features of the clean image (DeSTSeg's denoising student; 0 = off)",
     "teacher_weights": "local file with the teacher's torchvision/ImageNet weights (else downloaded once and cached)",
     "attention": "DCAM attention during training: none, channel, spatial, both (default: method preset)",
     "attention_at_inference": "keep the DCAM attention in the inference graph (the paper drops it)",
@@ -38,7 +40,8 @@ HELP = {
     "loss_mse_mode": "the MSE term: normalized (STFPM, unit vectors along channels) or raw (plain feature MSE)",
     "level_fusion": "combine the upsampled level maps by sum (DCAM) or product (STFPM's paper)",
     "level_normalize": "weight each level's map by 1 / its normal spread on the validation images (EfficientAD)",
-    "augment": "training normals: none, flip (random flips), dihedral (flips and quarter turns)",
+    "augment": "training normals: none, flip (random flips), dihedral (flips and quarter turns), photometric "
+               "(brightness and contrast jittered by ±20 %)",
     "resize": "downscaling: area (OpenCV INTER_AREA), pyramid (2-pixel box halvings, then bilinear: antialiased "
               "like area, several times faster on large camera frames) or linear (plain bilinear)",
     "fit": "non-square images: stretch, letterbox (pad with the mean) or center-crop",

@@ -88,6 +88,9 @@ class ModelConfig:
     # Hard feature loss (EfficientAD §3.2): only positions whose distance is above this quantile of the batch's
     # distances count in the channel-cosine / MSE terms (0 = every position, the papers' mean).
     loss_hard_quantile: float = FROM_PRESET
+    # Denoising student (DeSTSeg §3.2): this fraction of the training images reaches the student with a synthetic
+    # anomaly pasted in, and is held to the teacher's features of the clean image (train/anomaly_synthesis.py).
+    student_denoise: float = 0.0
     # Feature-matching loss weights (paper §3.2–3.3 and STFPM's L2-normalised MSE).
     loss_channel_cosine: float = FROM_PRESET
     loss_spatial_cosine: float = FROM_PRESET
@@ -176,6 +179,11 @@ class ModelConfig:
             raise ValueError(f"--feature-neighbourhood: expected an odd size >= 1, got {self.feature_neighbourhood}")
         if not 0.0 <= self.loss_hard_quantile < 1.0:
             raise ValueError(f"--loss-hard-quantile: expected a value in [0, 1), got {self.loss_hard_quantile}")
+        if not 0.0 <= self.student_denoise <= 1.0:
+            raise ValueError(f"--student-denoise: expected a fraction of images in [0, 1], got {self.student_denoise}")
+        if self.student_denoise and method_spec(self.method).model != method_spec("dcam").model:
+            raise ValueError(f"--student-denoise: only stfpm and dcam distil forward into a student "
+                             f"(--method {self.method})")
 
     def _check_student_bn_momentum(self) -> None:
         if self.student_bn_momentum is not None and not 0 < self.student_bn_momentum <= 1:
@@ -240,7 +248,7 @@ class TrainConfig:
     resize: str = PreprocessSpec.resize
     # Non-square images: "stretch" (squash), "letterbox" (pad to square) or "center-crop" (edge.preprocess.FITS).
     fit: str = "stretch"
-    # Training normals seen flipped ("flip") or flipped and turned by quarter turns ("dihedral"); train/augment.py.
+    # Training normals flipped ("flip"), flipped and turned ("dihedral") or re-lit ("photometric"); train/augment.py.
     augment: str = "none"
     val_fraction: float = 0.2
     seed: int = 0

@@ -137,6 +137,8 @@ class Trainer:
         cfg = self.cfg
         seed_everything(cfg.seed)
         self.data = build_datasets(cfg)
+        spec = preprocess_spec(cfg)
+        self.normalization = (spec.mean, spec.std)  # photometric augmentation re-lights in pixel space
         self.model: DistillationModel = build_model(cfg.model).to(self.device)
         if self.ctx.enabled:
             for name, child in self.model.named_children():
@@ -216,7 +218,8 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = scheduled_lr(self.cfg, epoch * steps_per_epoch + steps, self.cfg.epochs * steps_per_epoch)
             images = augment_batch(self._images(batch), self.cfg.augment,
-                                   augment_generator(self.cfg.seed, self.ctx.rank, epoch, steps))
+                                   augment_generator(self.cfg.seed, self.ctx.rank, epoch, steps),
+                                   self.normalization)
             with self._autocast():
                 loss, parts = self.step_model(images)
             if not torch.isfinite(loss):

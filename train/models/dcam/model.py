@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from ...anomaly_synthesis import paste_synthetic_anomalies
 from ...backbones import FeatureExtractor, build_backbone
 from ...config import ModelConfig
 from ..base import DistillationModel
@@ -42,7 +43,8 @@ def matched_features(all_teacher: list[torch.Tensor], student: FeatureExtractor,
                      transform: MatchedFeatureTransform, placement: str = "branch"
                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The teacher's and the (attention-refined) student's maps at the distilled levels, both through the same
-    standardise/average transform: what loss and anomaly map compare."""
+    standardise/average transform: what loss and anomaly map compare. ``images`` is the student's input (the
+    teacher's own, or a copy with synthetic anomalies for a denoising student)."""
     teacher_features = select_levels(all_teacher, levels)
     inline = attention.refine if attention is not None and placement == "inline" else None
     student_features = select_levels(student_pyramid(student, images, all_teacher, shared_levels, inline), levels)
@@ -124,15 +126,23 @@ class STFPMModel(DistillationModel):
             inference = self.inference_model()
             self.head.fit_level_weights(inference.level_distances(images) for images in normal_batches)
 
-    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Teacher features (no grad) and the student's features refined by DCAM (training view)."""
+    def features(self, images: torch.Tensor, student_images: torch.Tensor | None = None
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher features (no grad) of ``images`` and the student's features of ``student_images`` (default:
+        the same images) refined by DCAM (training view)."""
         with torch.no_grad():
             all_teacher = self.teacher(images)
-        return matched_features(all_teacher, self.student, images, self.cfg.levels, self.cfg.student_shared_levels,
-                                self.attention, self.feature_transform, self.cfg.attention_placement)
+        return matched_features(all_teacher, self.student, images if student_images is None else student_images,
+                                self.cfg.levels, self.cfg.student_shared_levels, self.attention,
+                                self.feature_transform, self.cfg.attention_placement)
 
     def compute_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        teacher_features, student_features = self.features(images)
+        """The feature-matching loss; with --student-denoise the student sees synthetic anomalies and is held to
+        the teacher's features of the clean image (DeSTSeg §3.2, train/anomaly_synthesis.py)."""
+        student_images = None
+        if self.training and self.cfg.student_denoise > 0.0:
+            student_images = paste_synthetic_anomalies(images, self.cfg.student_denoise)
+        teacher_features, student_features = self.features(images, student_images)
         return self.loss(teacher_features, student_features)
 
     def inference_model(self) -> FeaturePyramidInference:
