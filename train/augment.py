@@ -27,8 +27,9 @@ def photometric_jitter(images: torch.Tensor, mean: tuple[float, ...], std: tuple
                        generator: torch.Generator) -> torch.Tensor:
     """Normalised B×C×H×W → each image's brightness and contrast jittered in pixel space ([0, 1], clamped).
 
-    Brightness multiplies the pixels by b; contrast blends with the image's mean grey by c (torchvision's
-    ColorJitter definitions), b and c uniform in [1 − PHOTOMETRIC_JITTER, 1 + PHOTOMETRIC_JITTER].
+    Brightness multiplies the pixels by b; contrast scales each pixel's offset from the image's mean by c (as
+    torchvision's ColorJitter, which takes a luminance-weighted mean), b and c uniform in
+    [1 − PHOTOMETRIC_JITTER, 1 + PHOTOMETRIC_JITTER].
     """
     mean_t = images.new_tensor(mean).view(1, -1, 1, 1)
     std_t = images.new_tensor(std).view(1, -1, 1, 1)

@@ -137,8 +137,6 @@ class Trainer:
         cfg = self.cfg
         seed_everything(cfg.seed)
         self.data = build_datasets(cfg)
-        spec = preprocess_spec(cfg)
-        self.normalization = (spec.mean, spec.std)  # photometric augmentation re-lights in pixel space
         self.model: DistillationModel = build_model(cfg.model).to(self.device)
         if self.ctx.enabled:
             for name, child in self.model.named_children():
@@ -214,12 +212,13 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         steps_per_epoch = min(limit, len(self.train_loader))
+        spec = self.data.train.spec  # photometric augmentation re-lights in pixel space
         for batch in bar:
             for group in optimizer.param_groups:
                 group["lr"] = scheduled_lr(self.cfg, epoch * steps_per_epoch + steps, self.cfg.epochs * steps_per_epoch)
             images = augment_batch(self._images(batch), self.cfg.augment,
                                    augment_generator(self.cfg.seed, self.ctx.rank, epoch, steps),
-                                   self.normalization)
+                                   (spec.mean, spec.std))
             with self._autocast():
                 loss, parts = self.step_model(images)
             if not torch.isfinite(loss):
