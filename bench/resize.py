@@ -1,18 +1,23 @@
-"""``python -m bench.resize``: what each resize policy (edge.preprocess.RESIZE_METHODS) costs on camera frames.
+"""``python -m bench.resize``: what each resize policy (edge.preprocess.RESIZE_METHODS) costs on camera frames,
+and what each decode policy (edge.preprocess.DECODES) costs on image files.
 
     python -m bench.resize [--image photo.png] [--sizes 1024x1024,640x480,1920x1080] [--threads 1] [--json OUT]
 
 Times ``resize_rgb`` (the one preprocessing path's resize) from each frame size to the model input and reports,
 per policy, the median milliseconds and how far its pixels are from the exact area average ("area": OpenCV
-INTER_AREA) — max and mean absolute grey-level difference. The frame is a real photograph (scikit-image's
-``astronaut`` when no ``--image`` is given: smooth regions, edges, fine texture) resized to each size with
-bicubic interpolation, so the test content is the same at every size.
+INTER_AREA) — max and mean absolute grey-level difference. The same frame saved as a JPEG (quality 95) is then
+read the way training and edge-run's file source read it (``read_frame`` + ``fit_frame``: file → model view)
+with each decode policy, timed and compared with the same reference (so the JPEG rows include the compression
+error). The frame is a real photograph (scikit-image's ``astronaut`` when no ``--image`` is given: smooth
+regions, edges, fine texture) resized to each size with bicubic interpolation, so the test content is the same
+at every size.
 """
 from __future__ import annotations
 
 import functools
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +28,7 @@ import numpy as np
 
 from bench.stats import time_median_ms
 from edge.cliconfig import ConfigCli, option, run_cli
-from edge.preprocess import RESIZE_METHODS, decode_image, resize_rgb
+from edge.preprocess import DECODES, RESIZE_METHODS, PreprocessSpec, decode_image, fit_frame, read_frame, resize_rgb
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -59,26 +64,52 @@ def _photo(path: str) -> np.ndarray:
     return np.ascontiguousarray(data.astronaut())
 
 
+def _difference(view: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    diff = np.abs(view.astype(np.int16) - reference)
+    return {"max_abs_diff_to_area": int(diff.max()), "mean_abs_diff_to_area": float(diff.mean())}
+
+
 def measure(photo: np.ndarray, sizes: Sequence[tuple[int, int]], image_size: int, runs: int) -> list[dict[str, Any]]:
-    """One row per (frame size, policy): median ms, max / mean |Δ| to the area average."""
+    """One row per (frame size, input, policy): input "frame" (a decoded camera frame, each resize policy) or
+    "jpeg" (the frame as a JPEG file, each decode policy with the default resize): median ms, max / mean |Δ| to the
+    area average of the frame."""
     rows = []
-    for width, height in sizes:
-        frame = cv2.resize(photo, (width, height), interpolation=cv2.INTER_CUBIC)
-        area = resize_rgb(frame, image_size, "area").astype(np.int16)
-        for method in RESIZE_METHODS:
-            out = resize_rgb(frame, image_size, method)
-            diff = np.abs(out.astype(np.int16) - area)
-            resize = functools.partial(resize_rgb, frame, image_size, method)
-            rows.append({"frame": f"{width}x{height}", "resize": method,
-                         "median_ms": time_median_ms(resize, runs, warmup=5),
-                         "max_abs_diff_to_area": int(diff.max()), "mean_abs_diff_to_area": float(diff.mean())})
+    with tempfile.TemporaryDirectory() as tmp:
+        for width, height in sizes:
+            frame = cv2.resize(photo, (width, height), interpolation=cv2.INTER_CUBIC)
+            area = resize_rgb(frame, image_size, "area").astype(np.int16)
+            for method in RESIZE_METHODS:
+                resize = functools.partial(resize_rgb, frame, image_size, method)
+                rows.append({"frame": f"{width}x{height}", "input": "frame", "resize": method, "decode": None,
+                             "median_ms": time_median_ms(resize, runs, warmup=5),
+                             **_difference(resize(), area)})
+            path = Path(tmp) / f"{width}x{height}.jpg"
+            cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            for decode in DECODES:
+                spec = PreprocessSpec(image_size, decode=decode)
+                read = functools.partial(_file_to_view, path, spec)
+                rows.append({"frame": f"{width}x{height}", "input": "jpeg", "resize": spec.resize, "decode": decode,
+                             "reduction": read_frame(path, spec)[1],
+                             "median_ms": time_median_ms(read, runs, warmup=5), **_difference(read(), area)})
     return rows
 
 
+def _file_to_view(path: Path, spec: PreprocessSpec) -> np.ndarray:
+    """An image file → the model's uint8 view, as training and edge-run's file source read it."""
+    return fit_frame(read_frame(path, spec)[0], spec)
+
+
+def _decode_cell(row: dict[str, Any]) -> str:
+    if row["decode"] is None:
+        return "—"
+    return row["decode"] + (f" (1/{row['reduction']})" if row["reduction"] > 1 else "")
+
+
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| frame | resize | median ms | max / mean \\|Δ\\| to area (grey levels) |", "|---|---|---|---|"]
-    lines += [f"| {r['frame']} | {r['resize']} | {r['median_ms']:.2f} | {r['max_abs_diff_to_area']} / "
-              f"{r['mean_abs_diff_to_area']:.2f} |" for r in rows]
+    lines = ["| frame | input | resize | decode | median ms | max / mean \\|Δ\\| to area (grey levels) |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['frame']} | {r['input']} | {r['resize']} | {_decode_cell(r)} | {r['median_ms']:.2f} | "
+              f"{r['max_abs_diff_to_area']} / {r['mean_abs_diff_to_area']:.2f} |" for r in rows]
     return "\n".join(lines)
 
 

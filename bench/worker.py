@@ -113,7 +113,7 @@ def serve_latency(job: dict[str, Any], commands: Any) -> dict[str, Any]:
     cv2.setNumThreads(int(job["threads"]))  # decode/resize get the same core budget as the engine
     frames = [Path(p) for p in job["frames"]]
     run, info, spec = _runner(job)
-    first = decode_bgr(frames[0])
+    first = decode_bgr(frames[0])  # full size: the camera frames below are resized from it
     x = preprocess_frame(first, spec)[None]
     # Decoded camera frames of the two common sizes (the same picture): frame → decision without a file decode.
     cameras = {f"frame_{name}": cv2.resize(first, size, interpolation=cv2.INTER_AREA)
@@ -126,7 +126,7 @@ def serve_latency(job: dict[str, Any], commands: Any) -> dict[str, Any]:
     counter = iter(range(1 << 62))
 
     def next_file() -> Any:  # cycle through the frame files
-        return decode_bgr(frames[next(counter) % len(frames)])
+        return decode_bgr(frames[next(counter) % len(frames)], spec)  # as edge-run's file source decodes
 
     def frame() -> Any:  # edge-run on image files: decode (BGR, as its sources read) → preprocess → inference
         return run(preprocess_frame(next_file(), spec)[None])
@@ -152,7 +152,7 @@ def run_accuracy(job: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from edge.metrics import image_auroc, pixel_auroc
-    from edge.preprocess import decode_image, load_mask, preprocess_rgb
+    from edge.preprocess import load_mask, preprocess_frame, read_frame
     run, info, spec = _runner(job)
     by_cat: dict[str, list[dict[str, Any]]] = {}
     for s in job["samples"]:
@@ -161,11 +161,11 @@ def run_accuracy(job: dict[str, Any]) -> dict[str, Any]:
     for cat, samples in by_cat.items():
         maps, scores, masks, labels = [], [], [], []
         for s in samples:
-            rgb = decode_image(s["path"])
-            amap, score = run(preprocess_rgb(rgb, spec)[None])
+            frame, reduction = read_frame(s["path"], spec)
+            amap, score = run(preprocess_frame(frame, spec)[None])
             maps.append(amap[0, 0])
             scores.append(float(score[0]))
-            masks.append(load_mask(s["mask"], rgb.shape[:2], spec.image_size, spec.fit) if s["mask"]
+            masks.append(load_mask(s["mask"], frame.shape[:2], spec.image_size, spec.fit, reduction) if s["mask"]
                          else np.zeros((spec.image_size, spec.image_size), np.uint8))
             labels.append(int(s["label"]))
             progress()

@@ -11,7 +11,8 @@ silently.  Strict JSON (never NaN).  Layout::
       "schema_version": 2,
       "package_version": "0.1.0",            dcam-edge that wrote it
       "input":   {"name", "shape": [1, 3, S, S], "image_size", "mean", "std", "layout": "NCHW",
-                  "dtype", "color", "resize", "fit", "normalization", "preprocessing"}   edge.preprocess.PreprocessSpec
+                  "dtype", "color", "resize", "fit", "decode", "normalization", "preprocessing"}
+                                                                     edge.preprocess.PreprocessSpec
       "outputs": {"anomaly_map": {"name", "shape", "meaning"}, "score": {...}, "decision"}   the graph contract
       "model":   {"method", "backbone", "categories", "blur_sigma", "gmacs", ...}             optional
       "files": {

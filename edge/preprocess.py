@@ -5,6 +5,8 @@ these functions, so a frame scores the same everywhere (numpy + OpenCV only, no 
 """
 from __future__ import annotations
 
+import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,14 @@ RESIZE_METHODS = ("area", "pyramid", "linear")
 # (keep the aspect ratio, pad with the normalisation mean, which the model sees as 0) or "center-crop" (keep the
 # aspect ratio, drop the sides of the longer axis). Grey images are replicated to three channels in every case.
 FITS = ("stretch", "letterbox", "center-crop")
+# How an image FILE is decoded: "reduced" lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 of its size (its DCT
+# scaling: a box-like average, max 2 grey levels from a full decode + INTER_AREA) whenever the result still covers
+# the model input, so a 1024 px JPEG for a 256 px model costs about half the decode; "full" decodes every pixel
+# (manifests and runs written before this field). Other formats and camera frames are never reduced.
+DECODES = ("reduced", "full")
+# OpenCV's colour decode at 1/f of the size (JPEG: libjpeg's scaled IDCT), by reduction factor f.
+_REDUCED_COLOR_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                        8: cv2.IMREAD_REDUCED_COLOR_8}
 # Files read as images (OpenCV decodes them all): data sets, calibration folders, --source folders, LOCO masks.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -48,8 +58,11 @@ class PreprocessSpec:
     # 0.837 / 0.920); manifests keep whatever their run used.
     resize: str = "area"
     fit: str = "stretch"
+    decode: str = "reduced"
 
     def __post_init__(self) -> None:
+        if self.decode not in DECODES:
+            raise ValueError(f"decode: expected one of {', '.join(DECODES)}, got {self.decode!r}")
         if self.resize not in RESIZE_METHODS:
             raise ValueError(f"resize: expected one of {', '.join(RESIZE_METHODS)}, got {self.resize!r}")
         if self.fit not in FITS:
@@ -57,11 +70,11 @@ class PreprocessSpec:
 
     @classmethod
     def for_normalization(cls, name: str, image_size: int = 256, resize: str = "area",
-                          fit: str = "stretch") -> PreprocessSpec:
+                          fit: str = "stretch", decode: str = "reduced") -> PreprocessSpec:
         if name not in NORMALIZATIONS:
             raise ValueError(f"unknown normalisation {name!r}; expected one of {sorted(NORMALIZATIONS)}")
         mean, std = NORMALIZATIONS[name]
-        return cls(image_size=image_size, mean=mean, std=std, resize=resize, fit=fit)
+        return cls(image_size=image_size, mean=mean, std=std, resize=resize, fit=fit, decode=decode)
 
     @property
     def pad_rgb(self) -> tuple[int, int, int]:
@@ -71,15 +84,17 @@ class PreprocessSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-                "layout": "NCHW", "dtype": "float32", "color": "RGB", "resize": self.resize, "fit": self.fit}
+                "layout": "NCHW", "dtype": "float32", "color": "RGB", "resize": self.resize, "fit": self.fit,
+                "decode": self.decode}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
         # Manifests written before the resize policy say "cv2.INTER_LINEAR" (or nothing): bilinear; before the fit
-        # policy every image was stretched.
+        # policy every image was stretched; before the decode policy every file was decoded in full.
         resize = d.get("resize", "linear")
         return cls(image_size=int(d["image_size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
-                   resize="linear" if resize == "cv2.INTER_LINEAR" else resize, fit=d.get("fit", "stretch"))
+                   resize="linear" if resize == "cv2.INTER_LINEAR" else resize, fit=d.get("fit", "stretch"),
+                   decode=d.get("decode", "full"))
 
 
 @dataclass(frozen=True)
@@ -124,28 +139,96 @@ def map_to_frame(anomaly_map: np.ndarray, frame_hw: tuple[int, int], fit: str = 
     return out
 
 
-def _read_file(path: str | Path, flags: int, what: str) -> np.ndarray:
-    """Decode an image file with OpenCV; ImageReadError naming the file when missing or undecodable."""
+def jpeg_hw(data: bytes | np.ndarray) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's first SOFn frame header (before any EXIF rotation); None if ``data`` is not a
+    well-formed JPEG up to that header."""
+    data = data.tobytes() if isinstance(data, np.ndarray) else data
+    if data[:2] != b"\xff\xd8":
+        return None
+    sof = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # stand-alone markers carry no length
+            i += 2
+            continue
+        if marker in sof:
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return int(height), int(width)
+        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+    return None
+
+
+def decode_reduction(height: int, width: int, spec: PreprocessSpec) -> int:
+    """The largest f in 8, 4, 2 (else 1) for which a height×width image decoded at 1/f still gives the fit's crop
+    at least the model's content size along both axes, in either orientation (EXIF may turn it): the resize that
+    follows never enlarges what full resolution would have shrunk."""
+    def fits(h: int, w: int, f: int) -> bool:
+        g = fit_geometry(h // f, w // f, spec.image_size, spec.fit)
+        y0, y1, x0, x1 = g.crop
+        return y1 - y0 >= g.content[0] and x1 - x0 >= g.content[1]
+
+    for f in (8, 4, 2):
+        if height // f >= 1 and width // f >= 1 and fits(height, width, f) and fits(width, height, f):
+            return f
+    return 1
+
+
+def decode_frame(data: np.ndarray, spec: PreprocessSpec | None = None) -> tuple[np.ndarray | None, int]:
+    """Encoded image bytes → (BGR uint8 frame or None if undecodable, reduction factor f): a JPEG at 1/f of its size
+    when ``spec.decode`` is "reduced" (decode_reduction), anything else in full (f = 1). OpenCV's own errors
+    (cv2.error, e.g. a header claiming 40000×30000 px) propagate."""
+    if not data.size:  # cv2.imdecode asserts (cv2.error) on an empty buffer instead of returning None
+        return None, 1
+    factor = 1
+    if spec is not None and spec.decode == "reduced":
+        # The frame header follows the EXIF/ICC segments: usually in the first 64 KiB, else read the whole file.
+        hw = (jpeg_hw(data[:65536]) or jpeg_hw(data)) if bytes(data[:2]) == b"\xff\xd8" else None
+        factor = decode_reduction(*hw, spec) if hw else 1
+    return cv2.imdecode(data, _REDUCED_COLOR_FLAGS[factor]), factor
+
+
+def _read_bytes(path: str | Path, what: str) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: {what} file not found")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    # cv2.imdecode asserts (cv2.error) on an empty buffer instead of returning None.
+    return np.fromfile(str(path), dtype=np.uint8)
+
+
+def _read_file(path: str | Path, flags: int, what: str) -> np.ndarray:
+    """Decode an image file with OpenCV; ImageReadError naming the file when missing or undecodable."""
+    data = _read_bytes(path, what)
     decoded = cv2.imdecode(data, flags) if data.size else None
     if decoded is None:
         raise ImageReadError(f"{path}: cannot decode {what} (corrupt or not an image)")
     return decoded
 
 
-def decode_bgr(path: str | Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 BGR (as OpenCV and edge-run's file source read it); ImageReadError
-    naming the file otherwise."""
-    return _read_file(path, cv2.IMREAD_COLOR, "image")
+def read_frame(path: str | Path, spec: PreprocessSpec | None = None) -> tuple[np.ndarray, int]:
+    """An image file → (HxWx3 uint8 BGR, as OpenCV and edge-run's file source read it, reduction factor) through
+    decode_frame; ImageReadError naming the file when missing or undecodable."""
+    try:
+        frame, factor = decode_frame(_read_bytes(path, "image"), spec)
+    except cv2.error as e:
+        raise ImageReadError(f"{path}: cannot decode image ({str(e).strip().splitlines()[-1]})") from None
+    if frame is None:
+        raise ImageReadError(f"{path}: cannot decode image (corrupt or not an image)")
+    return frame, factor
 
 
-def decode_image(path: str | Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB; raise ImageReadError naming the file otherwise."""
-    return cv2.cvtColor(decode_bgr(path), cv2.COLOR_BGR2RGB)
+def decode_bgr(path: str | Path, spec: PreprocessSpec | None = None) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 BGR, at the size ``spec.decode`` asks for (full without a spec)."""
+    return read_frame(path, spec)[0]
+
+
+def decode_image(path: str | Path, spec: PreprocessSpec | None = None) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB (decode_bgr); raise ImageReadError naming the file otherwise."""
+    return cv2.cvtColor(decode_bgr(path, spec), cv2.COLOR_BGR2RGB)
 
 
 def bgr_to_rgb(frame_bgr: np.ndarray) -> np.ndarray:
@@ -223,48 +306,63 @@ def normalize(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return out
 
 
-def preprocess_frame(frame_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """A camera frame (OpenCV BGR, or grey) → float32 3×S×S: the same numbers as
-    ``preprocess_rgb(bgr_to_rgb(frame))``, with the resize done first, so the colour conversion touches S×S
-    pixels instead of the whole frame (resizing and padding act on each channel alike: the order changes no
-    value)."""
+def _check_rgb(rgb: np.ndarray) -> None:
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {rgb.shape} dtype {rgb.dtype}")
+
+
+def fit_frame(frame_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """A frame as OpenCV decodes it (BGR, or grey) → uint8 S×S×3 RGB: the same numbers as
+    ``fit_image(bgr_to_rgb(frame))``, with the resize done first, so the colour conversion touches S×S pixels
+    instead of the whole frame (resizing and padding act on each channel alike: the order changes no value)."""
     if frame_bgr.ndim == 2 or frame_bgr.dtype != np.uint8 or frame_bgr.shape[2] != 3:
-        return preprocess_rgb(bgr_to_rgb(frame_bgr), spec)
+        rgb = bgr_to_rgb(frame_bgr)
+        _check_rgb(rgb)
+        return fit_image(rgb, spec)
     r, g, b = spec.pad_rgb
     small = resize_rgb(frame_bgr, spec.image_size, spec.resize, spec.fit, (b, g, r))
-    return normalize(cv2.cvtColor(small, cv2.COLOR_BGR2RGB), spec)
+    return cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
+
+
+def preprocess_frame(frame_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """A camera frame (OpenCV BGR, or grey) → float32 3×S×S: ``preprocess_rgb(bgr_to_rgb(frame))`` via
+    fit_frame."""
+    return normalize(fit_frame(frame_bgr, spec), spec)
 
 
 def preprocess_rgb(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """uint8 RGB image of any size → float32 3×S×S model input."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {rgb.shape} dtype {rgb.dtype}")
+    _check_rgb(rgb)
     return normalize(fit_image(rgb, spec), spec)
 
 
 def load_image(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
-    """Image file → float32 3×S×S model input (decode + resize + normalise)."""
-    return preprocess_rgb(decode_image(path), spec)
+    """Image file → float32 3×S×S model input (decode as the spec says + resize + normalise)."""
+    return preprocess_frame(decode_bgr(path, spec), spec)
 
 
-def load_mask(path: str | Path, expected_hw: tuple[int, int], image_size: int, fit: str = "stretch") -> np.ndarray:
+def load_mask(path: str | Path, expected_hw: tuple[int, int], image_size: int, fit: str = "stretch",
+              reduction: int = 1) -> np.ndarray:
     """Ground-truth mask file → uint8 {0,1} S×S through the image's geometry (``fit``), nearest-neighbour resized;
     a letterbox border is 0 (normal).
 
-    The mask must have the same height and width as its image (MVTec convention);
-    anything else is an error naming the file.
+    The mask must have the same height and width as its image (MVTec convention) — ``expected_hw`` is the decoded
+    image's, at 1/``reduction`` of the file's size (read_frame; libjpeg rounds up) — anything else is an error
+    naming the file.
     """
     path = Path(path)
     if path.is_dir():  # MVTec LOCO: one mask file per defect region, their union is the image's mask
         parts = mask_files(path)
         if not parts:
             raise ImageReadError(f"{path}: mask directory holds no mask images")
-        union: np.ndarray = np.maximum.reduce([load_mask(p, expected_hw, image_size, fit) for p in parts])
+        union: np.ndarray = np.maximum.reduce([load_mask(p, expected_hw, image_size, fit, reduction)
+                                               for p in parts])
         return union
     mask = _read_file(path, cv2.IMREAD_GRAYSCALE, "mask")
-    if tuple(mask.shape[:2]) != tuple(expected_hw):
-        raise ImageReadError(
-            f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {expected_hw[1]}x{expected_hw[0]}")
+    if tuple(math.ceil(n / reduction) for n in mask.shape[:2]) != tuple(expected_hw):
+        h, w = (n * reduction for n in expected_hw)
+        size = f"{w}x{h}" if reduction == 1 else f"about {w}x{h} (decoded at 1/{reduction})"
+        raise ImageReadError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {size}")
     return fit_mask(mask, image_size, fit)
 
 

@@ -30,7 +30,7 @@ from edge.formats import format_for_path
 from edge.heartbeat import Heartbeat
 from edge.loop import FrameLoop
 from edge.manifest import Manifest, backup_manifest, load_manifest, update_threshold
-from edge.preprocess import preprocess_frame
+from edge.preprocess import PreprocessSpec, preprocess_frame
 from edge.publisher import CorruptFiles, Publisher, RunIdentity
 from edge.sdnotify import SystemdNotifier
 from edge.sinks import sink_stats
@@ -67,13 +67,14 @@ def engine_status(engine: Engine) -> dict[str, Any]:
 
 
 def open_source(cfg: SourceConfig, metrics: RuntimeCounters, stop_event: threading.Event,
-                raw: RawSource | None = None,
-                on_corrupt: Callable[[str | None], None] | None = None) -> ResilientSource:
-    """ResilientSource for the configured camera/stream/file (or an injected RawSource)."""
+                raw: RawSource | None = None, on_corrupt: Callable[[str | None], None] | None = None,
+                spec: PreprocessSpec | None = None) -> ResilientSource:
+    """ResilientSource for the configured camera/stream/file (or an injected RawSource); image files decode as
+    the model's ``spec`` says, except with --roi, whose rectangle is in full-resolution pixels."""
     if raw is None:
         raw = make_raw_source(camera=cfg.camera, picamera=cfg.picamera, source=cfg.source,
                               width=cfg.camera_width, height=cfg.camera_height, fps=cfg.camera_fps,
-                              stall_timeout=cfg.stall_timeout)
+                              stall_timeout=cfg.stall_timeout, spec=None if cfg.roi else spec)
     return ResilientSource(raw, metrics=metrics, roi=Roi.parse(cfg.roi), open_timeout=cfg.open_timeout,
                            backoff_max=cfg.reconnect_max_backoff, stop_event=stop_event, on_corrupt=on_corrupt,
                            stall_timeout=cfg.stall_timeout)
@@ -110,7 +111,8 @@ def run(config: RunConfig, *, stop_event: threading.Event | None = None, raw_sou
     if config.jsonl_every < 1:
         raise EngineError(f"--jsonl-every {config.jsonl_every}: expected >= 1")
     corrupt = CorruptFiles()
-    source = open_source(config.source, metrics, stop_event, raw_source, on_corrupt=corrupt.note)
+    source = open_source(config.source, metrics, stop_event, raw_source, on_corrupt=corrupt.note,
+                         spec=manifest.preprocess_spec())
     source_desc = source.raw.description
     _announce(config, engine, metrics, threshold, source_desc)
     heartbeat = Heartbeat(notifier or SystemdNotifier(), source, metrics, config.source.stall_timeout)
@@ -210,7 +212,7 @@ def calibrate(config: CalibrateConfig, *, stop_event: threading.Event | None = N
         old = manifest.threshold(config.category)
     except ValueError:
         old = None  # a category without its own threshold yet
-    source = open_source(config.source, metrics, stop_event, raw_source)
+    source = open_source(config.source, metrics, stop_event, raw_source, spec=manifest.preprocess_spec())
     scores = _score_known_good(source, metrics, stop_event, engine, manifest, config.frames, progress)
     _check_enough_frames(len(scores), config, stop_event.is_set(), source.raw.description, metrics.corrupt)
     result = calibrate_threshold(scores, mode="fpr", target_fpr=config.target_fpr)

@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from edge.counters import RuntimeCounters
-from edge.preprocess import IMAGE_SUFFIXES
+from edge.preprocess import IMAGE_SUFFIXES, PreprocessSpec, decode_frame
 from edge.redact import redact_credentials
 
 log = logging.getLogger("edge.sources")
@@ -241,12 +241,14 @@ class PiCameraSource(RawSource):
 
 
 class ImageFilesSource(RawSource):
-    """A sorted list of image files (directory or glob); each frame carries its path."""
+    """A sorted list of image files (directory or glob); each frame carries its path. With the model's ``spec``
+    each file is decoded as the model's training images were (edge.preprocess.decode_frame: a large JPEG at
+    reduced size when ``spec.decode`` says so)."""
 
     live = False
 
-    def __init__(self, paths: list[Path], description: str) -> None:
-        self.paths, self.description = paths, description
+    def __init__(self, paths: list[Path], description: str, spec: PreprocessSpec | None = None) -> None:
+        self.paths, self.description, self.spec = paths, description, spec
         self._i = 0
 
     def open(self) -> None:
@@ -261,15 +263,13 @@ class ImageFilesSource(RawSource):
             data = np.fromfile(str(path), dtype=np.uint8)
         except OSError:
             return None, str(path)
-        return _decode(data, path), str(path)
+        return _decode(data, path, self.spec), str(path)
 
 
-def _decode(data: np.ndarray, path: Path) -> np.ndarray | None:
+def _decode(data: np.ndarray, path: Path, spec: PreprocessSpec | None) -> np.ndarray | None:
     """Decoded image, or None (→ counted as corrupt) for any file the decoder refuses."""
-    if not data.size:
-        return None
     try:
-        return cv2.imdecode(data, cv2.IMREAD_COLOR)
+        return decode_frame(data, spec)[0]
     except Exception as e:  # cv2.error (e.g. a header claiming 40000×30000 px), MemoryError: one bad file, not the run
         log.debug("%s: cannot decode (%s: %s)", path, type(e).__name__, e)
         return None
@@ -287,10 +287,11 @@ def list_images(spec: str) -> list[Path]:
 
 def make_raw_source(camera: int | None = None, picamera: bool = False, source: str | None = None,
                     width: int | None = None, height: int | None = None, fps: float | None = None,
-                    stall_timeout: float | None = None) -> RawSource:
+                    stall_timeout: float | None = None, spec: PreprocessSpec | None = None) -> RawSource:
     """The RawSource for exactly one of ``--camera`` / ``--picamera`` / ``--source``.
 
-    ``stall_timeout`` (seconds, None/0 = off) sets a stream URL's FFmpeg read timeout to twice it.
+    ``stall_timeout`` (seconds, None/0 = off) sets a stream URL's FFmpeg read timeout to twice it; ``spec`` (the
+    model's preprocessing) tells image files how to decode (ImageFilesSource).
     """
     given = [n for n, v in (("--camera", camera is not None), ("--picamera", picamera), ("--source", source))
              if v]
@@ -303,10 +304,10 @@ def make_raw_source(camera: int | None = None, picamera: bool = False, source: s
     if picamera:
         return PiCameraSource(width, height)
     assert source is not None
-    return _source_for(source, stall_timeout)
+    return _source_for(source, stall_timeout, spec)
 
 
-def _source_for(source: str, stall_timeout: float | None) -> RawSource:
+def _source_for(source: str, stall_timeout: float | None, spec: PreprocessSpec | None) -> RawSource:
     """``--source``: a stream URL, an image directory or glob, one image, or a video file."""
     if source.lower().startswith(STREAM_SCHEMES):
         return OpenCvSource(source, live=True, read_timeout=2 * stall_timeout if stall_timeout else None)
@@ -315,16 +316,16 @@ def _source_for(source: str, stall_timeout: float | None) -> RawSource:
         files = list_images(source)
         if not files:
             raise SourceError(f"--source {source}: directory holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        return ImageFilesSource(files, source)
+        return ImageFilesSource(files, source, spec)
     if any(c in source for c in "*?["):
         files = list_images(source)
         if not files:
             raise SourceError(f"--source {source}: glob matches no files")
-        return ImageFilesSource(files, source)
+        return ImageFilesSource(files, source, spec)
     if not p.is_file():
         raise SourceError(f"--source {source}: no such file, directory, glob match or stream URL")
     if p.suffix.lower() in IMAGE_SUFFIXES:
-        return ImageFilesSource([p], source)
+        return ImageFilesSource([p], source, spec)
     return OpenCvSource(source, live=False)
 
 

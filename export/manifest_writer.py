@@ -20,7 +20,8 @@ VERSIONED_PACKAGES = tuple(dict.fromkeys(
         f.runtime_package, *(m.split(".")[0].replace("_", "-") for ms in f.converters.values() for m in ms))]
     + ["numpy", "opencv-python-headless"]))
 INPUT_NAME = "image"
-PREPROCESSING = ("edge.preprocess.preprocess_rgb: RGB uint8 → fit (input.fit) and resize (input.resize) to "
+PREPROCESSING = ("edge.preprocess: image files decoded as input.decode says; RGB uint8 → fit (input.fit) and resize "
+                 "(input.resize) to "
                  "image_size×image_size "
                  "→ x/255 → (x − mean)/std → CHW float32, batch of 1 (normalisation is NOT in the graph)")
 

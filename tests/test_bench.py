@@ -347,12 +347,23 @@ def test_resize_bench_reports_each_policy_against_the_area_average(tmp_path, cap
     from bench.resize import main
     assert main(["--sizes", "256x192,96x64", "--image-size", "32", "--runs", "2", "--json",
                  str(tmp_path / "r.json")]) == 0
-    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    all_rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    rows = [r for r in all_rows if r["input"] == "frame"]
     assert [(r["frame"], r["resize"]) for r in rows] == [(f, m) for f in ("256x192", "96x64")
                                                           for m in ("area", "pyramid", "linear")]
     by = {(r["frame"], r["resize"]): r for r in rows}
+    # The same frames as JPEG files, read per decode policy: 256x192 → 32 px decodes at 1/4 (64x48 still covers
+    # 32x32, 32x24 would not) and 96x64 at 1/2; "full" never reduces. Both stay antialiased: nearer the area
+    # average than plain bilinear from the decoded frame.
+    files = {(r["frame"], r["decode"]): r for r in all_rows if r["input"] == "jpeg"}
+    assert set(files) == {(f, d) for f in ("256x192", "96x64") for d in ("reduced", "full")}
+    assert (files[("256x192", "reduced")]["reduction"], files[("96x64", "reduced")]["reduction"]) == (4, 2)
+    assert files[("256x192", "full")]["reduction"] == files[("96x64", "full")]["reduction"] == 1
+    for (frame, _), r in files.items():
+        assert r["median_ms"] > 0 and r["mean_abs_diff_to_area"] < by[(frame, "linear")]["mean_abs_diff_to_area"]
     assert by[("256x192", "area")]["max_abs_diff_to_area"] == 0 and by[("256x192", "area")]["median_ms"] > 0
     # The pyramid antialiases (near the area average); plain bilinear at 8× skips pixels (far from it).
     assert by[("256x192", "pyramid")]["mean_abs_diff_to_area"] < by[("256x192", "linear")]["mean_abs_diff_to_area"]
-    assert "| 96x64 | pyramid |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| 96x64 | frame | pyramid | — |" in out and "| 256x192 | jpeg | area | reduced (1/4) |" in out
     assert main(["--sizes", "640by480"]) == 2

@@ -227,3 +227,104 @@ def test_the_box_pyramid_keeps_the_geometry_of_an_odd_sized_frame() -> None:
             yy, xx = np.mgrid[:64, :64]
             centroids.append(((out * yy).sum() / out.sum(), (out * xx).sum() / out.sum()))
         assert np.allclose(centroids[0], centroids[1], atol=0.15), (h, w, centroids)
+
+
+def _photo_like(height: int, width: int) -> np.ndarray:
+    """Smooth content with sharp edges (what JPEG and its scaled decode treat differently) and a thin scratch."""
+    rng = np.random.default_rng(7)
+    image = cv2.resize(rng.integers(0, 256, (12, 16, 3)).astype(np.uint8), (width, height),
+                       interpolation=cv2.INTER_CUBIC)
+    image[height // 3:height // 2, width // 4:width // 2] = 240
+    image[:, width * 2 // 3:width * 2 // 3 + 2] = 10
+    return image
+
+
+@pytest.mark.parametrize("hw,fit,image_size,factor", [
+    ((1024, 1024), "stretch", 256, 4), ((1080, 1920), "stretch", 256, 4), ((480, 640), "stretch", 256, 1),
+    ((3000, 4000), "stretch", 256, 8), ((1080, 1920), "letterbox", 256, 4), ((1080, 1920), "center-crop", 256, 4),
+    ((520, 520), "stretch", 256, 2), ((511, 2048), "stretch", 256, 1), ((2, 4000), "letterbox", 64, 2)])
+def test_decode_reduction_keeps_at_least_the_model_input_in_either_orientation(hw, fit, image_size, factor) -> None:
+    from edge.preprocess import decode_reduction, fit_geometry
+    spec = PreprocessSpec(image_size, fit=fit)
+    assert decode_reduction(*hw, spec) == factor
+    for h, w in (hw, hw[::-1]):  # the guarantee, checked independently: the reduced crop is never enlarged
+        g = fit_geometry(h // factor, w // factor, image_size, fit)
+        assert g.crop[1] - g.crop[0] >= g.content[0] and g.crop[3] - g.crop[2] >= g.content[1]
+
+
+def test_a_large_jpeg_is_decoded_reduced_by_every_file_reader_and_close_to_a_full_decode(tmp_path) -> None:
+    """decode "reduced": libjpeg's 1/4 decode of a 384×512 JPEG for a 64 px model, the same array for training,
+    export, evaluation and edge-run's file source; a PNG, "full" and old manifests decode every pixel."""
+    from edge.preprocess import fit_frame, jpeg_hw, read_frame
+    image = _photo_like(384, 512)
+    jpg, png = tmp_path / "big.jpg", tmp_path / "big.png"
+    cv2.imwrite(str(jpg), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    cv2.imwrite(str(png), image)
+    assert jpeg_hw(jpg.read_bytes()) == (384, 512) and jpeg_hw(png.read_bytes()) is None
+    assert jpeg_hw(jpg.read_bytes()[:40]) is None  # truncated before its frame header
+    spec = PreprocessSpec.for_normalization("half", 64)
+    full = PreprocessSpec.for_normalization("half", 64, decode="full")
+    assert spec.decode == "reduced"
+    frame, factor = read_frame(jpg, spec)
+    assert factor == 4 and frame.shape == (96, 128, 3)
+    np.testing.assert_array_equal(frame, cv2.imread(str(jpg), cv2.IMREAD_REDUCED_COLOR_4))
+    reference = load_image(jpg, spec)
+    np.testing.assert_array_equal(preprocess_rgb(bgr_to_rgb(frame), spec), reference)
+    source_frame, _ = ImageFilesSource([jpg], "test", spec).read()
+    np.testing.assert_array_equal(source_frame, frame)
+    np.testing.assert_array_equal(load_image_set([jpg], ["c"], [0], spec, progress=False).arrays(spec)[0], reference)
+    from train.data.mvtec import Sample
+    sample = Sample(jpg, "c", 0, "good")
+    for cache in (False, True):
+        np.testing.assert_array_equal(ImageDataset([sample], spec, cache=cache)[0]["image"].numpy(), reference)
+    # Full decode: the previous numbers exactly; the reduced view is within a grey level or so of it on average.
+    assert read_frame(jpg, full)[0].shape == (384, 512, 3)
+    assert ImageFilesSource([jpg], "t", full).read()[0].shape[:2] == (384, 512)
+    assert read_frame(png, spec)[1] == 1 and read_frame(jpg)[1] == 1  # not a JPEG / no spec: never reduced
+    np.testing.assert_array_equal(load_image(jpg, full), preprocess_rgb(decode_image(jpg), full))
+    difference = np.abs(fit_frame(frame, spec).astype(int) - fit_frame(read_frame(jpg, full)[0], full).astype(int))
+    assert difference.mean() < 1.5, difference.mean()
+    # A manifest or run written before the decode policy decoded in full.
+    old = spec.to_dict()
+    del old["decode"]
+    assert PreprocessSpec.from_dict(old).decode == "full" and PreprocessSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="decode"):
+        PreprocessSpec(64, decode="half")
+
+
+def test_masks_of_reduced_images_are_checked_against_the_file_size(tmp_path) -> None:
+    from edge.preprocess import read_frame
+    from train.data.mvtec import Sample
+    image = _photo_like(384, 512)
+    cv2.imwrite(str(tmp_path / "big.jpg"), image)
+    mask = np.zeros((384, 512), np.uint8)
+    mask[128:192, 128:256] = 255  # the bright block of _photo_like
+    cv2.imwrite(str(tmp_path / "big_mask.png"), mask)
+    spec = PreprocessSpec.for_normalization("half", 64)
+    sample = Sample(tmp_path / "big.jpg", "c", 1, "blob", tmp_path / "big_mask.png")
+    item = ImageDataset([sample], spec, with_masks=True)[0]
+    np.testing.assert_array_equal(item["mask"].numpy()[0], load_mask(tmp_path / "big_mask.png", (384, 512), 64))
+    assert 0 < int(item["mask"].sum()) < 64 * 64 // 4
+    cv2.imwrite(str(tmp_path / "short.png"), mask[:376])
+    with pytest.raises(ImageReadError, match=r"short.png: mask is 512x376 but its image is about 512x384 "
+                                             r"\(decoded at 1/4\)"):
+        load_mask(tmp_path / "short.png", (96, 128), 64, reduction=4)
+    # libjpeg rounds the reduced size up: a 383-row image decodes to 96 rows at 1/4, and its mask passes
+    cv2.imwrite(str(tmp_path / "odd.jpg"), image[:383])
+    assert read_frame(tmp_path / "odd.jpg", spec)[0].shape[:2] == (96, 128)
+    cv2.imwrite(str(tmp_path / "odd_mask.png"), mask[:383])
+    assert load_mask(tmp_path / "odd_mask.png", (96, 128), 64, reduction=4).shape == (64, 64)
+
+
+def test_edge_run_decodes_files_as_the_model_says_unless_a_roi_is_in_full_resolution_pixels(tmp_path) -> None:
+    import threading
+
+    from edge.config import SourceConfig
+    from edge.counters import RuntimeCounters
+    from edge.runner import open_source
+    cv2.imwrite(str(tmp_path / "a.jpg"), _photo_like(384, 512))
+    spec = PreprocessSpec.for_normalization("half", 64)
+    stop = threading.Event()
+    plain = open_source(SourceConfig(source=str(tmp_path)), RuntimeCounters(), stop, spec=spec)
+    cropped = open_source(SourceConfig(source=str(tmp_path), roi="0,0,300,200"), RuntimeCounters(), stop, spec=spec)
+    assert plain.raw.spec == spec and cropped.raw.spec is None

@@ -50,6 +50,22 @@ def test_a_run_saved_before_presets_loads_with_the_papers_values(tmp_path) -> No
     assert cfg.model.blur_sigma == METHOD_PRESETS["dcam"].get("blur_sigma", 0.0)
 
 
+def test_a_run_saved_before_the_decode_policy_keeps_decoding_in_full_and_new_runs_reduce(tmp_path) -> None:
+    from train.cli import build_parser, config_from_args
+    from train.runs import load_config, preprocess_spec
+
+    new = TrainConfig(data="x", model=ModelConfig(method="dcam", backbone="efficientnet_lite0"))
+    assert new.decode == "reduced" and preprocess_spec(new).decode == "reduced"
+    saved = new.to_dict()
+    del saved["decode"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    old = load_config(tmp_path)
+    assert old.decode == "full" and preprocess_spec(old).decode == "full"
+    assert config_from_args(build_parser().parse_args(["--data", "x", "--decode", "full"])).decode == "full"
+    with pytest.raises(ValueError, match="--decode"):
+        TrainConfig(data="x", decode="fast")
+
+
 def test_cosine_schedule_goes_from_lr_to_zero_by_the_last_step() -> None:
     from train.trainer import scheduled_lr
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.cliconfig import group, group_types
-from edge.preprocess import FITS, RESIZE_METHODS, PreprocessSpec
+from edge.preprocess import DECODES, FITS, RESIZE_METHODS, PreprocessSpec
 
 from .augment import AUGMENTATIONS
 from .models import METHOD_REGISTRY, METHODS, method_spec  # noqa: F401  (METHODS re-exported)
@@ -248,6 +248,9 @@ class TrainConfig:
     resize: str = PreprocessSpec.resize
     # Non-square images: "stretch" (squash), "letterbox" (pad to square) or "center-crop" (edge.preprocess.FITS).
     fit: str = "stretch"
+    # Image files: "reduced" decodes a large JPEG at 1/2–1/8 size when that still covers the input, "full" every
+    # pixel (edge.preprocess.DECODES; runs saved before this field).
+    decode: str = PreprocessSpec.decode
     # Training normals flipped ("flip"), flipped and turned ("dihedral") or re-lit ("photometric"); train/augment.py.
     augment: str = "none"
     val_fraction: float = 0.2
@@ -296,6 +299,8 @@ class TrainConfig:
             raise ValueError(f"--augment: expected one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if self.fit not in FITS:
             raise ValueError(f"--fit: expected one of {', '.join(FITS)}, got {self.fit!r}")
+        if self.decode not in DECODES:
+            raise ValueError(f"--decode: expected one of {', '.join(DECODES)}, got {self.decode!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction: expected a value in (0, 1), got {self.val_fraction}")
 
@@ -324,6 +329,7 @@ class TrainConfig:
         model_fields.setdefault("level_normalize", False)  # ... and weighted them equally (no level_weights buffer)
         d.setdefault("lr_schedule", "constant")
         d.setdefault("resize", "linear")
+        d.setdefault("decode", "full")
         d.setdefault("weight_decay", 1e-4)  # saved before it was a preset: the old fixed default (Adam ignored it)
         model = ModelConfig(**nest_method_options(model_fields))
         known = {f.name for f in dataclasses.fields(cls)}

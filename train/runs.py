@@ -30,7 +30,7 @@ class RunError(ValueError):
 def preprocess_spec(cfg: TrainConfig) -> PreprocessSpec:
     """The input spec a run's model expects (image size + its backbone's normalisation)."""
     return PreprocessSpec.for_normalization(BACKBONE_NORMALIZATION[cfg.model.backbone], cfg.image_size, cfg.resize,
-                                            cfg.fit)
+                                            cfg.fit, cfg.decode)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

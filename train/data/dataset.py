@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from edge.preprocess import PreprocessSpec, decode_image, fit_image, load_mask, preprocess_rgb
+from edge.preprocess import PreprocessSpec, fit_frame, load_mask, preprocess_rgb, read_frame
 from train.data.mvtec import MVTecLayoutError, Sample
 
 
@@ -42,14 +42,14 @@ class ImageDataset(Dataset):
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         s = self.samples[index]
-        rgb = decode_image(s.path)
+        bgr, reduction = read_frame(s.path, self.spec)
         mask = None
         if self.with_masks:
             size = self.spec.image_size
-            mask = (load_mask(s.mask_path, rgb.shape[:2], size, self.spec.fit) if s.mask_path is not None
+            mask = (load_mask(s.mask_path, bgr.shape[:2], size, self.spec.fit, reduction) if s.mask_path is not None
                     else np.zeros((size, size), np.uint8))
         # Resizing is idempotent in preprocess_rgb, so caching the resized image changes nothing downstream.
-        return fit_image(rgb, self.spec), mask
+        return fit_frame(bgr, self.spec), mask
 
     def _entry(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         if not self.cache:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.preprocess import IMAGE_SUFFIXES, ImageReadError, decode_image, mask_files
+from edge.preprocess import IMAGE_SUFFIXES, ImageReadError, decode_image, jpeg_hw, mask_files
 
 GOOD = "good"
 MASK_SUFFIX = "_mask.png"
@@ -100,32 +100,11 @@ def image_hw(path: str | Path) -> tuple[int, int]:
         width, height = struct.unpack(">II", head[16:24])
         return int(height), int(width)
     if head[:2] == b"\xff\xd8":
-        hw = _jpeg_hw(path.read_bytes())
+        hw = jpeg_hw(path.read_bytes())
         if hw is not None:
             return hw
     height, width = decode_image(path).shape[:2]
     return int(height), int(width)
-
-
-def _jpeg_hw(data: bytes) -> tuple[int, int] | None:
-    """Walk JPEG marker segments to the first SOFn frame header; None if malformed."""
-    sof = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-    i = 2
-    while i + 9 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # stand-alone markers carry no length
-            i += 2
-            continue
-        if marker in sof:
-            height, width = struct.unpack(">HH", data[i + 5:i + 9])
-            return int(height), int(width)
-        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
-    return None
 
 
 def _require_dir(path: Path, what: str) -> Path:
