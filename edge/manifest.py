@@ -356,7 +356,8 @@ class Manifest:
         try:
             return PreprocessSpec.from_dict(self.document.input)
         except (KeyError, TypeError, ValueError) as e:
-            raise ManifestError(f"{self.path}: 'input' must hold image_size, mean and std ({e})") from None
+            raise ManifestError(f"{self.path}: 'input' must hold image_size, mean and std, and valid resize, fit "
+                                f"and decode policies ({e})") from None
 
     def output_name(self, kind: str) -> str:
         """The graph contract's name for "anomaly_map" or "score" (``outputs``; graph_io has the file's own)."""

@@ -363,7 +363,8 @@ def load_mask(path: str | Path, expected_hw: tuple[int, int], image_size: int, f
         h, w = (n * reduction for n in expected_hw)
         size = f"{w}x{h}" if reduction == 1 else f"about {w}x{h} (decoded at 1/{reduction})"
         raise ImageReadError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {size}")
-    return fit_mask(mask, image_size, fit)
+    # A reduced image's fit geometry is its own (libjpeg rounds the size up), so the mask follows that one.
+    return fit_mask(mask, image_size, fit, tuple(expected_hw) if reduction > 1 else None)
 
 
 def mask_files(mask_path: Path) -> list[Path]:
@@ -373,10 +374,16 @@ def mask_files(mask_path: Path) -> list[Path]:
     return [mask_path]
 
 
-def fit_mask(mask: np.ndarray, image_size: int, fit: str = "stretch") -> np.ndarray:
-    """A decoded grey mask (values > 127 = defect) → uint8 {0,1} S×S through the fit geometry, nearest-neighbour."""
-    g = fit_geometry(mask.shape[0], mask.shape[1], image_size, fit)
-    y0, y1, x0, x1 = g.crop
+def fit_mask(mask: np.ndarray, image_size: int, fit: str = "stretch",
+             image_hw: tuple[int, ...] | None = None) -> np.ndarray:
+    """A decoded grey mask (values > 127 = defect) → uint8 {0,1} S×S through the fit geometry, nearest-neighbour.
+    ``image_hw``: the decoded image's size where it is not the mask's (a reduced decode): the geometry is the
+    image's, its crop scaled onto the mask, so mask and image land on the same model pixels."""
+    mh, mw = mask.shape[:2]
+    ih, iw = image_hw if image_hw is not None else (mh, mw)
+    g = fit_geometry(ih, iw, image_size, fit)
+    y0, y1 = (min(mh, round(v * mh / ih)) for v in g.crop[:2])
+    x0, x1 = (min(mw, round(v * mw / iw)) for v in g.crop[2:])
     (oy, ox), (h, w) = g.offset, g.content
     out = np.zeros((image_size, image_size), np.uint8)
     out[oy:oy + h, ox:ox + w] = cv2.resize(mask[y0:y1, x0:x1], (w, h), interpolation=cv2.INTER_NEAREST) > 127

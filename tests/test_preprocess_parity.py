@@ -328,3 +328,26 @@ def test_edge_run_decodes_files_as_the_model_says_unless_a_roi_is_in_full_resolu
     plain = open_source(SourceConfig(source=str(tmp_path)), RuntimeCounters(), stop, spec=spec)
     cropped = open_source(SourceConfig(source=str(tmp_path), roi="0,0,300,200"), RuntimeCounters(), stop, spec=spec)
     assert plain.raw.spec == spec and cropped.raw.spec is None
+
+
+def test_a_reduced_letterboxed_image_and_its_mask_share_one_geometry(tmp_path) -> None:
+    """libjpeg rounds a reduced size up (448×617 at 1/2 → 224×309), which moves the letterbox content by a row
+    (offset 31 instead of 30): the mask follows the decoded image's geometry, so a defect at the image's top edge
+    never lands on the border."""
+    from edge.preprocess import fit_frame, fit_mask, read_frame
+    image = np.full((448, 617, 3), 60, np.uint8)
+    image[:100, 200:400] = 230  # touches the top edge
+    mask = np.zeros((448, 617), np.uint8)
+    mask[:100, 200:400] = 255
+    cv2.imwrite(str(tmp_path / "a.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 98])
+    cv2.imwrite(str(tmp_path / "a_mask.png"), mask)
+    spec = PreprocessSpec.for_normalization("half", 224, fit="letterbox")
+    frame, reduction = read_frame(tmp_path / "a.jpg", spec)
+    assert reduction == 2 and frame.shape[:2] == (224, 309)
+    view = fit_frame(frame, spec)
+    fitted = load_mask(tmp_path / "a_mask.png", frame.shape[:2], 224, "letterbox", reduction)
+    content_rows = np.flatnonzero((np.abs(view.astype(int) - 128) > 3).any(axis=(1, 2)))
+    mask_rows = np.flatnonzero(fitted.any(axis=1))
+    assert mask_rows.min() == content_rows.min() == 31 and mask_rows.max() <= content_rows.max()
+    assert fit_mask(mask, 224, "letterbox").any(axis=1).nonzero()[0].min() == 30  # the file's own geometry: border
+    assert ((fitted > 0) == (view[..., 0] > 145)).mean() > 0.99

@@ -74,6 +74,9 @@ def test_resume_refuses_changed_settings(synthetic_root, tmp_path):
     train(tiny_train_config(synthetic_root, tmp_path / "run", epochs=1))
     with pytest.raises(RunError, match="image-size"):
         train(tiny_train_config(synthetic_root, tmp_path / "run", epochs=2, image_size=96))
+    # The preprocessing the student learnt on is part of the run (a run saved before --decode loads as "full").
+    with pytest.raises(RunError, match=r"--decode was 'reduced' and is now 'full' \(pass --decode reduced to resume"):
+        train(tiny_train_config(synthetic_root, tmp_path / "run", epochs=2, decode="full"))
 
 
 def test_corrupt_checkpoint_and_missing_run_are_clear_errors(tiny_run, tmp_path):

@@ -42,7 +42,9 @@ from .runs import (
 log = logging.getLogger("train")
 
 # Settings that must not change when resuming a run (others, like --epochs, may).
-RESUME_INVARIANTS = ("data", "categories", "image_size", "batch_size", "seed", "val_fraction")
+# What a resumed run must keep: its data, split and batches, and the preprocessing its student has learnt on.
+RESUME_INVARIANTS = ("data", "categories", "image_size", "batch_size", "seed", "val_fraction", "decode", "resize",
+                     "fit")
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -127,8 +129,10 @@ class Trainer:
         previous = load_config(self.out)
         for key in RESUME_INVARIANTS:
             if getattr(previous, key) != getattr(self.cfg, key):
-                raise RunError(f"{self.out}: cannot resume, --{key.replace('_', '-')} was {getattr(previous, key)!r} "
-                               f"and is now {getattr(self.cfg, key)!r} (use a new --out or --no-resume)")
+                flag = f"--{key.replace('_', '-')}"
+                raise RunError(f"{self.out}: cannot resume, {flag} was {getattr(previous, key)!r} and is now "
+                               f"{getattr(self.cfg, key)!r} (pass {flag} {getattr(previous, key)} to resume it, or "
+                               f"use a new --out or --no-resume)")
         if vars(previous.model) != vars(self.cfg.model):
             raise RunError(f"{self.out}: cannot resume, the model settings differ from the saved run "
                            f"(use a new --out or --no-resume)")

@@ -1,5 +1,8 @@
 """Snapshot sink: original frame + heatmap overlay + event JSON per alarm, bounded by count and size.
 
+The frame is the source's: a camera frame as captured, an image file as decoded for the model (a large JPEG at
+1/2–1/8 size when the manifest's ``input.decode`` is "reduced"; the event JSON names the file).
+
 Files of one alarm share a key ``YYYYmmddTHHMMSS_ffffffZ_f<frame>_<event>`` (UTC, so names sort
 oldest first): ``KEY.orig.jpg``, ``KEY.overlay.jpg``, ``KEY.json``.  Only files with that naming
 are managed, so other files in the directory are never deleted.
