@@ -6,7 +6,7 @@ and what each decode policy (edge.preprocess.DECODES) costs on image files.
 Times ``resize_rgb`` (the one preprocessing path's resize) from each frame size to the model input and reports,
 per policy, the median milliseconds and how far its pixels are from the exact area average ("area": OpenCV
 INTER_AREA) — max and mean absolute grey-level difference. The same frame saved as a JPEG (quality 95) is then
-read the way training and edge-run's file source read it (``read_frame`` + ``fit_frame``: file → model view)
+read the way training and edge-run's file source read it (``load_view``: file → model view)
 with each decode policy, timed and compared with the same reference (so the JPEG rows include the compression
 error). The frame is a real photograph (scikit-image's ``astronaut`` when no ``--image`` is given: smooth
 regions, edges, fine texture) resized to each size with bicubic interpolation, so the test content is the same
@@ -28,7 +28,16 @@ import numpy as np
 
 from bench.stats import time_median_ms
 from edge.cliconfig import ConfigCli, option, run_cli
-from edge.preprocess import DECODES, RESIZE_METHODS, PreprocessSpec, decode_image, fit_frame, read_frame, resize_rgb
+from edge.preprocess import (
+    DECODES,
+    RESIZE_METHODS,
+    PreprocessSpec,
+    decode_image,
+    fit_frame,
+    load_view,
+    read_frame,
+    resize_rgb,
+)
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -87,16 +96,12 @@ def measure(photo: np.ndarray, sizes: Sequence[tuple[int, int]], image_size: int
             cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
             for decode in DECODES:
                 spec = PreprocessSpec(image_size, decode=decode)
-                read = functools.partial(_file_to_view, path, spec)
+                frame_read, reduction = read_frame(path, spec)
+                read = functools.partial(load_view, path, spec)  # file → model view, as training and edge-run read
                 rows.append({"frame": f"{width}x{height}", "input": "jpeg", "resize": spec.resize, "decode": decode,
-                             "reduction": read_frame(path, spec)[1],
-                             "median_ms": time_median_ms(read, runs, warmup=5), **_difference(read(), area)})
+                             "reduction": reduction, "median_ms": time_median_ms(read, runs, warmup=5),
+                             **_difference(fit_frame(frame_read, spec), area)})
     return rows
-
-
-def _file_to_view(path: Path, spec: PreprocessSpec) -> np.ndarray:
-    """An image file → the model's uint8 view, as training and edge-run's file source read it."""
-    return fit_frame(read_frame(path, spec)[0], spec)
 
 
 def _decode_cell(row: dict[str, Any]) -> str:

@@ -152,7 +152,7 @@ def run_accuracy(job: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from edge.metrics import image_auroc, pixel_auroc
-    from edge.preprocess import load_mask, preprocess_frame, read_frame
+    from edge.preprocess import load_view, normalize
     run, info, spec = _runner(job)
     by_cat: dict[str, list[dict[str, Any]]] = {}
     for s in job["samples"]:
@@ -161,12 +161,11 @@ def run_accuracy(job: dict[str, Any]) -> dict[str, Any]:
     for cat, samples in by_cat.items():
         maps, scores, masks, labels = [], [], [], []
         for s in samples:
-            frame, reduction = read_frame(s["path"], spec)
-            amap, score = run(preprocess_frame(frame, spec)[None])
+            view, mask = load_view(s["path"], spec, s["mask"] or None)
+            amap, score = run(normalize(view, spec)[None])
             maps.append(amap[0, 0])
             scores.append(float(score[0]))
-            masks.append(load_mask(s["mask"], frame.shape[:2], spec.image_size, spec.fit, reduction) if s["mask"]
-                         else np.zeros((spec.image_size, spec.image_size), np.uint8))
+            masks.append(mask if mask is not None else np.zeros((spec.image_size, spec.image_size), np.uint8))
             labels.append(int(s["label"]))
             progress()
         per_category[cat] = {"image_auroc": image_auroc(np.array(labels), np.array(scores)),

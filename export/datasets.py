@@ -1,6 +1,6 @@
 """Images for export: int8 calibration (training normals), validation normals and the labelled test split.
 
-Every image goes through edge.preprocess — read_frame → fit_frame here, preprocess_rgb per batch — so
+Every image goes through edge.preprocess — load_view here, preprocess_rgb per batch — so
 calibration ranges and export-time accuracy figures are measured on exactly the tensors the edge runtime
 builds.  Decoded images are cached as resized uint8 (4× smaller than the float tensors).
 
@@ -25,10 +25,8 @@ from edge.preprocess import (
     IMAGE_SUFFIXES,
     ImageReadError,
     PreprocessSpec,
-    fit_frame,
-    load_mask,
+    load_view,
     preprocess_rgb,
-    read_frame,
 )
 
 from .config import RECOMMENDED_CALIB_SAMPLES, ExportError
@@ -85,11 +83,10 @@ def load_image_set(paths: Sequence[Path], categories: Sequence[str], labels: Seq
     masks = np.zeros((len(paths), s, s), np.uint8) if mask_paths is not None else None
     for i, path in enumerate(tqdm(paths, desc=desc, unit="img", leave=False, disable=not progress)):
         try:
-            frame, reduction = read_frame(path, spec)
-            rgb[i] = fit_frame(frame, spec)
-            mask_path = mask_paths[i] if mask_paths is not None else None
-            if masks is not None and mask_path is not None:
-                masks[i] = load_mask(mask_path, frame.shape[:2], s, spec.fit, reduction)
+            view, mask = load_view(path, spec, mask_paths[i] if mask_paths is not None else None)
+            rgb[i] = view
+            if masks is not None and mask is not None:
+                masks[i] = mask
         except ImageReadError as exc:
             raise ExportError(str(exc)) from None
     return ImageSet(rgb, [str(p) for p in paths], [str(c) for c in categories], np.asarray(labels, np.int64), masks)

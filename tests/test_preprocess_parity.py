@@ -270,6 +270,10 @@ def test_a_large_jpeg_is_decoded_reduced_by_every_file_reader_and_close_to_a_ful
     np.testing.assert_array_equal(frame, cv2.imread(str(jpg), cv2.IMREAD_REDUCED_COLOR_4))
     reference = load_image(jpg, spec)
     np.testing.assert_array_equal(preprocess_rgb(bgr_to_rgb(frame), spec), reference)
+    from edge.preprocess import load_view
+    view, no_mask = load_view(jpg, spec)
+    assert no_mask is None
+    np.testing.assert_array_equal(preprocess_rgb(view, spec), reference)
     source_frame, _ = ImageFilesSource([jpg], "test", spec).read()
     np.testing.assert_array_equal(source_frame, frame)
     np.testing.assert_array_equal(load_image_set([jpg], ["c"], [0], spec, progress=False).arrays(spec)[0], reference)

@@ -45,8 +45,8 @@ HELP = {
     "resize": "downscaling: area (OpenCV INTER_AREA), pyramid (2-pixel box halvings, then bilinear: antialiased "
               "like area, several times faster on large camera frames) or linear (plain bilinear)",
     "fit": "non-square images: stretch, letterbox (pad with the mean) or center-crop",
-    "decode": "image files: reduced (a JPEG at 1/2, 1/4 or 1/8 size when that still covers the input: faster, "
-              "within 2 grey levels of a full decode) or full",
+    "decode": "image files: reduced (a JPEG at 1/2, 1/4 or 1/8 size when that still covers the input: several "
+              "times faster, about a grey level from a full decode on average) or full",
     "grad_clip_norm": "clip the global gradient L2 norm to this (0 = off)",
     "weight_decay": "L2 regularisation for SGD and Adam (default: method's paper setting: 1e-4 stfpm/dcam, 0 rd)",
     "device": "auto, cpu or cuda[:N]",

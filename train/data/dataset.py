@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from edge.preprocess import PreprocessSpec, fit_frame, load_mask, preprocess_rgb, read_frame
+from edge.preprocess import PreprocessSpec, load_view, preprocess_rgb
 from train.data.mvtec import MVTecLayoutError, Sample
 
 
@@ -42,14 +42,11 @@ class ImageDataset(Dataset):
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         s = self.samples[index]
-        bgr, reduction = read_frame(s.path, self.spec)
-        mask = None
-        if self.with_masks:
-            size = self.spec.image_size
-            mask = (load_mask(s.mask_path, bgr.shape[:2], size, self.spec.fit, reduction) if s.mask_path is not None
-                    else np.zeros((size, size), np.uint8))
+        view, mask = load_view(s.path, self.spec, s.mask_path if self.with_masks else None)
+        if self.with_masks and mask is None:
+            mask = np.zeros((self.spec.image_size, self.spec.image_size), np.uint8)
         # Resizing is idempotent in preprocess_rgb, so caching the resized image changes nothing downstream.
-        return fit_frame(bgr, self.spec), mask
+        return view, mask
 
     def _entry(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         if not self.cache:
