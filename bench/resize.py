@@ -40,7 +40,8 @@ from edge.preprocess import (
 )
 
 
-def _parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
+    """"WIDTHxHEIGHT" (a --sizes item) → (width, height)."""
     width, _, height = text.lower().partition("x")
     if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
         raise ValueError(f"--sizes: expected WIDTHxHEIGHT items, got {text!r}")
@@ -61,7 +62,7 @@ class ResizeBenchConfig:
 
     def __post_init__(self) -> None:
         for size in self.sizes:
-            _parse_size(size)
+            parse_size(size)
         if min(self.image_size, self.threads, self.runs) < 1:
             raise ValueError("--image-size, --threads and --runs must be positive")
 
@@ -120,7 +121,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 def run(cfg: ResizeBenchConfig) -> int:
     cv2.setNumThreads(cfg.threads)
-    rows = measure(_photo(cfg.image), [_parse_size(s) for s in cfg.sizes], cfg.image_size, cfg.runs)
+    rows = measure(_photo(cfg.image), [parse_size(s) for s in cfg.sizes], cfg.image_size, cfg.runs)
     print(markdown(rows))
     if cfg.json:
         Path(cfg.json).write_text(json.dumps({"threads": cfg.threads, "image_size": cfg.image_size, "rows": rows},

@@ -291,6 +291,14 @@ def fit_image(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return resize_rgb(rgb, spec.image_size, spec.resize, spec.fit, spec.pad_rgb)
 
 
+def normalisation_affine(spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b), float32 3×1×1 each: (x/255 − mean)/std = x·a + b per channel (a = 1/(255·std), b = −mean/std, folded
+    in float64)."""
+    std = np.asarray(spec.std, np.float64)
+    return ((1.0 / (255.0 * std)).astype(np.float32).reshape(3, 1, 1),
+            (-np.asarray(spec.mean, np.float64) / std).astype(np.float32).reshape(3, 1, 1))
+
+
 def normalize(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """uint8 HxWx3 RGB → float32 3xHxW, (x/255 − mean)/std computed as x·a + b per channel.
 
@@ -298,9 +306,7 @@ def normalize(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     float64): equal to the formula within float32 rounding, and ~10× faster than the four full-size
     temporaries of writing it out (measured 1.99 → 0.19 ms at 256 px on a 2-core EPYC).
     """
-    std = np.asarray(spec.std, np.float64)
-    scale = (1.0 / (255.0 * std)).astype(np.float32).reshape(3, 1, 1)
-    offset = (-np.asarray(spec.mean, np.float64) / std).astype(np.float32).reshape(3, 1, 1)
+    scale, offset = normalisation_affine(spec)
     out = np.empty((3, *rgb.shape[:2]), np.float32)
     np.multiply(rgb.transpose(2, 0, 1), scale, out=out)
     out += offset

@@ -367,3 +367,27 @@ def test_resize_bench_reports_each_policy_against_the_area_average(tmp_path, cap
     out = capsys.readouterr().out
     assert "| 96x64 | frame | pyramid | — |" in out and "| 256x192 | jpeg | area | reduced (1/4) |" in out
     assert main(["--sizes", "640by480"]) == 2
+
+
+def test_input_fold_twins_give_the_host_paths_map(tiny_export, tmp_path, capsys) -> None:
+    """The uint8 NHWC twins (ONNX prefix, OpenVINO PrePostProcessor) of the fp32 files score a frame's fitted view
+    as the host path (fit_frame + normalize) does, within float rounding; the int8 twins are only timed."""
+    import onnx
+
+    from bench.input_fold import FOLDED_INPUT, fold_onnx, main
+    from edge.manifest import load_manifest
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("dcam.onnx", "dcam.xml", "dcam.bin", "dcam.json"):
+        (models / name).write_bytes((tiny_export / name).read_bytes())
+    assert main(["--models", str(models), "--sizes", "96x64", "--runs", "2", "--json", str(tmp_path / "f.json")]) == 0
+    rows = json.loads((tmp_path / "f.json").read_text())["rows"]
+    assert [(r["file"], r["frame"]) for r in rows] == [("dcam.onnx", "96x64"), ("dcam.xml", "96x64")]
+    for r in rows:
+        assert r["max_abs_diff_map"] < 1e-4 and min(r["engine_ms"], r["host_path_ms"], r["folded_path_ms"]) > 0
+    assert "| dcam.xml | 96x64 |" in capsys.readouterr().out
+    folded = fold_onnx(onnx.load(str(models / "dcam.onnx")), load_manifest(models / "dcam.onnx").preprocess_spec())
+    (graph_input,) = folded.graph.input
+    assert graph_input.name == FOLDED_INPUT and graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value for d in graph_input.type.tensor_type.shape.dim] == [1, 64, 64, 3]
+    assert main(["--models", str(tmp_path / "missing")]) == 2

@@ -360,7 +360,8 @@ def test_hard_feature_loss_averages_only_the_worst_positions() -> None:
 
 
 def test_level_normalised_head_weights_each_level_by_its_normal_spread_and_exports_the_weights() -> None:
-    cfg = ModelConfig(method="dcam", backbone="efficientnet_lite0", pretrained=False, level_normalize=True)
+    cfg = ModelConfig(method="dcam", backbone="efficientnet_lite0", pretrained=False, level_normalize=True,
+                      level_scale=(1.0, 1.0, 1.0))
     model = build_model(cfg).eval()
     images = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
@@ -381,6 +382,32 @@ def test_level_normalised_head_weights_each_level_by_its_normal_spread_and_expor
     assert "head.level_weights" not in unweighted.state_dict()
     assert TrainConfig.from_dict({"model": {"method": "dcam", "preset": "default"}}).model.level_normalize is False
     assert ModelConfig(method="dcam").level_normalize is True and ModelConfig(method="stfpm").level_normalize is False
+
+
+def test_level_scale_multiplies_each_levels_normalised_weight() -> None:
+    cfg = ModelConfig(method="dcam", backbone="efficientnet_lite0", pretrained=False, level_normalize=True,
+                      levels=(1, 2), level_scale=(7.0, 0.25, 2.0))
+    model = build_model(cfg).eval()
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        model.fit_normal_statistics(iter([images]))
+        distances = model.inference_model().level_distances(images)
+    # Independent: s_k / (q0.995 − q0.9) with numpy quantiles; stride 4 (factor 7) is not scored.
+    spreads = [float(np.diff(np.quantile(d.numpy().ravel(), [0.9, 0.995]))[0]) for d in distances]
+    assert np.allclose(model.head.level_weights.numpy(), [0.25 / spreads[0], 2.0 / spreads[1]], rtol=1e-3)
+    # dcam's default halves stride 8; other methods, paper presets and runs saved before the field scale nothing.
+    assert ModelConfig(method="dcam").level_scale == (1.0, 0.5, 1.0)
+    assert ModelConfig(method="dcam", preset="paper").level_scale == ModelConfig(method="stfpm").level_scale \
+        == (1.0, 1.0, 1.0)
+    old_run = {"model": {"method": "dcam", "preset": "default", "level_normalize": True}}
+    assert TrainConfig.from_dict(old_run).model.level_scale == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="--level-scale: expected three factors"):
+        ModelConfig(method="dcam", level_scale=(1.0, 0.5))
+    with pytest.raises(ValueError, match="--level-scale: expected three factors"):
+        ModelConfig(method="dcam", levels=(1, 2), level_scale=(1.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="needs --level-normalize"):
+        ModelConfig(method="stfpm", level_scale=(1.0, 0.5, 1.0))
+    assert ModelConfig(method="dcam", level_normalize=False).level_scale == (1.0, 1.0, 1.0)  # the preset's: unused
 
 
 def test_augmentation_draws_symmetries_of_the_square_reproducibly() -> None:

@@ -290,3 +290,25 @@ def test_a_category_without_masks_gets_image_metrics_and_a_notice(dataset, capsy
     assert math.isnan(w["pixel_auroc"]) and math.isnan(w["aupro"])
     assert result["mean"]["pixel_auroc"] == pytest.approx(1.0)  # only gadget has masks
     assert "widget: no ground_truth/ masks" in capsys.readouterr().err
+
+
+def test_level_scale_override_rescores_the_same_student(tiny_run, synthetic_root):
+    from train.config import ModelConfig, TrainConfig
+    from train.models import build_model
+    from train.runs import load_run
+
+    model, cfg = load_run(tiny_run)
+    assert cfg.model.level_scale == (1.0, 0.5, 1.0) and cfg.model.levels == (1, 2)  # the dcam default
+    fitted = model.head.level_weights.clone()
+    evaluate._set_level_scale(model, cfg, (1.0, 1.0, 0.5))
+    # Independent: stride 8 fitted at 0.5 → 1 doubles its weight; stride 16 fitted at 1 → 0.5 halves it.
+    assert torch.allclose(model.head.level_weights, fitted * torch.tensor([2.0, 0.5]))
+    assert cfg.model.level_scale == (1.0, 1.0, 0.5)
+    result = evaluate.evaluate_run(tiny_run, synthetic_root, device="cpu", level_scale=(1.0, 1.0, 1.0),
+                                   progress=False)
+    assert result["level_scale"] == [1.0, 1.0, 1.0]
+    stfpm = TrainConfig(data="d", model=ModelConfig(method="stfpm", backbone="efficientnet_lite0", pretrained=False))
+    with pytest.raises(evaluate.EvalError, match="--level-scale: the run was trained without --level-normalize"):
+        evaluate._set_level_scale(build_model(stfpm.model), stfpm, (1.0, 0.5, 1.0))
+    with pytest.raises(evaluate.EvalError, match="--level-scale: expected three factors"):
+        evaluate._set_level_scale(model, cfg, (1.0, -1.0, 1.0))

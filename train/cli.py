@@ -40,6 +40,8 @@ HELP = {
     "loss_mse_mode": "the MSE term: normalized (STFPM, unit vectors along channels) or raw (plain feature MSE)",
     "level_fusion": "combine the upsampled level maps by sum (DCAM) or product (STFPM's paper)",
     "level_normalize": "weight each level's map by 1 / its normal spread on the validation images (EfficientAD)",
+    "level_scale": "with --level-normalize: a factor on each teacher level's normalised map, three values for "
+                   "stride 4, 8 and 16 (default: method preset; dcam 1 0.5 1)",
     "augment": "training normals: none, flip (random flips), dihedral (flips and quarter turns), photometric "
                "(brightness and contrast jittered by ±20 %)",
     "resize": "downscaling: area (OpenCV INTER_AREA), pyramid (2-pixel box halvings, then bilinear: antialiased "

@@ -31,7 +31,7 @@ FROM_PRESET: Any = None
 _UNSET_MODEL: dict[str, Any] = {"backbone": "resnet18", "blur_sigma": 0.0, "levels": (0, 1, 2), "attention": "none",
                                 **{name: 0.0 for name in LOSS_WEIGHTS}, "student_shared_levels": 0,
                                 "feature_neighbourhood": 1, "loss_hard_quantile": 0.0,
-                                "level_normalize": False, "level_fusion": "sum"}
+                                "level_normalize": False, "level_scale": (1.0, 1.0, 1.0), "level_fusion": "sum"}
 
 # Paper presets fill every field left as None; the "default" preset adds the overrides real-image measurements
 # (bench-quality, README "Measured quality") found better at the 20-epoch CPU budget. Both live in each method's
@@ -104,6 +104,10 @@ class ModelConfig:
     kl_reduction: str = "mean"
     # Inference head: weight each level's map by 1 / its normal spread on the validation images (EfficientAD §3.4).
     level_normalize: bool = FROM_PRESET
+    # With level_normalize: a factor on each teacher level's normalised map (stride 4, 8, 16; unscored levels are
+    # ignored). The dcam default halves stride 8: after 20+ epochs its low-level features are imitated on defects
+    # too (bench/results/quality-round9-levels-zen3.md).
+    level_scale: tuple[float, float, float] = FROM_PRESET
     # How stfpm/dcam combine the upsampled level maps: "sum" (DCAM §4.3) or "product" (STFPM's paper).
     level_fusion: str = FROM_PRESET
     # Inference head: Gaussian blur σ before the image max (0 = off; unset = method preset: RD family 4, else 0).
@@ -117,12 +121,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         method_spec(self.method)  # an unknown --method fails here, with the list of known ones
         self._build_option_groups()
+        level_scale_given = self.level_scale is not None
         self._resolve_unset()
         self._check_levels()
         self._check_choices()
         self._check_loss_weights()
         self._check_student_shared_levels()
         self._check_feature_matching()
+        self._check_level_scale(level_scale_given)
         self._check_student_bn_momentum()
 
     def _build_option_groups(self) -> None:
@@ -140,6 +146,7 @@ class ModelConfig:
         self.levels = tuple(int(i) for i in self.levels)  # JSON configs give a list
         self.feature_standardize = bool(self.feature_standardize)
         self.level_normalize = bool(self.level_normalize)
+        self.level_scale = tuple(float(x) for x in self.level_scale)  # type: ignore[assignment]  # JSON: a list
 
     def _check_levels(self) -> None:
         if not self.levels or sorted(set(self.levels)) != list(self.levels) or not set(self.levels) <= {0, 1, 2}:
@@ -173,6 +180,16 @@ class ModelConfig:
             raise ValueError(f"--student-shared-levels: expected 0 .. {min(self.levels)} (a shared level is not "
                              f"distilled; --levels {' '.join(map(str, self.levels))}), "
                              f"got {self.student_shared_levels}")
+
+    def _check_level_scale(self, given: bool) -> None:
+        scored = [self.level_scale[i] for i in self.levels] if len(self.level_scale) == 3 else []
+        if not scored or min(self.level_scale) < 0 or max(scored) <= 0:
+            raise ValueError(f"--level-scale: expected three factors >= 0 (stride 4, 8, 16), one > 0 among the "
+                             f"scored --levels {' '.join(map(str, self.levels))}, got {list(self.level_scale)}")
+        if not self.level_normalize and set(self.level_scale) != {1.0}:
+            if given:
+                raise ValueError("--level-scale: scales the normalised level maps; it needs --level-normalize")
+            self.level_scale = (1.0, 1.0, 1.0)  # the preset's scale has nothing to act on: save what is used
 
     def _check_feature_matching(self) -> None:
         if self.feature_neighbourhood < 1 or self.feature_neighbourhood % 2 == 0:
@@ -327,6 +344,7 @@ class TrainConfig:
         model_fields.setdefault("preset", "paper")
         model_fields.setdefault("level_fusion", "sum")  # every run before --level-fusion summed the levels
         model_fields.setdefault("level_normalize", False)  # ... and weighted them equally (no level_weights buffer)
+        model_fields.setdefault("level_scale", (1.0, 1.0, 1.0))  # ... and normalised levels at equal scale
         d.setdefault("lr_schedule", "constant")
         d.setdefault("resize", "linear")
         d.setdefault("decode", "full")

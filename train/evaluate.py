@@ -56,6 +56,8 @@ class EvalConfig:
     batch_size: int = option(8, "images per forward pass")
     device: str = option("auto", "auto | cpu | cuda")
     blur_sigma: float | None = option(None, "override the run's Gaussian blur σ of the anomaly map (0 = off)")
+    level_scale: tuple[float, float, float] | None = option(
+        None, "override the run's --level-scale (three factors, stride 4, 8, 16) on its normalised level maps")
 
     def __post_init__(self) -> None:
         if not self.run:
@@ -273,14 +275,32 @@ def _set_blur_sigma(model: nn.Module, sigma: float) -> None:
     head.set_blur_sigma(sigma)
 
 
+def _set_level_scale(model: nn.Module, cfg: Any, scale: Sequence[float]) -> None:
+    """Re-weight a level-normalised run's maps as if it had been fitted with ``scale`` (w_k · new_k / old_k): the
+    same trained student scored both ways (a paired comparison)."""
+    head = getattr(model, "head", None)
+    if head is None or not getattr(cfg.model, "level_normalize", False) or not hasattr(head, "level_weights"):
+        raise EvalError(f"--level-scale: the run was trained without --level-normalize ({cfg.model.method})")
+    old = [cfg.model.level_scale[i] for i in cfg.model.levels]
+    if len(scale) != 3 or min(scale) < 0 or not any(old):
+        raise EvalError(f"--level-scale: expected three factors >= 0, got {list(scale)}")
+    if any(o == 0 and scale[i] != 0 for i, o in zip(cfg.model.levels, old)):
+        raise EvalError("--level-scale: the run scored a level at 0; its normal spread was not kept to re-weight it")
+    factors = [scale[i] / o if o else 0.0 for i, o in zip(cfg.model.levels, old)]
+    with torch.no_grad():
+        head.level_weights.mul_(torch.tensor(factors, dtype=head.level_weights.dtype))
+    cfg.model.level_scale = tuple(float(x) for x in scale)
+
+
 def evaluate_run(run_dir: str | Path, data: str | Path, categories: str | Sequence[str] | None = None,
                  batch_size: int = 8, device: str = "auto", blur_sigma: float | None = None,
-                 visualize_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+                 visualize_dir: str | Path | None = None, progress: bool = True,
+                 level_scale: Sequence[float] | None = None) -> dict[str, Any]:
     """Load a dcam-train run (best.pt) and evaluate it on data's test sets.
 
     categories: None → the run's own categories; "all" → every category in data; "a,b" or a list.
     Returns {"categories": {...}, "mean": {...}, "run", "method", "backbone", "image_size", "device",
-    "batch_size", "blur_sigma", "aupro_fpr_limit"}.
+    "batch_size", "blur_sigma", "level_scale", "aupro_fpr_limit"}.
     """
     from train.data import parse_categories
     from train.runs import load_config, load_run, preprocess_spec
@@ -295,11 +315,14 @@ def evaluate_run(run_dir: str | Path, data: str | Path, categories: str | Sequen
     if blur_sigma is not None:
         _set_blur_sigma(model, blur_sigma)
         cfg.model.blur_sigma = blur_sigma
+    if level_scale is not None:
+        _set_level_scale(model, cfg, level_scale)
     result = evaluate_model(model.inference_model(), preprocess_spec(cfg), data, cats, batch_size, dev,
                             visualize_dir, cfg.val_fraction, cfg.seed, progress)
     result.update({"run": str(run_dir), "method": cfg.model.method, "backbone": cfg.model.backbone,
                    "image_size": cfg.image_size, "device": str(dev), "batch_size": batch_size,
-                   "blur_sigma": cfg.model.blur_sigma, "aupro_fpr_limit": AUPRO_FPR_LIMIT})
+                   "blur_sigma": cfg.model.blur_sigma, "level_scale": list(cfg.model.level_scale),
+                   "aupro_fpr_limit": AUPRO_FPR_LIMIT})
     return result
 
 
@@ -354,7 +377,7 @@ def _evaluate(argv: Sequence[str] | None) -> int:
         warnings.showwarning = _print_warning
         cfg = CLI.parse(argv)
         result = evaluate_run(cfg.run, cfg.data, cfg.categories, cfg.batch_size, cfg.device, cfg.blur_sigma,
-                              cfg.visualize)
+                              cfg.visualize, level_scale=cfg.level_scale)
     print(f"{result['method']} / {result['backbone']}  ({result['run']}, device {result['device']})")
     print(format_table(result))
     if cfg.json:

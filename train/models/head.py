@@ -112,10 +112,11 @@ class DistanceHead(nn.Module):
 
     @torch.no_grad()
     def fit_level_weights(self, distance_maps: Iterable[list[torch.Tensor]], low: float = 0.9,
-                          high: float = 0.995) -> None:
+                          high: float = 0.995, scale: Sequence[float] | None = None) -> None:
         """w_k = 1 / (q_high − q_low) of level k's distances on normal images (EfficientAD §3.4's quantile map
         normalisation; its offset q_low adds one constant to the summed map and is dropped): every level then
-        contributes in units of its own normal spread, so one noisy level no longer drowns the others."""
+        contributes in units of its own normal spread, so one noisy level no longer drowns the others. ``scale``:
+        a factor s_k per level on top (w_k = s_k / spread_k; --level-scale)."""
         per_level: list[list[torch.Tensor]] = []
         for maps in distance_maps:
             per_level = per_level or [[] for _ in maps]
@@ -123,11 +124,14 @@ class DistanceHead(nn.Module):
                 values.append(level_map.detach().float().flatten().cpu())
         if len(per_level) != len(self.level_weights):
             raise ValueError(f"level weights: expected {len(self.level_weights)} levels, got {len(per_level)}")
+        scale = [1.0] * len(per_level) if scale is None else list(scale)
+        if len(scale) != len(per_level):
+            raise ValueError(f"level scale: expected {len(per_level)} factors, got {len(scale)}")
         weights = []
-        for values in per_level:
+        for values, factor in zip(per_level, scale):
             quantiles = torch.quantile(torch.cat(values)[:16_000_000], torch.tensor([low, high]))
             spread = float(quantiles[1] - quantiles[0])
-            weights.append(1.0 / spread if spread > 1e-6 else 1.0)  # a flat level carries no scale to normalise
+            weights.append(factor / spread if spread > 1e-6 else factor)  # a flat level has no scale to normalise
         self.level_weights.copy_(torch.tensor(weights, dtype=self.level_weights.dtype))
 
     def matrices(self, level_sizes: list[tuple[int, int]], output_size: Sequence[int],

@@ -124,7 +124,8 @@ class STFPMModel(DistillationModel):
         """Per-level map weights from the validation normals' distances (--level-normalize), as inference sees them."""
         if self.cfg.level_normalize:
             inference = self.inference_model()
-            self.head.fit_level_weights(inference.level_distances(images) for images in normal_batches)
+            self.head.fit_level_weights((inference.level_distances(images) for images in normal_batches),
+                                        scale=[self.cfg.level_scale[i] for i in self.cfg.levels])
 
     def features(self, images: torch.Tensor, student_images: torch.Tensor | None = None
                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
