@@ -11,6 +11,7 @@ Image decoding, resizing, normalisation and metric computation are NOT included.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -279,17 +280,19 @@ def _set_level_scale(model: nn.Module, cfg: Any, scale: Sequence[float]) -> None
     """Re-weight a level-normalised run's maps as if it had been fitted with ``scale`` (w_k · new_k / old_k): the
     same trained student scored both ways (a paired comparison)."""
     head = getattr(model, "head", None)
-    if head is None or not getattr(cfg.model, "level_normalize", False) or not hasattr(head, "level_weights"):
+    if head is None or not cfg.model.level_normalize or not hasattr(head, "level_weights"):
         raise EvalError(f"--level-scale: the run was trained without --level-normalize ({cfg.model.method})")
+    try:  # ModelConfig's own check of the factors
+        new = dataclasses.replace(cfg.model, level_scale=tuple(float(x) for x in scale)).level_scale
+    except ValueError as e:
+        raise EvalError(str(e)) from None
     old = [cfg.model.level_scale[i] for i in cfg.model.levels]
-    if len(scale) != 3 or min(scale) < 0 or not any(old):
-        raise EvalError(f"--level-scale: expected three factors >= 0, got {list(scale)}")
-    if any(o == 0 and scale[i] != 0 for i, o in zip(cfg.model.levels, old)):
+    if any(o == 0 and new[i] != 0 for i, o in zip(cfg.model.levels, old)):
         raise EvalError("--level-scale: the run scored a level at 0; its normal spread was not kept to re-weight it")
-    factors = [scale[i] / o if o else 0.0 for i, o in zip(cfg.model.levels, old)]
+    factors = [new[i] / o if o else 0.0 for i, o in zip(cfg.model.levels, old)]
     with torch.no_grad():
         head.level_weights.mul_(torch.tensor(factors, dtype=head.level_weights.dtype))
-    cfg.model.level_scale = tuple(float(x) for x in scale)
+    cfg.model.level_scale = new
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path, categories: str | Sequence[str] | None = None,

@@ -23,7 +23,7 @@ MEASURED_MODEL = dict(student_bn_momentum=0.1, blur_sigma=4.0, levels=(1, 2), le
 # (EfficientAD §3.4) +0.003 / +0.001 MTD, +0.005 / +0.003 photoset; σ 6 instead of 4 +0.004 / +0.006 MTD,
 # −0.004 / +0.005 photoset (image / pixel AUROC). Both are constants of the exported head: no latency cost.
 # Round 9, paired (bench/results/quality-round9-levels-zen3.md): the stride-8 map at half its normalised weight,
-# photoset7 20 epochs +0.017 / +0.006, 40 epochs +0.029 / +0.003, MTD 15 epochs −0.003 / +0.008; at 6 epochs, where
+# photoset7 20 epochs +0.017 / +0.006, 40 epochs +0.029 / +0.003, MTD 15 epochs −0.004 / +0.001; at 6 epochs, where
 # the stride-8 level still carries defects, −0.002 … −0.010.
 DCAM_MEASURED_MODEL = dict(MEASURED_MODEL, loss_hard_quantile=0.99, level_normalize=True, blur_sigma=6.0,
                            level_scale=(1.0, 0.5, 1.0))
