@@ -181,8 +181,13 @@ class ModelConfig:
                              f"distilled; --levels {' '.join(map(str, self.levels))}), "
                              f"got {self.student_shared_levels}")
 
+    @property
+    def scored_level_scale(self) -> list[float]:
+        """--level-scale's factors of the scored --levels, in their order (what the head's weights multiply)."""
+        return [self.level_scale[i] for i in self.levels]
+
     def _check_level_scale(self, given: bool) -> None:
-        scored = [self.level_scale[i] for i in self.levels] if len(self.level_scale) == 3 else []
+        scored = self.scored_level_scale if len(self.level_scale) == 3 else []
         if not scored or min(self.level_scale) < 0 or max(scored) <= 0:
             raise ValueError(f"--level-scale: expected three factors >= 0 (stride 4, 8, 16), one > 0 among the "
                              f"scored --levels {' '.join(map(str, self.levels))}, got {list(self.level_scale)}")

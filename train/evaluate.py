@@ -283,16 +283,16 @@ def _set_level_scale(model: nn.Module, cfg: Any, scale: Sequence[float]) -> None
     if head is None or not cfg.model.level_normalize or not hasattr(head, "level_weights"):
         raise EvalError(f"--level-scale: the run was trained without --level-normalize ({cfg.model.method})")
     try:  # ModelConfig's own check of the factors
-        new = dataclasses.replace(cfg.model, level_scale=tuple(float(x) for x in scale)).level_scale
+        new = dataclasses.replace(cfg.model, level_scale=tuple(float(x) for x in scale))
     except ValueError as e:
         raise EvalError(str(e)) from None
-    old = [cfg.model.level_scale[i] for i in cfg.model.levels]
-    if any(o == 0 and new[i] != 0 for i, o in zip(cfg.model.levels, old)):
+    pairs = list(zip(cfg.model.scored_level_scale, new.scored_level_scale))
+    if any(o == 0 and n != 0 for o, n in pairs):
         raise EvalError("--level-scale: the run scored a level at 0; its normal spread was not kept to re-weight it")
-    factors = [new[i] / o if o else 0.0 for i, o in zip(cfg.model.levels, old)]
+    factors = [n / o if o else 0.0 for o, n in pairs]
     with torch.no_grad():
         head.level_weights.mul_(torch.tensor(factors, dtype=head.level_weights.dtype))
-    cfg.model.level_scale = new
+    cfg.model.level_scale = new.level_scale
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path, categories: str | Sequence[str] | None = None,

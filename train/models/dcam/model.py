@@ -125,7 +125,7 @@ class STFPMModel(DistillationModel):
         if self.cfg.level_normalize:
             inference = self.inference_model()
             self.head.fit_level_weights((inference.level_distances(images) for images in normal_batches),
-                                        scale=[self.cfg.level_scale[i] for i in self.cfg.levels])
+                                        scale=self.cfg.scored_level_scale)
 
     def features(self, images: torch.Tensor, student_images: torch.Tensor | None = None
                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
